@@ -1,0 +1,410 @@
+//! The catalog of a dataset: its files, their row groups (the units of sharding) and the
+//! column mapping; and the reader that streams selected rows of one unit.
+//!
+//! Opening a catalog reads only the Parquet footers. Rows are read later, one unit (file,
+//! row group) at a time, only the needed columns, in small record batches.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray, RecordBatch,
+    StringArray, StringViewArray, StructArray,
+};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::arrow::ProjectionMask;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{DataError, Result};
+use crate::layout::{ColumnMapping, ColumnOverrides};
+
+/// One Parquet file of the dataset.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    /// Its path.
+    pub path: PathBuf,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Row groups in the file.
+    pub row_groups: usize,
+    meta: ArrowReaderMetadata,
+    leaves: Vec<usize>,
+}
+
+/// A unit of sharding: one row group of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unit {
+    /// Index into [`Catalog::files`].
+    pub file: u32,
+    /// Row group within the file.
+    pub row_group: u32,
+    /// Rows in the row group.
+    pub rows: u64,
+}
+
+/// A file that was skipped because it could not be read (`data.skip_bad_files = true`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// The files and units of a dataset, with one column mapping that fits every file.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Files, sorted by path.
+    pub files: Vec<FileEntry>,
+    /// Units in (file, row group) order.
+    pub units: Vec<Unit>,
+    /// Columns to read.
+    pub mapping: ColumnMapping,
+    /// Files left out because they were unreadable.
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// One row as read from Parquet, before any decoding.
+#[derive(Debug, Clone)]
+pub struct RawRow {
+    /// The unit it belongs to.
+    pub unit: u32,
+    /// Row index within the unit's row group.
+    pub row: u64,
+    /// Key for logs: the key column, or `file#row_group:row`.
+    pub key: String,
+    /// Encoded image, `None` when null.
+    pub image: Option<Vec<u8>>,
+    /// Caption, `None` when null.
+    pub text: Option<String>,
+    /// False when an img2dataset status column says the row failed.
+    pub status_ok: bool,
+}
+
+impl Catalog {
+    /// Read the footers of `files`, detect the layout on the first readable file and check that
+    /// every other file has the same columns. Unreadable files are an error, or skipped with a
+    /// warning when `skip_bad_files` is set.
+    pub fn open(
+        files: &[PathBuf],
+        overrides: &ColumnOverrides,
+        skip_bad_files: bool,
+    ) -> Result<Self> {
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        let mut mapping: Option<ColumnMapping> = None;
+        for path in files {
+            let meta = match read_metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if skip_bad_files => {
+                    tracing::warn!(file = %path.display(), error = %e, "skipping unreadable Parquet file (data.skip_bad_files = true)");
+                    skipped.push(SkippedFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let schema = meta.schema();
+            let m = match &mapping {
+                Some(m) => {
+                    m.check(schema, path)?;
+                    m.clone()
+                }
+                None => {
+                    let m = ColumnMapping::detect(schema, overrides, path)?;
+                    mapping = Some(m.clone());
+                    m
+                }
+            };
+            let leaves = m.leaf_indices(meta.parquet_schema());
+            let md = meta.metadata();
+            entries.push(FileEntry {
+                path: path.clone(),
+                rows: md.file_metadata().num_rows().max(0) as u64,
+                row_groups: md.num_row_groups(),
+                meta,
+                leaves,
+            });
+        }
+        let mapping = mapping.ok_or_else(|| DataError::NoFiles {
+            pattern: if files.is_empty() {
+                "(no paths given)".to_string()
+            } else {
+                format!("{} (every file was unreadable)", files[0].display())
+            },
+        })?;
+        let mut units = Vec::new();
+        for (fi, f) in entries.iter().enumerate() {
+            for (gi, rg) in f.meta.metadata().row_groups().iter().enumerate() {
+                if rg.num_rows() > 0 {
+                    units.push(Unit {
+                        file: fi as u32,
+                        row_group: gi as u32,
+                        rows: rg.num_rows() as u64,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            files: entries,
+            units,
+            mapping,
+            skipped_files: skipped,
+        })
+    }
+
+    /// Rows in all units.
+    pub fn total_rows(&self) -> u64 {
+        self.units.iter().map(|u| u.rows).sum()
+    }
+
+    /// A digest of the file names and row-group sizes: a data cursor only resumes on the
+    /// dataset it was made for.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for u in &self.units {
+            let f = &self.files[u.file as usize];
+            h.update(file_name(&f.path).as_bytes());
+            h.update(u.row_group.to_le_bytes());
+            h.update(u.rows.to_le_bytes());
+        }
+        let digest = h.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The path of a unit's file.
+    pub fn unit_path(&self, unit: u32) -> &Path {
+        &self.files[self.units[unit as usize].file as usize].path
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
+    let file = File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| DataError::BadParquet {
+        path: path.to_path_buf(),
+        row_group: None,
+        message: e.to_string(),
+    })
+}
+
+/// Reads selected rows of units, keeping the last file open.
+pub struct RowReader {
+    catalog: Arc<Catalog>,
+    open: Option<(u32, File)>,
+    batch_rows: usize,
+}
+
+impl RowReader {
+    /// A reader over `catalog` that decodes `batch_rows` rows at a time.
+    pub fn new(catalog: Arc<Catalog>, batch_rows: usize) -> Self {
+        Self {
+            catalog,
+            open: None,
+            batch_rows: batch_rows.max(1),
+        }
+    }
+
+    /// Read the rows `ranges` (sorted, disjoint `[start, end)` row ranges of the row group) of
+    /// `unit` and hand each to `emit` in order. `emit` returns false to stop early.
+    pub fn read(
+        &mut self,
+        unit: u32,
+        ranges: &[(u64, u64)],
+        mut emit: impl FnMut(RawRow) -> bool,
+    ) -> Result<()> {
+        let catalog = Arc::clone(&self.catalog);
+        let u = catalog.units[unit as usize];
+        let entry = &catalog.files[u.file as usize];
+        let path = &entry.path;
+        let bad = |message: String| DataError::BadParquet {
+            path: path.clone(),
+            row_group: Some(u.row_group as usize),
+            message,
+        };
+        let file = match &self.open {
+            Some((fi, f)) if *fi == u.file => f,
+            _ => {
+                let f = File::open(path).map_err(|source| DataError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                &self.open.insert((u.file, f)).1
+            }
+        };
+        let file = file.try_clone().map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let selection = RowSelection::from_consecutive_ranges(
+            ranges.iter().map(|&(a, b)| a as usize..b as usize),
+            u.rows as usize,
+        );
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, entry.meta.clone());
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), entry.leaves.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(vec![u.row_group as usize])
+            .with_row_selection(selection)
+            .with_batch_size(self.batch_rows)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut rows = ranges.iter().flat_map(|&(a, b)| a..b);
+        let name = file_name(path);
+        let mapping = &catalog.mapping;
+        for batch in reader {
+            let batch = batch.map_err(|e| bad(e.to_string()))?;
+            let cols = Columns::new(&batch, mapping).map_err(bad)?;
+            for i in 0..batch.num_rows() {
+                let row = rows
+                    .next()
+                    .ok_or_else(|| bad("more rows than selected".to_string()))?;
+                let raw = RawRow {
+                    unit,
+                    row,
+                    key: cols
+                        .key_at(i)
+                        .unwrap_or_else(|| format!("{name}#{}:{row}", u.row_group)),
+                    image: cols.image_at(i).map(<[u8]>::to_vec),
+                    text: cols.text_at(i).map(str::to_string),
+                    status_ok: cols.status_ok(i),
+                };
+                if !emit(raw) {
+                    return Ok(());
+                }
+            }
+        }
+        if rows.next().is_some() {
+            return Err(bad("row group ended before the selected rows".to_string()));
+        }
+        Ok(())
+    }
+}
+
+enum Bin<'a> {
+    Small(&'a BinaryArray),
+    Large(&'a LargeBinaryArray),
+    View(&'a BinaryViewArray),
+}
+
+enum Str<'a> {
+    Small(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+}
+
+struct Columns<'a> {
+    image: Bin<'a>,
+    image_parent: Option<&'a StructArray>,
+    text: Str<'a>,
+    key: Option<&'a ArrayRef>,
+    status: Option<Str<'a>>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(batch: &'a RecordBatch, m: &ColumnMapping) -> std::result::Result<Self, String> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("column {name:?} missing from the record batch"))
+        };
+        let image_col = col(&m.image)?;
+        let (image_arr, image_parent) = if m.image_is_struct {
+            let s = image_col
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .ok_or_else(|| format!("column {:?} is not a struct", m.image))?;
+            let bytes = s
+                .column_by_name("bytes")
+                .ok_or_else(|| format!("column {:?} has no `bytes` field", m.image))?;
+            (bytes, Some(s))
+        } else {
+            (image_col, None)
+        };
+        Ok(Self {
+            image: as_bin(image_arr)
+                .ok_or_else(|| format!("column {:?} is not binary", m.image))?,
+            image_parent,
+            text: as_str(col(&m.text)?)
+                .ok_or_else(|| format!("column {:?} is not a string", m.text))?,
+            key: match &m.key {
+                Some(k) => Some(col(k)?),
+                None => None,
+            },
+            status: match &m.status {
+                Some(s) => {
+                    Some(as_str(col(s)?).ok_or_else(|| format!("column {s:?} is not a string"))?)
+                }
+                None => None,
+            },
+        })
+    }
+
+    fn image_at(&self, i: usize) -> Option<&'a [u8]> {
+        if self.image_parent.is_some_and(|p| p.is_null(i)) {
+            return None;
+        }
+        match self.image {
+            Bin::Small(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Bin::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Bin::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
+
+    fn text_at(&self, i: usize) -> Option<&'a str> {
+        str_at(&self.text, i)
+    }
+
+    fn key_at(&self, i: usize) -> Option<String> {
+        let key = self.key?;
+        if key.is_null(i) {
+            return None;
+        }
+        arrow_cast::display::array_value_to_string(key, i).ok()
+    }
+
+    fn status_ok(&self, i: usize) -> bool {
+        match &self.status {
+            None => true,
+            Some(s) => str_at(s, i) == Some("success"),
+        }
+    }
+}
+
+fn str_at<'a>(s: &Str<'a>, i: usize) -> Option<&'a str> {
+    match *s {
+        Str::Small(a) => (!a.is_null(i)).then(|| a.value(i)),
+        Str::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
+        Str::View(a) => (!a.is_null(i)).then(|| a.value(i)),
+    }
+}
+
+fn as_bin(a: &ArrayRef) -> Option<Bin<'_>> {
+    let any = a.as_any();
+    any.downcast_ref::<BinaryArray>()
+        .map(Bin::Small)
+        .or_else(|| any.downcast_ref::<LargeBinaryArray>().map(Bin::Large))
+        .or_else(|| any.downcast_ref::<BinaryViewArray>().map(Bin::View))
+}
+
+fn as_str(a: &ArrayRef) -> Option<Str<'_>> {
+    let any = a.as_any();
+    any.downcast_ref::<StringArray>()
+        .map(Str::Small)
+        .or_else(|| any.downcast_ref::<LargeStringArray>().map(Str::Large))
+        .or_else(|| any.downcast_ref::<StringViewArray>().map(Str::View))
+}

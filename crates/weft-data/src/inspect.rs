@@ -1,0 +1,210 @@
+//! `weft data inspect`: what a dataset holds and how much of it is usable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, RowReader, SkippedFile};
+use crate::error::Result;
+use crate::image::{decode_rgb, header_dimensions};
+use crate::layout::{ColumnMapping, Layout};
+use crate::loader::precheck;
+
+/// Range of image sizes seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SizeRange {
+    /// Smallest width.
+    pub min_width: u32,
+    /// Largest width.
+    pub max_width: u32,
+    /// Smallest height.
+    pub min_height: u32,
+    /// Largest height.
+    pub max_height: u32,
+}
+
+/// One file of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSummary {
+    /// The file.
+    pub path: PathBuf,
+    /// Rows.
+    pub rows: u64,
+    /// Row groups.
+    pub row_groups: usize,
+}
+
+/// What `weft data inspect` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// Detected layout.
+    pub layout: Layout,
+    /// Columns read.
+    pub columns: ColumnMapping,
+    /// Files read.
+    pub files: usize,
+    /// Row groups (units of sharding).
+    pub row_groups: usize,
+    /// Rows.
+    pub rows: u64,
+    /// Rows that pass every check (with `--full`, the image decodes).
+    pub usable_rows: u64,
+    /// Skipped rows by reason.
+    pub bad_rows: BTreeMap<String, u64>,
+    /// Whether every image was decoded (`--full`), or only its header read.
+    pub full: bool,
+    /// Image sizes of the usable rows.
+    pub image_size: Option<SizeRange>,
+    /// The first few captions.
+    pub sample_captions: Vec<String>,
+    /// Each file.
+    pub file_list: Vec<FileSummary>,
+    /// Files left out as unreadable (`data.skip_bad_files = true`).
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// Read every row of the catalog (only the mapped columns) and count what is usable. With
+/// `full`, every image is decoded; otherwise only image headers are read.
+pub fn inspect(
+    catalog: Arc<Catalog>,
+    full: bool,
+    captions: usize,
+    skip_bad_files: bool,
+) -> Result<InspectReport> {
+    let mut bad_rows: BTreeMap<String, u64> = BTreeMap::new();
+    let mut usable = 0u64;
+    let mut size: Option<SizeRange> = None;
+    let mut sample_captions = Vec::new();
+    let mut reader = RowReader::new(Arc::clone(&catalog), 256);
+    for (i, unit) in catalog.units.iter().enumerate() {
+        let mut read = 0u64;
+        let result = reader.read(i as u32, &[(0, unit.rows)], |raw| {
+            read += 1;
+            let reason = match precheck(&raw) {
+                Some((reason, _)) => Some(reason),
+                None => {
+                    let bytes = raw.image.as_deref().unwrap_or_default();
+                    let dims = if full {
+                        decode_rgb(bytes).map(|img| img.dimensions())
+                    } else {
+                        header_dimensions(bytes)
+                    };
+                    match dims {
+                        Ok((w, h)) => {
+                            size = Some(match size {
+                                None => SizeRange {
+                                    min_width: w,
+                                    max_width: w,
+                                    min_height: h,
+                                    max_height: h,
+                                },
+                                Some(s) => SizeRange {
+                                    min_width: s.min_width.min(w),
+                                    max_width: s.max_width.max(w),
+                                    min_height: s.min_height.min(h),
+                                    max_height: s.max_height.max(h),
+                                },
+                            });
+                            None
+                        }
+                        Err(_) => Some("decode_error"),
+                    }
+                }
+            };
+            match reason {
+                Some(r) => *bad_rows.entry(r.to_string()).or_default() += 1,
+                None => {
+                    usable += 1;
+                    if sample_captions.len() < captions {
+                        sample_captions.push(raw.text.clone().unwrap_or_default());
+                    }
+                }
+            }
+            true
+        });
+        if let Err(e) = result {
+            if !skip_bad_files {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "skipping the rest of an unreadable row group");
+            *bad_rows.entry("bad_file".to_string()).or_default() += unit.rows - read;
+        }
+    }
+    Ok(InspectReport {
+        layout: catalog.mapping.layout,
+        columns: catalog.mapping.clone(),
+        files: catalog.files.len(),
+        row_groups: catalog.units.len(),
+        rows: catalog.total_rows(),
+        usable_rows: usable,
+        bad_rows,
+        full,
+        image_size: size,
+        sample_captions,
+        file_list: catalog
+            .files
+            .iter()
+            .map(|f| FileSummary {
+                path: f.path.clone(),
+                rows: f.rows,
+                row_groups: f.row_groups,
+            })
+            .collect(),
+        skipped_files: catalog.skipped_files.clone(),
+    })
+}
+
+impl InspectReport {
+    /// The report as text for a terminal.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("layout      {}\n", self.columns.describe()));
+        s.push_str(&format!(
+            "files       {} ({} row groups)\n",
+            self.files, self.row_groups
+        ));
+        for f in &self.file_list {
+            s.push_str(&format!(
+                "            {} ({} rows, {} row groups)\n",
+                f.path.display(),
+                f.rows,
+                f.row_groups
+            ));
+        }
+        for f in &self.skipped_files {
+            s.push_str(&format!("skipped     {}: {}\n", f.path.display(), f.reason));
+        }
+        s.push_str(&format!("rows        {}\n", self.rows));
+        s.push_str(&format!(
+            "usable      {} ({})\n",
+            self.usable_rows,
+            if self.full {
+                "every image decoded"
+            } else {
+                "image headers read; --full decodes every image"
+            }
+        ));
+        if self.bad_rows.is_empty() {
+            s.push_str("bad rows    none\n");
+        } else {
+            let parts: Vec<String> = self
+                .bad_rows
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("bad rows    {}\n", parts.join(", ")));
+        }
+        if let Some(r) = &self.image_size {
+            s.push_str(&format!(
+                "image size  {}-{} x {}-{} (width x height)\n",
+                r.min_width, r.max_width, r.min_height, r.max_height
+            ));
+        }
+        for c in &self.sample_captions {
+            s.push_str(&format!("caption     {c:?}\n"));
+        }
+        s
+    }
+}

@@ -1,0 +1,213 @@
+//! The `weft` binary end to end: synth, inspect, tokenizer, bench, config.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Run `weft args...` in `cwd`, killed after 120 s.
+fn weft(cwd: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "weft {args:?} timed out: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn synth_inspect_tokenizer_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&weft(
+        d,
+        &[
+            "data",
+            "synth",
+            "--out",
+            "ds",
+            "--rows",
+            "60",
+            "--shards",
+            "2",
+            "--image-size",
+            "24",
+            "--row-group-size",
+            "10",
+        ],
+    ));
+    let json: serde_json::Value = serde_json::from_str(&ok(&weft(
+        d,
+        &["data", "inspect", "ds", "--json", "--full"],
+    )))
+    .unwrap();
+    assert_eq!(json["layout"], "huggingface");
+    assert_eq!(json["files"], 2);
+    assert_eq!(json["row_groups"], 6);
+    assert_eq!(json["rows"], 60);
+    assert_eq!(json["usable_rows"], 60);
+    assert_eq!(json["bad_rows"], serde_json::json!({}));
+    assert_eq!(json["image_size"]["max_width"], 24);
+    let text = ok(&weft(
+        d,
+        &["data", "inspect", "ds/part-00000-of-00002.parquet"],
+    ));
+    assert!(
+        text.contains("huggingface layout: image=image.bytes text=text"),
+        "{text}"
+    );
+    assert!(text.contains("rows        30"), "{text}");
+
+    let out = weft(
+        d,
+        &[
+            "data",
+            "tokenizer",
+            "--train",
+            "--out",
+            "tok.json",
+            "--vocab-size",
+            "120",
+            "ds",
+        ],
+    );
+    assert!(ok(&out).contains("wrote tok.json"));
+    let enc: serde_json::Value = serde_json::from_str(&ok(&weft(
+        d,
+        &[
+            "data",
+            "tokenizer",
+            "--set",
+            "data.tokenizer=tok.json",
+            "--set",
+            "model.text.context_length=12",
+            "--encode",
+            "a red circle above a blue square",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(enc["decoded"], "a red circle above a blue square");
+    assert_eq!(enc["ids"].as_array().unwrap().len(), 12);
+
+    let out = ok(&weft(
+        d,
+        &[
+            "bench",
+            "data",
+            "ds",
+            "--workers",
+            "2",
+            "--batches",
+            "3",
+            "--json",
+            "--set",
+            "data.batch_size=8",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "data.tokenizer=tok.json",
+            "--run-dir",
+            "run",
+        ],
+    ));
+    let bench: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = bench["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["workers"], 2);
+    assert_eq!(results[1]["images"], 24);
+    assert!(results[0]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(d.join("run/config.toml").is_file());
+    assert!(d.join("run/bench-data.json").is_file());
+}
+
+#[test]
+fn inspect_reports_bad_rows_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("messy.parquet");
+    let mut rows: Vec<(Option<Vec<u8>>, Option<String>)> = (0..6)
+        .map(|i| (Some(common::png_for(i)), Some(format!("c {i}"))))
+        .collect();
+    rows[1].0 = Some(b"garbage".to_vec());
+    rows[3].0 = None;
+    rows[4].1 = Some(" ".into());
+    common::write_hf(&p, &rows, 4);
+    let json: serde_json::Value = serde_json::from_str(&ok(&weft(
+        dir.path(),
+        &["data", "inspect", "messy.parquet", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["rows"], 6);
+    assert_eq!(json["usable_rows"], 3);
+    assert_eq!(
+        json["bad_rows"],
+        serde_json::json!({"decode_error": 1, "null_image": 1, "empty_caption": 1})
+    );
+}
+
+#[test]
+fn config_errors_and_print_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("bad.toml"), "[data]\nimage_size = \"abc\"\n").unwrap();
+    let out = weft(d, &["--config", "bad.toml", "config"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: data.image_size: expected an integer, found \"abc\" in bad.toml"),
+        "{err}"
+    );
+
+    let printed = ok(&weft(
+        d,
+        &[
+            "data",
+            "inspect",
+            "x",
+            "--print-config",
+            "--set",
+            "data.image_size=96",
+        ],
+    ));
+    assert!(printed.contains("image_size = 96"), "{printed}");
+    let c: weft_config::Config = toml::from_str(&printed).unwrap();
+    assert_eq!(c.data.image_size, 96);
+
+    let path = ok(&weft(d, &["config", "--run-dir", "run", "--set", "seed=9"]));
+    assert_eq!(path.trim(), "run/config.toml");
+    let back = weft_config::ConfigLoader::new()
+        .file(d.join("run/config.toml"))
+        .load()
+        .unwrap();
+    assert_eq!(back.seed, 9);
+
+    let out = weft(d, &["data", "inspect", "missing-dir"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("error: no Parquet files found for missing-dir"));
+}

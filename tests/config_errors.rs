@@ -1,0 +1,146 @@
+//! Config loading: errors name the key and the file, overrides, resolved config.
+
+use weft_config::{Config, ConfigLoader, LastBatch};
+
+fn write(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn wrong_type_names_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "[data]\nimage_size = \"abc\"\n");
+    let err = ConfigLoader::new().file(&p).load().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "data.image_size: expected an integer, found \"abc\" in {}",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "[data]\nimage_sise = 3\n");
+    let err = ConfigLoader::new().file(&p).load().unwrap_err().to_string();
+    assert!(
+        err.starts_with("data.image_sise: unknown field `image_sise`, expected one of"),
+        "{err}"
+    );
+    assert!(err.ends_with(&format!("in {}", p.display())), "{err}");
+    let p = write(dir.path(), "[dataa]\n");
+    let err = ConfigLoader::new().file(&p).load().unwrap_err().to_string();
+    assert!(err.starts_with("dataa: unknown field `dataa`"), "{err}");
+}
+
+#[test]
+fn syntax_and_validation_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "[data\n");
+    let err = ConfigLoader::new().file(&p).load().unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{} is not valid TOML", p.display())),
+        "{err}"
+    );
+    let p = write(dir.path(), "[data]\nbatch_size = 0\n");
+    let err = ConfigLoader::new().file(&p).load().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("data.batch_size: must be at least 1 in {}", p.display())
+    );
+    let err = ConfigLoader::new().load().map(|_| ()).unwrap_err_or_ok();
+    assert!(err.is_none());
+    let err = ConfigLoader::new()
+        .overrides(["data.last_batch=\"sometimes\""])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("data.last_batch: unknown variant `sometimes`"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("in --set data.last_batch=\"sometimes\""),
+        "{err}"
+    );
+}
+
+trait UnwrapErrOrOk<E> {
+    fn unwrap_err_or_ok(self) -> Option<E>;
+}
+impl<E> UnwrapErrOrOk<E> for Result<(), E> {
+    fn unwrap_err_or_ok(self) -> Option<E> {
+        self.err()
+    }
+}
+
+#[test]
+fn overrides_apply_and_are_named_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "seed = 3\n[data]\nimage_size = 96\n");
+    let c = ConfigLoader::new()
+        .file(&p)
+        .overrides([
+            "data.image_size=128",
+            "data.last_batch=pad",
+            "data.train=[\"a\", \"b\"]",
+            "model.text.context_length=16",
+        ])
+        .load()
+        .unwrap();
+    assert_eq!(c.seed, 3);
+    assert_eq!(c.data.image_size, 128);
+    assert_eq!(c.data.last_batch, LastBatch::Pad);
+    assert_eq!(c.data.train, ["a", "b"]);
+    assert_eq!(c.model.text.context_length, 16);
+    let err = ConfigLoader::new()
+        .file(&p)
+        .overrides(["data.image_size=abc"])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "data.image_size: expected an integer, found \"abc\" in --set data.image_size=abc"
+    );
+    let err = ConfigLoader::new()
+        .overrides(["image_size"])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "--set image_size: expected section.key=value");
+    let err = ConfigLoader::new()
+        .file(&p)
+        .overrides(["seed.x=1"])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "--set seed.x=1: seed is not a section");
+    let err = ConfigLoader::new()
+        .overrides(["seed.x=1"])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "seed: expected an integer, found map in --set seed.x=1"
+    );
+}
+
+#[test]
+fn resolved_config_round_trips_through_the_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ConfigLoader::new()
+        .overrides(["data.batch_size=7"])
+        .load()
+        .unwrap();
+    let path = c.write_to_run_dir(&dir.path().join("run")).unwrap();
+    let back = ConfigLoader::new().file(&path).load().unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.data.batch_size, 7);
+    assert_ne!(back, Config::default());
+}

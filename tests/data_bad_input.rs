@@ -1,0 +1,205 @@
+//! Bad input: every case gets its exact count or its exact error, and nothing crashes.
+
+mod common;
+
+use common::*;
+use weft_data::{plan_options, DataCursor, DataError, Split};
+
+/// 20 rows: 1 undecodable image, 1 null image, 1 empty caption, 1 null caption, 1 blank caption.
+fn messy(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut rows: Vec<(Option<Vec<u8>>, Option<String>)> = (0..20)
+        .map(|i| (Some(png_for(i)), Some(format!("caption {i}"))))
+        .collect();
+    rows[2].0 = Some(b"\x89PNG but not really".to_vec());
+    rows[5].0 = None;
+    rows[8].1 = Some(String::new());
+    rows[11].1 = None;
+    rows[14].1 = Some("   ".into());
+    let p = dir.join("messy.parquet");
+    write_hf(&p, &rows, 8);
+    p
+}
+
+#[test]
+fn bad_rows_are_skipped_and_counted_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = messy(dir.path());
+    let mut config = test_config(5);
+    config.data.max_bad_fraction = 0.5;
+    config.data.shuffle = false;
+    let l = loader(&config, &[p], Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
+    let mut stream = l.stream(&cursor, 0).unwrap();
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        batches.len(),
+        4,
+        "20 rows, batch 5: 4 steps, the last one padded"
+    );
+    let real: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            b.captions
+                .iter()
+                .zip(&b.is_pad)
+                .filter(|(_, p)| !**p)
+                .map(|(c, _)| c.clone())
+        })
+        .collect();
+    let want: Vec<String> = (0..20)
+        .filter(|i| ![2, 5, 8, 11, 14].contains(i))
+        .map(|i| format!("caption {i}"))
+        .collect();
+    assert_eq!(real, want);
+    assert_eq!(batches[3].is_pad.iter().filter(|p| **p).count(), 5);
+    let stats = stream.stats();
+    assert_eq!(stats.seen, 20);
+    assert_eq!(stats.bad, 5);
+    let reasons: Vec<(String, u64)> = stats.by_reason.into_iter().collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("decode_error".to_string(), 1),
+            ("empty_caption".to_string(), 3),
+            ("null_image".to_string(), 1)
+        ]
+    );
+}
+
+#[test]
+fn too_many_bad_rows_stop_the_run_with_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = messy(dir.path());
+    let mut config = test_config(5);
+    config.data.max_bad_fraction = 0.1;
+    config.data.shuffle = false;
+    let l = loader(&config, &[p], Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
+    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let err = results
+        .last()
+        .unwrap()
+        .as_ref()
+        .expect_err("the run must stop");
+    assert!(matches!(err, DataError::TooManyBadRows { .. }));
+    assert_eq!(
+        err.to_string(),
+        "rank 0: 5 of 20 rows skipped (25.00%), more than data.max_bad_fraction = 0.1; \
+         by reason: decode_error=1, empty_caption=3, null_image=1"
+    );
+    // Mid-epoch check once enough rows were seen.
+    config.data.min_rows_for_bad_fraction = 3;
+    let l = loader(&config, &[dir.path().join("messy.parquet")], Split::Train);
+    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let err = results.last().unwrap().as_ref().err().unwrap().to_string();
+    assert!(err.starts_with("rank 0: 1 of 3 rows skipped"), "{err}");
+}
+
+#[test]
+fn missing_column_lists_what_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("a.parquet");
+    write_hf_numbered(&good, 0, 4, 4);
+    // Second file: image but no caption column.
+    let bad = dir.path().join("b.parquet");
+    write_img2dataset(
+        &bad,
+        &[I2dRow {
+            jpg: Some(png_for(1)),
+            caption: None,
+            key: "k".into(),
+            status: "success".into(),
+        }],
+        "image",
+        "alt",
+    );
+    let config = test_config(2);
+    let err = weft_data::open_catalog(&config, &[dir.path().display().to_string()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}: no column \"text\"; columns present: [image, alt, key, status]",
+            bad.display()
+        )),
+        "{err}"
+    );
+    // A configured column that does not exist.
+    let mut config = test_config(2);
+    config.data.text_column = Some("label".into());
+    let err = weft_data::open_catalog(&config, &[good.display().to_string()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("no column \"label\"; columns present: [image, text]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_parquet_names_the_file_or_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("a.parquet");
+    write_hf_numbered(&good, 0, 6, 3);
+    let bad = dir.path().join("b.parquet");
+    write_hf_numbered(&bad, 6, 6, 3);
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let paths = vec![dir.path().display().to_string()];
+    let config = test_config(2);
+    let err = weft_data::open_catalog(&config, &paths).err().unwrap();
+    assert!(matches!(err, DataError::BadParquet { .. }));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("unreadable Parquet file {}: ", bad.display())),
+        "{err}"
+    );
+    let mut config = test_config(2);
+    config.data.skip_bad_files = true;
+    let catalog = weft_data::open_catalog(&config, &paths).unwrap();
+    assert_eq!(catalog.files.len(), 1);
+    assert_eq!(catalog.skipped_files.len(), 1);
+    assert_eq!(catalog.skipped_files[0].path, bad);
+    assert_eq!(catalog.total_rows(), 6);
+}
+
+#[test]
+fn not_parquet_at_all_and_empty_globs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.parquet");
+    std::fs::write(&p, b"hello").unwrap();
+    let config = test_config(2);
+    let err = weft_data::open_catalog(&config, &[p.display().to_string()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("unreadable Parquet file {}", p.display())),
+        "{err}"
+    );
+    let pattern = format!("{}/nothing-*.parquet", dir.path().display());
+    let err = weft_data::open_catalog(&config, std::slice::from_ref(&pattern))
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(err, format!("no Parquet files found for {pattern}"));
+}
+
+#[test]
+fn a_rank_with_only_bad_rows_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("all-bad.parquet");
+    write_hf(&p, &[(None, Some("a".into())), (None, Some("b".into()))], 2);
+    let mut config = test_config(2);
+    config.data.max_bad_fraction = 1.0;
+    let l = loader(&config, &[p], Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
+    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let err = results.last().unwrap().as_ref().err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "rank 0: no usable row in its share of epoch 0 (all rows were skipped)"
+    );
+}

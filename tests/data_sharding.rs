@@ -1,0 +1,243 @@
+//! Shard planning across ranks, exact resume through the cursor, and re-planning for another
+//! world size mid-epoch.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use common::*;
+use weft_config::LastBatch;
+use weft_data::{plan_options, Batch, DataCursor, RowId, Split};
+
+/// 4 files with row groups of uneven sizes: 137 rows in 14 units.
+fn dataset(dir: &std::path::Path) -> Vec<PathBuf> {
+    let specs = [(40, 7), (33, 13), (50, 9), (14, 5)];
+    let mut first = 0;
+    let mut paths = Vec::new();
+    for (i, (rows, rg)) in specs.iter().enumerate() {
+        let p = dir.join(format!("shard-{i}.parquet"));
+        write_hf_numbered(&p, first, *rows, *rg);
+        first += rows;
+        paths.push(p);
+    }
+    paths
+}
+
+fn real_rows(batches: &[Batch]) -> Vec<RowId> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.rows
+                .iter()
+                .zip(&b.is_pad)
+                .filter(|(_, p)| !**p)
+                .map(|(r, _)| *r)
+        })
+        .collect()
+}
+
+#[test]
+fn every_world_size_gets_disjoint_complete_equal_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    for last_batch in [LastBatch::Drop, LastBatch::Pad] {
+        for world in 1..=5usize {
+            let batch = 4;
+            let mut config = test_config(batch);
+            config.data.last_batch = last_batch;
+            let loader = loader(&config, &paths, Split::Train);
+            let total = loader.catalog().total_rows() as usize;
+            assert_eq!(total, 137);
+            let cursor = DataCursor::new(
+                loader.catalog(),
+                plan_options(&config, Split::Train, world),
+                0,
+            );
+            let global = world * batch;
+            let steps = match last_batch {
+                LastBatch::Drop => total / global,
+                LastBatch::Pad => total.div_ceil(global),
+            };
+            let mut seen = HashSet::new();
+            let mut real = 0;
+            for rank in 0..world {
+                let batches = run_rank(&loader, &cursor, rank);
+                assert_eq!(
+                    batches.len(),
+                    steps,
+                    "world {world} rank {rank} {last_batch}"
+                );
+                for (i, b) in batches.iter().enumerate() {
+                    assert_eq!(b.step, i as u64);
+                    assert_eq!(b.len(), batch);
+                    assert_eq!(b.images.len(), batch * 3 * 4 * 4);
+                }
+                for r in real_rows(&batches) {
+                    assert!(seen.insert(r), "row {r:?} seen twice (world {world})");
+                    real += 1;
+                }
+            }
+            match last_batch {
+                LastBatch::Drop => assert_eq!(real, steps * global, "world {world}"),
+                LastBatch::Pad => {
+                    assert_eq!(real, total, "pad mode covers every row (world {world})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_depends_only_on_seed_epoch_and_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let config = test_config(4);
+    let loader = loader(&config, &paths, Split::Train);
+    let c = |seed: u64, epoch: u64| {
+        let mut o = plan_options(&config, Split::Train, 3);
+        o.seed = seed;
+        DataCursor::new(loader.catalog(), o, epoch)
+    };
+    let rows = |cur: &DataCursor| real_rows(&run_rank(&loader, cur, 1));
+    assert_eq!(rows(&c(5, 0)), rows(&c(5, 0)));
+    assert_ne!(rows(&c(5, 0)), rows(&c(5, 1)), "epochs reshuffle");
+    assert_ne!(rows(&c(5, 0)), rows(&c(6, 0)), "seeds reshuffle");
+    // Same batches whatever the number of decode workers.
+    let mut one = config.clone();
+    one.data.workers = 1;
+    let l1 = common::loader(&one, &paths, Split::Train);
+    assert_eq!(run_rank(&l1, &c(5, 0), 2), run_rank(&loader, &c(5, 0), 2));
+}
+
+#[test]
+fn cursor_round_trip_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = dataset(dir.path());
+    // Bad rows too: they are consumed without filling a batch.
+    let bad = dir.path().join("bad.parquet");
+    write_hf(
+        &bad,
+        &[
+            (Some(b"not an image".to_vec()), Some("x".into())),
+            (None, Some("y".into())),
+            (Some(png_for(999)), Some("".into())),
+            (Some(png_for(998)), Some("ok 998".into())),
+        ],
+        2,
+    );
+    paths.push(bad);
+    let mut config = test_config(5);
+    config.data.max_bad_fraction = 1.0;
+    let loader = loader(&config, &paths, Split::Train);
+    for world in [1usize, 2] {
+        let start = DataCursor::new(
+            loader.catalog(),
+            plan_options(&config, Split::Train, world),
+            0,
+        );
+        let full: Vec<Vec<Batch>> = (0..world).map(|r| run_rank(&loader, &start, r)).collect();
+        for k in [0usize, 1, 7, full[0].len() - 1] {
+            // Take k steps on every rank, record, serialize, resume.
+            let mut cursor = start.clone();
+            for (rank, batches) in full.iter().enumerate() {
+                if k > 0 {
+                    let b = &batches[k - 1];
+                    cursor.record(rank, b.consumed, b.step);
+                }
+            }
+            let json = serde_json::to_string(&cursor).unwrap();
+            let resumed: DataCursor = serde_json::from_str(&json).unwrap();
+            assert_eq!(resumed, cursor);
+            for (rank, batches) in full.iter().enumerate() {
+                let rest = run_rank(&loader, &resumed, rank);
+                assert_eq!(
+                    rest,
+                    batches[k..],
+                    "world {world} rank {rank} resumed after {k} steps"
+                );
+            }
+        }
+    }
+}
+
+/// Take `k` steps with world `w0`, re-plan for `w1`, finish the epoch: every row of the
+/// original epoch is seen exactly once.
+fn reshard_case(w0: usize, b0: usize, k: usize, w1: usize, b1: usize, last_batch: LastBatch) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let mut config = test_config(b0);
+    config.data.last_batch = last_batch;
+    let loader = loader(&config, &paths, Split::Train);
+    let start = DataCursor::new(loader.catalog(), plan_options(&config, Split::Train, w0), 0);
+    let mut expected = HashSet::new();
+    let mut before = Vec::new();
+    let mut cursor = start.clone();
+    for rank in 0..w0 {
+        let all = run_rank(&loader, &start, rank);
+        expected.extend(real_rows(&all));
+        before.extend(real_rows(&all[..k]));
+        cursor.record(rank, all[k - 1].consumed, all[k - 1].step);
+    }
+    let resharded = cursor.reshard(loader.catalog(), w1, b1).unwrap();
+    let resharded: DataCursor =
+        serde_json::from_str(&serde_json::to_string(&resharded).unwrap()).unwrap();
+    let mut after = Vec::new();
+    let mut steps = HashSet::new();
+    for rank in 0..w1 {
+        let batches = run_rank(&loader, &resharded, rank);
+        steps.insert(batches.len());
+        after.extend(real_rows(&batches));
+    }
+    assert_eq!(steps.len(), 1, "equal steps after re-plan");
+    let mut seen = HashSet::new();
+    for r in before.iter().chain(&after) {
+        assert!(seen.insert(*r), "{r:?} seen twice ({w0}x{b0} -> {w1}x{b1})");
+    }
+    assert_eq!(seen, expected, "{w0}x{b0} -> {w1}x{b1}: rows lost");
+}
+
+#[test]
+fn world_size_change_mid_epoch_loses_and_repeats_nothing() {
+    // Same global batch: the remaining rows divide exactly.
+    reshard_case(2, 6, 3, 3, 4, LastBatch::Drop);
+    reshard_case(3, 4, 2, 2, 6, LastBatch::Drop);
+    reshard_case(2, 6, 5, 1, 12, LastBatch::Drop);
+    reshard_case(1, 12, 4, 4, 3, LastBatch::Drop);
+    // Another global batch: pad mode keeps every row.
+    reshard_case(2, 5, 3, 3, 4, LastBatch::Pad);
+    reshard_case(5, 3, 2, 2, 7, LastBatch::Pad);
+}
+
+#[test]
+fn cursor_refuses_another_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let config = test_config(4);
+    let l = loader(&config, &paths, Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 2), 0);
+    let other = loader(&config, &paths[..2], Split::Train);
+    let err = other
+        .stream(&cursor, 0)
+        .err()
+        .expect("another dataset must be refused");
+    assert!(
+        err.to_string().contains("files or row groups changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn too_few_rows_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("small.parquet");
+    write_hf_numbered(&p, 0, 5, 5);
+    let config = test_config(4);
+    let l = loader(&config, &[p], Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 2), 0);
+    let err = l.stream(&cursor, 0).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "5 rows cannot fill one global batch of 2 x 4; lower data.batch_size or set data.last_batch = \"pad\""
+    );
+}
