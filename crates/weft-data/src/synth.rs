@@ -157,14 +157,16 @@ impl Scene {
         }
     }
 
-    /// "a red circle above a blue square".
+    /// "a red circle above an orange square".
     pub fn caption(&self) -> String {
         let [a, b] = &self.objects;
         format!(
-            "a {} {} {} a {} {}",
+            "{} {} {} {} {} {} {}",
+            article(COLOURS[a.colour].0),
             COLOURS[a.colour].0,
             SHAPES[a.shape],
             RELATIONS[self.relation],
+            article(COLOURS[b.colour].0),
             COLOURS[b.colour].0,
             SHAPES[b.shape]
         )
@@ -193,6 +195,15 @@ impl Scene {
             }
         }
         img
+    }
+}
+
+/// "an" before a vowel, "a" otherwise.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
