@@ -36,16 +36,7 @@ fn bad_rows_are_skipped_and_counted_by_reason() {
         4,
         "20 rows, batch 5: 4 steps, the last one padded"
     );
-    let real: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            b.captions
-                .iter()
-                .zip(&b.is_pad)
-                .filter(|(_, p)| !**p)
-                .map(|(c, _)| c.clone())
-        })
-        .collect();
+    let real = real_captions(&batches);
     let want: Vec<String> = (0..20)
         .filter(|i| ![2, 5, 8, 11, 14].contains(i))
         .map(|i| format!("caption {i}"))
@@ -202,4 +193,55 @@ fn a_rank_with_only_bad_rows_says_so() {
         err,
         "rank 0: no usable row in its share of epoch 0 (all rows were skipped)"
     );
+}
+
+/// Overwrite the first page header of row group `rg`'s first column with 0xFF bytes.
+fn corrupt_row_group(path: &std::path::Path, rg: usize) {
+    use parquet::file::reader::FileReader;
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap())
+            .unwrap();
+    let col = reader.metadata().row_group(rg).column(0).clone();
+    let start = col
+        .dictionary_page_offset()
+        .unwrap_or(col.data_page_offset()) as usize;
+    let mut bytes = std::fs::read(path).unwrap();
+    for b in &mut bytes[start..start + 24] {
+        *b = 0xFF;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_row_group_names_file_and_group_or_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.parquet");
+    write_hf_numbered(&p, 0, 8, 4);
+    corrupt_row_group(&p, 1);
+    let mut config = test_config(2);
+    config.data.shuffle = false;
+    let l = loader(&config, std::slice::from_ref(&p), Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
+    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let err = results
+        .last()
+        .unwrap()
+        .as_ref()
+        .expect_err("a corrupt row group stops the run");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "unreadable Parquet file {} (row group 1): ",
+            p.display()
+        )),
+        "{err}"
+    );
+    config.data.skip_bad_files = true;
+    let l = loader(&config, std::slice::from_ref(&p), Split::Train);
+    let mut stream = l.stream(&cursor, 0).unwrap();
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches.len(), 4);
+    let real = real_captions(&batches);
+    assert_eq!(real, ["caption 0", "caption 1", "caption 2", "caption 3"]);
+    assert_eq!(stream.stats().by_reason.get("bad_file"), Some(&4));
+    assert_eq!(stream.stats().bad, 0);
 }

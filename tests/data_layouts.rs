@@ -68,16 +68,7 @@ fn img2dataset_layout_skips_failed_downloads() {
     let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Val, 1), 0);
     let mut stream = l.stream(&cursor, 0).unwrap();
     let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
-    let real: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            b.keys
-                .iter()
-                .zip(&b.is_pad)
-                .filter(|(_, p)| !**p)
-                .map(|(k, _)| k.clone())
-        })
-        .collect();
+    let real = real_keys(&batches);
     assert_eq!(
         real,
         [

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use common::*;
 use weft_config::LastBatch;
-use weft_data::{plan_options, Batch, DataCursor, RowId, Split};
+use weft_data::{plan_options, Batch, DataCursor, Split};
 
 /// 4 files with row groups of uneven sizes: 137 rows in 14 units.
 fn dataset(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -22,19 +22,6 @@ fn dataset(dir: &std::path::Path) -> Vec<PathBuf> {
         paths.push(p);
     }
     paths
-}
-
-fn real_rows(batches: &[Batch]) -> Vec<RowId> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.rows
-                .iter()
-                .zip(&b.is_pad)
-                .filter(|(_, p)| !**p)
-                .map(|(r, _)| *r)
-        })
-        .collect()
 }
 
 #[test]

@@ -139,3 +139,30 @@ pub fn run_rank(loader: &Loader, cursor: &DataCursor, rank: usize) -> Vec<Batch>
         .collect::<Result<Vec<_>, _>>()
         .unwrap()
 }
+
+/// Captions of the samples that are not padding, in batch order.
+pub fn real_captions(batches: &[Batch]) -> Vec<String> {
+    real(batches, |b, i| b.captions[i].clone())
+}
+
+/// Keys of the samples that are not padding, in batch order.
+pub fn real_keys(batches: &[Batch]) -> Vec<String> {
+    real(batches, |b, i| b.keys[i].clone())
+}
+
+/// Rows of the samples that are not padding, in batch order.
+pub fn real_rows(batches: &[Batch]) -> Vec<weft_data::RowId> {
+    real(batches, |b, i| b.rows[i])
+}
+
+fn real<T>(batches: &[Batch], f: impl Fn(&Batch, usize) -> T) -> Vec<T> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.len())
+                .filter(|&i| !b.is_pad[i])
+                .map(|i| f(b, i))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -709,14 +709,18 @@ impl Assembler {
                         current.push(sample);
                     }
                     (true, Err(skip)) => {
-                        tracing::warn!(
-                            rank = self.rank,
-                            key = %key,
-                            file = %file.display(),
-                            reason = skip.reason,
-                            "skipping row: {}",
-                            skip.message
-                        );
+                        // Failed img2dataset downloads (`status`) are expected and common, and
+                        // unreadable row groups were already reported: only bad rows are logged.
+                        if skip.counted {
+                            tracing::warn!(
+                                rank = self.rank,
+                                key = %key,
+                                file = %file.display(),
+                                reason = skip.reason,
+                                "skipping row: {}",
+                                skip.message
+                            );
+                        }
                         self.count(Some(&skip))?;
                     }
                     (false, Ok(mut sample)) => {
