@@ -241,3 +241,33 @@ fn center_crop_keeps_the_middle() {
     assert!(b.images[16..32].iter().all(|v| *v == 1.0), "green plane");
     assert!(b.images[32..].iter().all(|v| *v == 0.0), "blue plane");
 }
+
+#[test]
+fn captions_only_reader_leaves_images_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hf.parquet");
+    write_hf_numbered(&p, 0, 5, 5);
+    let config = test_config(1);
+    let catalog =
+        std::sync::Arc::new(weft_data::open_catalog(&config, &[p.display().to_string()]).unwrap());
+    for (captions_only, want_image) in [(false, true), (true, false)] {
+        let mut reader = weft_data::RowReader::new(std::sync::Arc::clone(&catalog), 2);
+        if captions_only {
+            reader = reader.captions_only();
+        }
+        let mut rows = Vec::new();
+        reader
+            .read(0, &[(1, 3)], |raw| {
+                rows.push((raw.row, raw.image.is_some(), raw.text.clone().unwrap()));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (1, want_image, "caption 1".to_string()),
+                (2, want_image, "caption 2".to_string())
+            ]
+        );
+    }
+}

@@ -298,7 +298,7 @@ struct CaptionIter {
 impl CaptionIter {
     fn new(catalog: Arc<weft_data::Catalog>) -> Self {
         Self {
-            reader: weft_data::RowReader::new(Arc::clone(&catalog), 1024),
+            reader: weft_data::RowReader::new(Arc::clone(&catalog), 1024).captions_only(),
             catalog,
             unit: 0,
             buffer: Vec::new().into_iter(),

@@ -33,6 +33,7 @@ pub struct FileEntry {
     pub row_groups: usize,
     meta: ArrowReaderMetadata,
     leaves: Vec<usize>,
+    text_leaves: Vec<usize>,
 }
 
 /// A unit of sharding: one row group of one file.
@@ -122,7 +123,8 @@ impl Catalog {
                     m
                 }
             };
-            let leaves = m.leaf_indices(meta.parquet_schema());
+            let leaves = m.leaf_indices(meta.parquet_schema(), true);
+            let text_leaves = m.leaf_indices(meta.parquet_schema(), false);
             let md = meta.metadata();
             entries.push(FileEntry {
                 path: path.clone(),
@@ -130,6 +132,7 @@ impl Catalog {
                 row_groups: md.num_row_groups(),
                 meta,
                 leaves,
+                text_leaves,
             });
         }
         let mapping = mapping.ok_or_else(|| DataError::NoFiles {
@@ -207,6 +210,7 @@ pub struct RowReader {
     catalog: Arc<Catalog>,
     open: Option<(u32, File)>,
     batch_rows: usize,
+    with_images: bool,
 }
 
 impl RowReader {
@@ -216,7 +220,15 @@ impl RowReader {
             catalog,
             open: None,
             batch_rows: batch_rows.max(1),
+            with_images: true,
         }
+    }
+
+    /// A reader that leaves the image column out: rows come with `image: None`. For work on
+    /// captions only (training a tokenizer), which then reads a fraction of the bytes.
+    pub fn captions_only(mut self) -> Self {
+        self.with_images = false;
+        self
     }
 
     /// Read the rows `ranges` (sorted, disjoint `[start, end)` row ranges of the row group) of
@@ -255,7 +267,12 @@ impl RowReader {
             u.rows as usize,
         );
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, entry.meta.clone());
-        let mask = ProjectionMask::leaves(builder.parquet_schema(), entry.leaves.iter().copied());
+        let leaves = if self.with_images {
+            &entry.leaves
+        } else {
+            &entry.text_leaves
+        };
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves.iter().copied());
         let reader = builder
             .with_projection(mask)
             .with_row_groups(vec![u.row_group as usize])
@@ -268,7 +285,7 @@ impl RowReader {
         let mapping = &catalog.mapping;
         for batch in reader {
             let batch = batch.map_err(|e| bad(e.to_string()))?;
-            let cols = Columns::new(&batch, mapping).map_err(bad)?;
+            let cols = Columns::new(&batch, mapping, self.with_images).map_err(bad)?;
             for i in 0..batch.num_rows() {
                 let row = rows
                     .next()
@@ -295,12 +312,14 @@ impl RowReader {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Bin<'a> {
     Small(&'a BinaryArray),
     Large(&'a LargeBinaryArray),
     View(&'a BinaryViewArray),
 }
 
+#[derive(Clone, Copy)]
 enum Str<'a> {
     Small(&'a StringArray),
     Large(&'a LargeStringArray),
@@ -308,7 +327,7 @@ enum Str<'a> {
 }
 
 struct Columns<'a> {
-    image: Bin<'a>,
+    image: Option<Bin<'a>>,
     image_parent: Option<&'a StructArray>,
     text: Str<'a>,
     key: Option<&'a ArrayRef>,
@@ -316,28 +335,37 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn new(batch: &'a RecordBatch, m: &ColumnMapping) -> std::result::Result<Self, String> {
+    fn new(
+        batch: &'a RecordBatch,
+        m: &ColumnMapping,
+        with_images: bool,
+    ) -> std::result::Result<Self, String> {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
                 .ok_or_else(|| format!("column {name:?} missing from the record batch"))
         };
-        let image_col = col(&m.image)?;
-        let (image_arr, image_parent) = if m.image_is_struct {
-            let s = image_col
-                .as_any()
-                .downcast_ref::<StructArray>()
-                .ok_or_else(|| format!("column {:?} is not a struct", m.image))?;
-            let bytes = s
-                .column_by_name("bytes")
-                .ok_or_else(|| format!("column {:?} has no `bytes` field", m.image))?;
-            (bytes, Some(s))
+        let (image, image_parent) = if !with_images {
+            (None, None)
         } else {
-            (image_col, None)
+            let image_col = col(&m.image)?;
+            let (arr, parent) = if m.image_is_struct {
+                let s = image_col
+                    .as_any()
+                    .downcast_ref::<StructArray>()
+                    .ok_or_else(|| format!("column {:?} is not a struct", m.image))?;
+                let bytes = s
+                    .column_by_name("bytes")
+                    .ok_or_else(|| format!("column {:?} has no `bytes` field", m.image))?;
+                (bytes, Some(s))
+            } else {
+                (image_col, None)
+            };
+            let bin = as_bin(arr).ok_or_else(|| format!("column {:?} is not binary", m.image))?;
+            (Some(bin), parent)
         };
         Ok(Self {
-            image: as_bin(image_arr)
-                .ok_or_else(|| format!("column {:?} is not binary", m.image))?,
+            image,
             image_parent,
             text: as_str(col(&m.text)?)
                 .ok_or_else(|| format!("column {:?} is not a string", m.text))?,
@@ -358,7 +386,7 @@ impl<'a> Columns<'a> {
         if self.image_parent.is_some_and(|p| p.is_null(i)) {
             return None;
         }
-        match self.image {
+        match self.image? {
             Bin::Small(a) => (!a.is_null(i)).then(|| a.value(i)),
             Bin::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
             Bin::View(a) => (!a.is_null(i)).then(|| a.value(i)),

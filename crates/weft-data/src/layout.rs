@@ -177,14 +177,16 @@ impl ColumnMapping {
         Ok(())
     }
 
-    /// Indices of the Parquet leaf columns to read (the image bytes, never the image path).
-    pub fn leaf_indices(&self, schema: &SchemaDescriptor) -> Vec<usize> {
+    /// Indices of the Parquet leaf columns to read (the image bytes, never the image path;
+    /// no image at all without `with_image`).
+    pub fn leaf_indices(&self, schema: &SchemaDescriptor, with_image: bool) -> Vec<usize> {
+        let image = if self.image_is_struct {
+            vec![self.image.as_str(), "bytes"]
+        } else {
+            vec![self.image.as_str()]
+        };
         let wanted: Vec<Vec<&str>> = [
-            Some(if self.image_is_struct {
-                vec![self.image.as_str(), "bytes"]
-            } else {
-                vec![self.image.as_str()]
-            }),
+            with_image.then_some(image),
             Some(vec![self.text.as_str()]),
             self.key.as_deref().map(|k| vec![k]),
             self.status.as_deref().map(|s| vec![s]),
