@@ -165,12 +165,19 @@ impl InspectReport {
             "files       {} ({} row groups)\n",
             self.files, self.row_groups
         ));
-        for f in &self.file_list {
+        const SHOWN: usize = 10;
+        for f in self.file_list.iter().take(SHOWN) {
             s.push_str(&format!(
                 "            {} ({} rows, {} row groups)\n",
                 f.path.display(),
                 f.rows,
                 f.row_groups
+            ));
+        }
+        if self.file_list.len() > SHOWN {
+            s.push_str(&format!(
+                "            ... and {} more (--json lists them all)\n",
+                self.file_list.len() - SHOWN
             ));
         }
         for f in &self.skipped_files {
