@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use weft_data::{plan_options, DataCursor, DataError, Split};
+use weft_data::{DataError, Split};
 
 /// 20 rows: 1 undecodable image, 1 null image, 1 empty caption, 1 null caption, 1 blank caption.
 fn messy(dir: &std::path::Path) -> std::path::PathBuf {
@@ -27,9 +27,7 @@ fn bad_rows_are_skipped_and_counted_by_reason() {
     let mut config = test_config(5);
     config.data.max_bad_fraction = 0.5;
     config.data.shuffle = false;
-    let l = loader(&config, &[p], Split::Train);
-    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
-    let mut stream = l.stream(&cursor, 0).unwrap();
+    let mut stream = stream_one_rank(&config, &[p], Split::Train);
     let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
     assert_eq!(
         batches.len(),
@@ -64,9 +62,7 @@ fn too_many_bad_rows_stop_the_run_with_the_counts() {
     let mut config = test_config(5);
     config.data.max_bad_fraction = 0.1;
     config.data.shuffle = false;
-    let l = loader(&config, &[p], Split::Train);
-    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
-    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let results: Vec<_> = stream_one_rank(&config, &[p], Split::Train).collect();
     let err = results
         .last()
         .unwrap()
@@ -80,8 +76,8 @@ fn too_many_bad_rows_stop_the_run_with_the_counts() {
     );
     // Mid-epoch check once enough rows were seen.
     config.data.min_rows_for_bad_fraction = 3;
-    let l = loader(&config, &[dir.path().join("messy.parquet")], Split::Train);
-    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let results: Vec<_> =
+        stream_one_rank(&config, &[dir.path().join("messy.parquet")], Split::Train).collect();
     let err = results.last().unwrap().as_ref().err().unwrap().to_string();
     assert!(err.starts_with("rank 0: 1 of 3 rows skipped"), "{err}");
 }
@@ -185,9 +181,7 @@ fn a_rank_with_only_bad_rows_says_so() {
     write_hf(&p, &[(None, Some("a".into())), (None, Some("b".into()))], 2);
     let mut config = test_config(2);
     config.data.max_bad_fraction = 1.0;
-    let l = loader(&config, &[p], Split::Train);
-    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
-    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let results: Vec<_> = stream_one_rank(&config, &[p], Split::Train).collect();
     let err = results.last().unwrap().as_ref().err().unwrap().to_string();
     assert_eq!(
         err,
@@ -220,9 +214,8 @@ fn corrupt_row_group_names_file_and_group_or_is_skipped() {
     corrupt_row_group(&p, 1);
     let mut config = test_config(2);
     config.data.shuffle = false;
-    let l = loader(&config, std::slice::from_ref(&p), Split::Train);
-    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 1), 0);
-    let results: Vec<_> = l.stream(&cursor, 0).unwrap().collect();
+    let results: Vec<_> =
+        stream_one_rank(&config, std::slice::from_ref(&p), Split::Train).collect();
     let err = results
         .last()
         .unwrap()
@@ -236,8 +229,7 @@ fn corrupt_row_group_names_file_and_group_or_is_skipped() {
         "{err}"
     );
     config.data.skip_bad_files = true;
-    let l = loader(&config, std::slice::from_ref(&p), Split::Train);
-    let mut stream = l.stream(&cursor, 0).unwrap();
+    let mut stream = stream_one_rank(&config, std::slice::from_ref(&p), Split::Train);
     let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.len(), 4);
     let real = real_captions(&batches);

@@ -4,12 +4,12 @@ mod common;
 
 use common::*;
 use image::ImageFormat;
-use weft_data::{plan_options, DataCursor, Layout, Split};
+use weft_data::{Layout, Split};
 
 fn one_epoch(config: &weft_config::Config, paths: &[std::path::PathBuf]) -> Vec<weft_data::Batch> {
-    let l = loader(config, paths, Split::Val);
-    let cursor = DataCursor::new(l.catalog(), plan_options(config, Split::Val, 1), 0);
-    run_rank(&l, &cursor, 0)
+    stream_one_rank(config, paths, Split::Val)
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[test]
@@ -65,8 +65,7 @@ fn img2dataset_layout_skips_failed_downloads() {
         l.catalog().mapping.describe(),
         "img2dataset layout: image=jpg text=caption key=key status=status"
     );
-    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Val, 1), 0);
-    let mut stream = l.stream(&cursor, 0).unwrap();
+    let mut stream = stream_one_rank(&config, std::slice::from_ref(&p), Split::Val);
     let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
     let real = real_keys(&batches);
     assert_eq!(

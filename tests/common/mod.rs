@@ -166,3 +166,14 @@ fn real<T>(batches: &[Batch], f: impl Fn(&Batch, usize) -> T) -> Vec<T> {
         })
         .collect()
 }
+
+/// Epoch 0 of a single rank (world size 1).
+pub fn stream_one_rank(
+    config: &Config,
+    paths: &[PathBuf],
+    split: weft_data::Split,
+) -> weft_data::BatchStream {
+    let l = loader(config, paths, split);
+    let cursor = DataCursor::new(l.catalog(), weft_data::plan_options(config, split, 1), 0);
+    l.stream(&cursor, 0).unwrap()
+}
