@@ -124,7 +124,7 @@ fn cursor_round_trip_continues_exactly() {
             0,
         );
         let full: Vec<Vec<Batch>> = (0..world).map(|r| run_rank(&loader, &start, r)).collect();
-        for k in [0usize, 1, 7, full[0].len() - 1] {
+        for k in [0usize, 1, 7, full[0].len() - 1, full[0].len()] {
             // Take k steps on every rank, record, serialize, resume.
             let mut cursor = start.clone();
             for (rank, batches) in full.iter().enumerate() {
@@ -227,4 +227,35 @@ fn too_few_rows_is_a_clear_error() {
         err,
         "5 rows cannot fill one global batch of 2 x 4; lower data.batch_size or set data.last_batch = \"pad\""
     );
+}
+
+#[test]
+fn next_epoch_starts_over_with_a_new_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let config = test_config(4);
+    let l = loader(&config, &paths, Split::Train);
+    let mut cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 2), 0);
+    let mut epochs = Vec::new();
+    for _ in 0..2 {
+        let mut rows = Vec::new();
+        let start = cursor.clone();
+        for rank in 0..2 {
+            let batches = run_rank(&l, &start, rank);
+            let last = batches.last().unwrap();
+            cursor.record(rank, last.consumed, last.step);
+            rows.extend(real_rows(&batches));
+        }
+        assert!(cursor.epoch_done(l.catalog()).unwrap());
+        // A finished epoch resumes to nothing.
+        assert!(run_rank(&l, &cursor, 0).is_empty());
+        epochs.push(rows);
+        cursor = cursor.next_epoch();
+        assert_eq!(
+            (cursor.epoch, cursor.step, cursor.consumed.clone()),
+            (epochs.len() as u64, 0, vec![0, 0])
+        );
+    }
+    assert_eq!(epochs[0].len(), epochs[1].len());
+    assert_ne!(epochs[0], epochs[1]);
 }
