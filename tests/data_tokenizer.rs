@@ -63,3 +63,33 @@ fn missing_tokenizer_file_is_named() {
         "tokenizer /nonexistent/tokenizer.json: file not found (train one with `weft data tokenizer --train`)"
     );
 }
+
+#[test]
+fn training_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in [TokenizerModel::Wordpiece, TokenizerModel::Bpe] {
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        train_tokenizer(captions(), model, 150, &a).unwrap();
+        train_tokenizer(captions(), model, 150, &b).unwrap();
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{model:?}"
+        );
+        let enc = TextEncoder::from_file(&a, 16).unwrap();
+        assert!(enc.vocab_size() <= 150, "{}", enc.vocab_size());
+    }
+    let err = train_tokenizer(
+        captions(),
+        TokenizerModel::Wordpiece,
+        7,
+        &dir.path().join("c.json"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.ends_with("--vocab-size 7 leaves no room beside the 7 special tokens"),
+        "{err}"
+    );
+}

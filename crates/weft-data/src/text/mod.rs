@@ -1,17 +1,24 @@
 //! Captions to token ids: Hugging Face `tokenizer.json` files through the `tokenizers` crate,
 //! and training a WordPiece or BPE tokenizer on a dataset's own captions.
 
+pub mod train;
+
 use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
 
 use tokenizers::decoders::bpe::BPEDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TokenizerImpl,
+    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PaddingDirection,
+    PaddingParams, PaddingStrategy, PreTokenizedString, PreTokenizer, Tokenizer,
     TruncationDirection, TruncationParams, TruncationStrategy,
 };
 pub use weft_config::TokenizerModel;
@@ -131,7 +138,8 @@ impl TextEncoder {
 ///
 /// Both models lowercase and strip accents (BERT normalizer), split on whitespace and
 /// punctuation, have [`SPECIAL_TOKENS`] as ids 0..7, and wrap every caption as
-/// `[CLS] ... [SEP]`.
+/// `[CLS] ... [SEP]`. Training is deterministic ([`train`]): the same captions give the same
+/// file, byte for byte.
 pub fn train_tokenizer<I>(
     captions: I,
     model: TokenizerModel,
@@ -139,15 +147,50 @@ pub fn train_tokenizer<I>(
     out: &Path,
 ) -> Result<()>
 where
-    I: Iterator<Item = String> + Send,
+    I: Iterator<Item = String>,
 {
     let err = |message: String| DataError::Tokenizer {
         path: out.to_path_buf(),
         message,
     };
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+    if vocab_size <= SPECIAL_TOKENS.len() {
+        return Err(err(format!(
+            "--vocab-size {vocab_size} leaves no room beside the {} special tokens",
+            SPECIAL_TOKENS.len()
+        )));
+    }
+    // Words as the tokenizer will see them: normalized, then pre-tokenized.
+    let normalizer = BertNormalizer::default();
+    let mut word_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut captions_seen = 0u64;
+    for caption in captions {
+        captions_seen += 1;
+        let mut normalized = NormalizedString::from(caption.as_str());
+        normalizer
+            .normalize(&mut normalized)
+            .map_err(|e| err(e.to_string()))?;
+        let mut pre = PreTokenizedString::from(normalized);
+        BertPreTokenizer
+            .pre_tokenize(&mut pre)
+            .map_err(|e| err(e.to_string()))?;
+        for (word, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+            *word_counts.entry(word.to_string()).or_default() += 1;
+        }
+    }
+    if word_counts.is_empty() {
+        return Err(err(format!("no words in {captions_seen} captions")));
+    }
+    let style = match model {
+        TokenizerModel::Wordpiece => train::Style::WordPiece,
+        TokenizerModel::Bpe => train::Style::Bpe,
+    };
+    let learned = train::learn(&word_counts, &SPECIAL_TOKENS, vocab_size, 1, style);
+    // The map type the `tokenizers` builders take.
+    let vocab: ahash::AHashMap<String, u32> = learned
+        .tokens
         .iter()
-        .map(|t| AddedToken::from(t.to_string(), true))
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
         .collect();
     let post = TemplateProcessing::builder()
         .try_single("[CLS] $0 [SEP]")
@@ -157,62 +200,37 @@ where
         .special_tokens(vec![("[CLS]", 1), ("[SEP]", 2)])
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let tokenizer: Tokenizer = match model {
-        TokenizerModel::Wordpiece => {
-            let mut trainer = WordPieceTrainerBuilder::new()
-                .vocab_size(vocab_size)
-                .min_frequency(1)
-                .show_progress(false)
-                .special_tokens(specials)
-                .build();
-            let wp = WordPiece::builder()
-                .unk_token("[UNK]".into())
-                .build()
-                .map_err(|e| err(e.to_string()))?;
-            let mut t: TokenizerImpl<
-                WordPiece,
-                BertNormalizer,
-                BertPreTokenizer,
-                TemplateProcessing,
-                WordPieceDecoder,
-            > = TokenizerImpl::new(wp);
-            t.with_normalizer(Some(BertNormalizer::default()))
-                .with_pre_tokenizer(Some(BertPreTokenizer))
-                .with_decoder(Some(WordPieceDecoder::default()));
-            t.train(&mut trainer, captions)
-                .map_err(|e| err(e.to_string()))?;
-            t.with_post_processor(Some(post));
-            t.into()
-        }
-        TokenizerModel::Bpe => {
-            let mut trainer = BpeTrainerBuilder::new()
-                .vocab_size(vocab_size)
-                .min_frequency(1)
-                .show_progress(false)
-                .special_tokens(specials)
-                .end_of_word_suffix("</w>".into())
-                .build();
-            let bpe = BPE::builder()
-                .unk_token("[UNK]".into())
-                .end_of_word_suffix("</w>".into())
-                .build()
-                .map_err(|e| err(e.to_string()))?;
-            let mut t: TokenizerImpl<
-                BPE,
-                BertNormalizer,
-                BertPreTokenizer,
-                TemplateProcessing,
-                BPEDecoder,
-            > = TokenizerImpl::new(bpe);
-            t.with_normalizer(Some(BertNormalizer::default()))
-                .with_pre_tokenizer(Some(BertPreTokenizer))
-                .with_decoder(Some(BPEDecoder::new("</w>".into())));
-            t.train(&mut trainer, captions)
-                .map_err(|e| err(e.to_string()))?;
-            t.with_post_processor(Some(post));
-            t.into()
-        }
+    let model: ModelWrapper = match model {
+        TokenizerModel::Wordpiece => WordPiece::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .build()
+            .map_err(|e| err(e.to_string()))?
+            .into(),
+        TokenizerModel::Bpe => BPE::builder()
+            .vocab_and_merges(vocab, learned.merges)
+            .unk_token("[UNK]".into())
+            .end_of_word_suffix("</w>".into())
+            .build()
+            .map_err(|e| err(e.to_string()))?
+            .into(),
     };
+    let decoder: DecoderWrapper = match style {
+        train::Style::WordPiece => WordPieceDecoder::default().into(),
+        train::Style::Bpe => BPEDecoder::new("</w>".into()).into(),
+    };
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(normalizer))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(post))
+        .with_decoder(Some(decoder));
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(t.to_string(), true))
+        .collect();
+    tokenizer.add_special_tokens(&specials);
     for (i, tok) in SPECIAL_TOKENS.iter().enumerate() {
         if tokenizer.token_to_id(tok) != Some(i as u32) {
             return Err(err(format!("special token {tok} did not get id {i}")));
@@ -221,6 +239,7 @@ where
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
-    tokenizer.save(out, true).map_err(|e| err(e.to_string()))?;
+    let json = tokenizer.to_string(true).map_err(|e| err(e.to_string()))?;
+    std::fs::write(out, json).map_err(|e| err(e.to_string()))?;
     Ok(())
 }
