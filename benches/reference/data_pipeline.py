@@ -5,8 +5,8 @@ The same work as weft's eval pipeline, done the way open_clip / torchvision do i
 read the Parquet row groups (image bytes + caption), decode with Pillow, convert to RGB,
 resize the shorter side to S (bicubic), center-crop S x S, scale to [0, 1], normalize with
 CLIP's mean/std, CHW float32, stack batches; tokenize captions with the same tokenizer.json
-(Hugging Face `tokenizers`) when one is given. With N workers, row groups are spread over N
-processes that send finished batches back (as torch's DataLoader workers do).
+(Hugging Face `tokenizers`) when one is given. With N workers, row groups are handed to N
+processes that send finished batches back as they finish (as torch's DataLoader workers do).
 
 usage: data_pipeline.py PATHS... [--image-size 224] [--batch-size 64] [--workers N]
                         [--tokenizer FILE --context-length 32] [--json]
@@ -65,47 +65,64 @@ def units_of(files):
     return [(f, g) for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
 
 
-def run_units(args):
-    units, size, batch_size, tok_path, ctx = args
-    tok = None
-    if tok_path:
+_TOK = {}
+
+
+def tokenizer(path, ctx):
+    if path not in _TOK:
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(tok_path)
+        tok = Tokenizer.from_file(path)
         tok.enable_truncation(ctx)
         tok.enable_padding(length=ctx, pad_id=0, pad_token="[PAD]")
+        _TOK[path] = tok
+    return _TOK[path]
+
+
+def run_unit(args):
+    """One row group to batches (the last one may be short), like one DataLoader worker task."""
+    (f, g), size, batch_size, tok_path, ctx = args
+    tok = tokenizer(tok_path, ctx) if tok_path else None
+    pf = pq.ParquetFile(f)
+    icol, tcol = columns(pf.schema_arrow)
+    table = pf.read_row_group(g, columns=[icol, tcol])
+    images = table.column(icol).to_pylist()
+    texts = table.column(tcol).to_pylist()
     batches, imgs, caps = [], [], []
-    for f, g in units:
-        pf = pq.ParquetFile(f)
-        icol, tcol = columns(pf.schema_arrow)
-        table = pf.read_row_group(g, columns=[icol, tcol])
-        images = table.column(icol).to_pylist()
-        texts = table.column(tcol).to_pylist()
-        for im, t in zip(images, texts):
-            data = im["bytes"] if isinstance(im, dict) else im
-            if data is None or not t:
-                continue
-            imgs.append(transform(data, size))
-            caps.append(t)
-            if len(imgs) == batch_size:
-                batch = {"images": np.stack(imgs)}
-                if tok is not None:
-                    batch["ids"] = np.array([e.ids for e in tok.encode_batch(caps)], dtype=np.int64)
-                batches.append(batch)
-                imgs, caps = [], []
+
+    def flush():
+        batch = {"images": np.stack(imgs)}
+        if tok is not None:
+            batch["ids"] = np.array([e.ids for e in tok.encode_batch(caps)], dtype=np.int64)
+        batches.append(batch)
+
+    for im, t in zip(images, texts):
+        data = im["bytes"] if isinstance(im, dict) else im
+        if data is None or not t:
+            continue
+        imgs.append(transform(data, size))
+        caps.append(t)
+        if len(imgs) == batch_size:
+            flush()
+            imgs, caps = [], []
+    if imgs:
+        flush()
     return batches
 
 
 def bench(units, workers, args):
+    jobs = [(u, args.image_size, args.batch_size, args.tokenizer, args.context_length) for u in units]
     start = time.perf_counter()
-    job = lambda us: (us, args.image_size, args.batch_size, args.tokenizer, args.context_length)
+    n = 0
     if workers == 1:
-        out = [run_units(job(units))]
+        for job in jobs:
+            n += sum(b["images"].shape[0] for b in run_unit(job))
     else:
-        shards = [units[i::workers] for i in range(workers)]
+        # Batches stream back to the parent as each row group finishes, pickled through a pipe
+        # (torch's DataLoader would use shared memory; this reference has no torch).
         with mp.Pool(workers) as pool:
-            out = pool.map(run_units, [job(s) for s in shards])
-    n = sum(b["images"].shape[0] for part in out for b in part)
+            for batches in pool.imap_unordered(run_unit, jobs):
+                n += sum(b["images"].shape[0] for b in batches)
     secs = time.perf_counter() - start
     return {"workers": workers, "images": n, "seconds": secs, "images_per_s": n / secs}
 
