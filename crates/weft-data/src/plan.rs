@@ -375,15 +375,6 @@ impl RankPlan {
         ShuffleOrder::new(self.len, self.shuffle_buffer, self.shuffle_seed)
     }
 
-    /// The (unit, row, pad) at a position.
-    pub fn locate(&self, pos: u64) -> (u32, u64, bool) {
-        let i = self
-            .pieces
-            .partition_point(|p| p.pos + p.segment.len <= pos);
-        let p = &self.pieces[i];
-        (p.segment.unit, p.segment.start + (pos - p.pos), p.pad)
-    }
-
     /// Position ranges as (unit, rows, pad) runs: `ranges` must be sorted and disjoint.
     pub fn runs(&self, ranges: &[(u64, u64)]) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
@@ -464,7 +455,6 @@ pub struct ShuffleOrder {
     next_read: u64,
     buffer: Vec<u64>,
     rng: ChaCha8Rng,
-    emitted: u64,
 }
 
 impl ShuffleOrder {
@@ -476,7 +466,6 @@ impl ShuffleOrder {
             next_read: 0,
             buffer: Vec::with_capacity(capacity.min(1 << 20)),
             rng: ChaCha8Rng::seed_from_u64(seed),
-            emitted: 0,
         }
     }
 
@@ -487,11 +476,6 @@ impl ShuffleOrder {
                 break;
             }
         }
-    }
-
-    /// Positions emitted so far.
-    pub fn emitted(&self) -> u64 {
-        self.emitted
     }
 
     /// Positions not emitted yet that the order has not read either, plus the ones waiting in
@@ -526,7 +510,6 @@ impl Iterator for ShuffleOrder {
         } else {
             self.rng.random_range(0..self.buffer.len())
         };
-        self.emitted += 1;
         Some(self.buffer.swap_remove(j))
     }
 }
