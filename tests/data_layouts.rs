@@ -270,3 +270,46 @@ fn captions_only_reader_leaves_images_out() {
         );
     }
 }
+
+#[test]
+fn hugging_face_images_stored_beside_the_dataset_are_read_from_their_path() {
+    // `Dataset.to_parquet` of an image folder keeps only paths: bytes are null.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("imgs")).unwrap();
+    std::fs::write(
+        dir.path().join("imgs/a.png"),
+        solid(4, 4, [255, 0, 0], ImageFormat::Png),
+    )
+    .unwrap();
+    let absolute = dir.path().join("b.png");
+    std::fs::write(&absolute, solid(4, 4, [0, 0, 255], ImageFormat::Png)).unwrap();
+    let p = dir.path().join("paths.parquet");
+    write_hf_with_paths(
+        &p,
+        &[
+            (None, Some("imgs/a.png".into()), "red"),
+            (None, Some(absolute.display().to_string()), "blue"),
+            (None, Some("imgs/missing.png".into()), "gone"),
+            (
+                Some(solid(4, 4, [0, 255, 0], ImageFormat::Png)),
+                Some("ignored.png".into()),
+                "green",
+            ),
+        ],
+    );
+    let mut config = test_config(3);
+    config.data.max_bad_fraction = 0.5;
+    config.data.mean = [0.0; 3];
+    config.data.std = [1.0; 3];
+    let mut stream = stream_one_rank(&config, std::slice::from_ref(&p), Split::Val);
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches[0].captions, ["red", "blue", "green"]);
+    let b = &batches[0];
+    // First pixel of each channel plane of each sample.
+    let px = |i: usize| [0, 1, 2].map(|c| b.images[i * 48 + c * 16]);
+    assert_eq!(
+        [px(0), px(1), px(2)],
+        [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    );
+    assert_eq!(stream.stats().by_reason.get("null_image"), Some(&1));
+}

@@ -80,6 +80,8 @@ pub struct RawRow {
     pub key: String,
     /// Encoded image, `None` when null.
     pub image: Option<Vec<u8>>,
+    /// The image's `path` when its bytes were null and were looked up there.
+    pub image_path: Option<String>,
     /// Caption, `None` when null.
     pub text: Option<String>,
     /// False when an img2dataset status column says the row failed.
@@ -193,6 +195,18 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// The bytes of an image stored beside the dataset: `image_path` is absolute or relative to the
+/// Parquet file's directory. `None` when it cannot be read.
+fn read_image_file(parquet: &Path, image_path: &str) -> Option<Vec<u8>> {
+    let p = Path::new(image_path);
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        parquet.parent().unwrap_or(Path::new(".")).join(p)
+    };
+    std::fs::read(full).ok().filter(|b| !b.is_empty())
+}
+
 fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
@@ -290,13 +304,22 @@ impl RowReader {
                 let row = rows
                     .next()
                     .ok_or_else(|| bad("more rows than selected".to_string()))?;
+                let mut image = cols.image_at(i).map(<[u8]>::to_vec);
+                let mut image_path = None;
+                if image.as_ref().is_none_or(|b| b.is_empty()) {
+                    if let Some(p) = cols.path_at(i) {
+                        image = read_image_file(path, p);
+                        image_path = Some(p.to_string());
+                    }
+                }
                 let raw = RawRow {
                     unit,
                     row,
                     key: cols
                         .key_at(i)
                         .unwrap_or_else(|| format!("{name}#{}:{row}", u.row_group)),
-                    image: cols.image_at(i).map(<[u8]>::to_vec),
+                    image,
+                    image_path,
                     text: cols.text_at(i).map(str::to_string),
                     status_ok: cols.status_ok(i),
                 };
@@ -329,6 +352,7 @@ enum Str<'a> {
 struct Columns<'a> {
     image: Option<Bin<'a>>,
     image_parent: Option<&'a StructArray>,
+    image_path: Option<Str<'a>>,
     text: Str<'a>,
     key: Option<&'a ArrayRef>,
     status: Option<Str<'a>>,
@@ -367,6 +391,10 @@ impl<'a> Columns<'a> {
         Ok(Self {
             image,
             image_parent,
+            image_path: match image_parent {
+                Some(s) if m.image_has_path => s.column_by_name("path").and_then(as_str),
+                _ => None,
+            },
             text: as_str(col(&m.text)?)
                 .ok_or_else(|| format!("column {:?} is not a string", m.text))?,
             key: match &m.key {
@@ -391,6 +419,13 @@ impl<'a> Columns<'a> {
             Bin::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
             Bin::View(a) => (!a.is_null(i)).then(|| a.value(i)),
         }
+    }
+
+    fn path_at(&self, i: usize) -> Option<&'a str> {
+        if self.image_parent.is_some_and(|p| p.is_null(i)) {
+            return None;
+        }
+        str_at(self.image_path.as_ref()?, i).filter(|p| !p.is_empty())
     }
 
     fn text_at(&self, i: usize) -> Option<&'a str> {

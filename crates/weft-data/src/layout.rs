@@ -47,6 +47,9 @@ pub struct ColumnMapping {
     pub image: String,
     /// Whether the image column is a struct whose `bytes` field holds the encoded image.
     pub image_is_struct: bool,
+    /// Whether that struct also has a `path` field: rows with null bytes are then read from
+    /// that file (absolute, or relative to the Parquet file's directory).
+    pub image_has_path: bool,
     /// Caption column.
     pub text: String,
     /// Key column, if any.
@@ -100,14 +103,21 @@ impl ColumnMapping {
             None => first_present(&["key", "id"]),
         };
         let status = (layout == Layout::Img2dataset && has("status")).then(|| "status".to_string());
-        let image_is_struct = matches!(
-            schema.field_with_name(&image).map(|f| f.data_type()),
-            Ok(DataType::Struct(_))
-        );
+        let (image_is_struct, image_has_path) =
+            match schema.field_with_name(&image).map(|f| f.data_type()) {
+                Ok(DataType::Struct(fields)) => (
+                    true,
+                    fields
+                        .iter()
+                        .any(|f| f.name() == "path" && is_string(f.data_type())),
+                ),
+                _ => (false, false),
+            };
         let mapping = Self {
             layout,
             image,
             image_is_struct,
+            image_has_path,
             text,
             key,
             status,
@@ -187,6 +197,7 @@ impl ColumnMapping {
         };
         let wanted: Vec<Vec<&str>> = [
             with_image.then_some(image),
+            (with_image && self.image_has_path).then(|| vec![self.image.as_str(), "path"]),
             Some(vec![self.text.as_str()]),
             self.key.as_deref().map(|k| vec![k]),
             self.status.as_deref().map(|s| vec![s]),

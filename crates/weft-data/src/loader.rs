@@ -599,10 +599,13 @@ fn classify(raw: &RawRow) -> std::result::Result<(&[u8], &str), Skip> {
             message: "img2dataset status is not success".to_string(),
         });
     }
-    let bytes = raw
-        .image
-        .as_deref()
-        .ok_or_else(|| skip("null_image", "the image is null".to_string()))?;
+    let bytes = raw.image.as_deref().ok_or_else(|| {
+        let message = match &raw.image_path {
+            Some(p) => format!("the image bytes are null and its path {p:?} cannot be read"),
+            None => "the image is null".to_string(),
+        };
+        skip("null_image", message)
+    })?;
     if bytes.is_empty() {
         return Err(skip("null_image", "the image is empty".to_string()));
     }
