@@ -273,7 +273,7 @@ fn captions_only_reader_leaves_images_out() {
 
 #[test]
 fn hugging_face_images_stored_beside_the_dataset_are_read_from_their_path() {
-    // `Dataset.to_parquet` of an image folder keeps only paths: bytes are null.
+    // Datasets whose images live in files can hold only their paths: bytes are null.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("imgs")).unwrap();
     std::fs::write(
