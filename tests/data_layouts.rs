@@ -287,13 +287,17 @@ fn hugging_face_images_stored_beside_the_dataset_are_read_from_their_path() {
     write_hf_with_paths(
         &p,
         &[
-            (None, Some("imgs/a.png".into()), "red"),
-            (None, Some(absolute.display().to_string()), "blue"),
-            (None, Some("imgs/missing.png".into()), "gone"),
+            (None, Some("imgs/a.png".into()), Some("red".into())),
+            (
+                None,
+                Some(absolute.display().to_string()),
+                Some("blue".into()),
+            ),
+            (None, Some("imgs/missing.png".into()), Some("gone".into())),
             (
                 Some(solid(4, 4, [0, 255, 0], ImageFormat::Png)),
                 Some("ignored.png".into()),
-                "green",
+                Some("green".into()),
             ),
         ],
     );

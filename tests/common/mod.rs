@@ -178,29 +178,7 @@ pub fn stream_one_rank(
     l.stream(&cursor, 0).unwrap()
 }
 
-/// One row of a Hugging Face fixture with an explicit `image.path`: `(bytes, path, caption)`.
-pub type HfPathRow<'a> = (Option<Vec<u8>>, Option<String>, &'a str);
-
 /// Hugging Face layout with explicit `image.path` values.
-pub fn write_hf_with_paths(path: &Path, rows: &[HfPathRow<'_>]) {
-    use arrow_array::StructArray;
-    use arrow_schema::Fields;
-    let fields = Fields::from(vec![
-        Field::new("bytes", DataType::Binary, true),
-        Field::new("path", DataType::Utf8, true),
-    ]);
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("image", DataType::Struct(fields.clone()), true),
-        Field::new("text", DataType::Utf8, true),
-    ]));
-    let image = StructArray::new(
-        fields,
-        vec![
-            Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.0.as_deref()))) as ArrayRef,
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1.as_deref()))) as ArrayRef,
-        ],
-        None,
-    );
-    let text = StringArray::from_iter_values(rows.iter().map(|r| r.2));
-    write_batch(path, schema, vec![Arc::new(image), Arc::new(text)], 1000);
+pub fn write_hf_with_paths(path: &Path, rows: &[weft_data::synth::HfRow]) {
+    weft_data::synth::write_hf_parquet_with_paths(path, rows, 1000).unwrap();
 }

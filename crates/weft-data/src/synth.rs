@@ -236,11 +236,28 @@ pub fn encode(img: &RgbImage, format: SynthFormat) -> Result<Vec<u8>> {
     Ok(buf.into_inner())
 }
 
+/// One row of the Hugging Face layout: encoded image, `image.path`, caption (`None`: null).
+pub type HfRow = (Option<Vec<u8>>, Option<String>, Option<String>);
+
 /// Write rows in the Hugging Face layout: `image: struct<bytes: binary, path: string>`,
-/// `text: string`. `None` images and captions are written as nulls.
+/// `text: string`. `None` images and captions are written as nulls, and so is `image.path`: the
+/// images live in the file.
 pub fn write_hf_parquet(
     path: &Path,
     rows: &[(Option<Vec<u8>>, Option<String>)],
+    row_group_size: usize,
+) -> Result<()> {
+    let rows: Vec<HfRow> = rows
+        .iter()
+        .map(|(image, text)| (image.clone(), None, text.clone()))
+        .collect();
+    write_hf_parquet_with_paths(path, &rows, row_group_size)
+}
+
+/// Write rows in the Hugging Face layout with explicit `image.path` values.
+pub fn write_hf_parquet_with_paths(
+    path: &Path,
+    rows: &[HfRow],
     row_group_size: usize,
 ) -> Result<()> {
     let err = |message: String| DataError::Write {
@@ -263,19 +280,14 @@ pub fn write_hf_parquet(
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
         .map_err(|e| err(e.to_string()))?;
     for chunk in rows.chunks(row_group_size.max(1)) {
-        let bytes = BinaryArray::from_iter(chunk.iter().map(|(b, _)| b.as_deref()));
-        let names = StringArray::from_iter(
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (b, _))| b.as_ref().map(|_| format!("{i:08}.img"))),
-        );
+        let bytes = BinaryArray::from_iter(chunk.iter().map(|r| r.0.as_deref()));
+        let paths = StringArray::from_iter(chunk.iter().map(|r| r.1.as_deref()));
         let image = StructArray::new(
             image_fields.clone(),
-            vec![Arc::new(bytes) as ArrayRef, Arc::new(names) as ArrayRef],
+            vec![Arc::new(bytes) as ArrayRef, Arc::new(paths) as ArrayRef],
             None,
         );
-        let text = StringArray::from_iter(chunk.iter().map(|(_, t)| t.as_deref()));
+        let text = StringArray::from_iter(chunk.iter().map(|r| r.2.as_deref()));
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![Arc::new(image) as ArrayRef, Arc::new(text) as ArrayRef],
