@@ -187,8 +187,9 @@ impl ColumnMapping {
         Ok(())
     }
 
-    /// Indices of the Parquet leaf columns to read (the image bytes, never the image path;
-    /// no image at all without `with_image`).
+    /// Indices of the Parquet leaf columns to read: the image bytes and, when the struct has
+    /// one, the image path (the fallback for null bytes); no image column at all without
+    /// `with_image`.
     pub fn leaf_indices(&self, schema: &SchemaDescriptor, with_image: bool) -> Vec<usize> {
         let image = if self.image_is_struct {
             vec![self.image.as_str(), "bytes"]

@@ -3,9 +3,8 @@
 
 pub mod train;
 
-use std::path::{Path, PathBuf};
-
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::bpe::BPEDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
