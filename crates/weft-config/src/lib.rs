@@ -75,8 +75,12 @@ pub struct Config {
     pub seed: u64,
     /// The data pipeline.
     pub data: DataConfig,
-    /// Model shape (only what the data pipeline needs so far).
+    /// Model shape.
     pub model: ModelConfig,
+    /// `[loss]`: objective weights and their options.
+    pub loss: LossConfig,
+    /// `[train]`: optimiser, schedule, length and logging of a training run.
+    pub train: TrainConfig,
 }
 
 /// What to do with the rows that do not fill a last global batch.
@@ -176,25 +180,215 @@ impl Default for DataConfig {
     }
 }
 
-/// `[model]`: the shape of the model (only the parts the data pipeline needs so far).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// `[model]`: the shape of the model. Only the modules that the enabled objectives need are
+/// built (see the `[loss]` weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `[model.text]`
+    /// Width of the shared image-text embedding space of the ITC heads.
+    pub embed_dim: usize,
+    /// Initial value of the learnable ITC log temperature, `ln(1/0.07)` as in CLIP.
+    pub logit_scale_init: f64,
+    /// Upper clamp of the log temperature, `ln(100)` as in CLIP.
+    pub logit_scale_max: f64,
+    /// Tie the MLM and LM output layers to their word embeddings.
+    pub tie_word_embeddings: bool,
+    /// `[model.vision]`: the ViT image encoder.
+    pub vision: VisionConfig,
+    /// `[model.text]`: the text encoder (and the tokenizer's context).
     pub text: TextConfig,
+    /// `[model.fusion]`: the cross-attention fusion encoder (ITM, MLM).
+    pub fusion: FusionConfig,
+    /// `[model.decoder]`: the captioning text decoder (LM).
+    pub decoder: FusionConfig,
 }
 
-/// `[model.text]`: the text side.
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            embed_dim: 128,
+            logit_scale_init: (1.0f64 / 0.07).ln(),
+            logit_scale_max: 100f64.ln(),
+            tie_word_embeddings: true,
+            vision: VisionConfig::default(),
+            text: TextConfig::default(),
+            fusion: FusionConfig::default(),
+            decoder: FusionConfig::default(),
+        }
+    }
+}
+
+/// `[model.vision]`: a ViT over `data.image_size` images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Side of a square patch in pixels; must divide `data.image_size`.
+    pub patch_size: usize,
+    /// Token width.
+    pub width: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `width`.
+    pub heads: usize,
+    /// Hidden width of the MLPs as a multiple of `width`.
+    pub mlp_ratio: usize,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            patch_size: 8,
+            width: 192,
+            depth: 4,
+            heads: 3,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+/// `[model.text]`: the bidirectional text encoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TextConfig {
     /// Tokens per caption after truncation and padding (special tokens included).
     pub context_length: usize,
+    /// Vocabulary size; 0 takes it from the tokenizer.
+    pub vocab_size: usize,
+    /// Token width.
+    pub width: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `width`.
+    pub heads: usize,
+    /// Hidden width of the MLPs as a multiple of `width`.
+    pub mlp_ratio: usize,
 }
 
 impl Default for TextConfig {
     fn default() -> Self {
-        Self { context_length: 32 }
+        Self {
+            context_length: 32,
+            vocab_size: 0,
+            width: 192,
+            depth: 4,
+            heads: 3,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+/// `[model.fusion]` and `[model.decoder]`: text layers with cross-attention to the image
+/// tokens, at the text encoder's width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusionConfig {
+    /// Layers (self-attention, cross-attention, MLP).
+    pub depth: usize,
+    /// Attention heads; must divide `model.text.width`.
+    pub heads: usize,
+    /// Hidden width of the MLPs as a multiple of the width.
+    pub mlp_ratio: usize,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        Self {
+            depth: 2,
+            heads: 3,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+/// `[loss]`: the weight of each objective in the total (0 disables it and its modules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Image-text contrastive (symmetric InfoNCE).
+    pub itc: f64,
+    /// Image-text matching with hard negatives.
+    pub itm: f64,
+    /// Masked language modelling through the fusion encoder.
+    pub mlm: f64,
+    /// Captioning language modelling through the decoder.
+    pub lm: f64,
+    /// Masked image modelling (normalised pixels of masked patches).
+    pub mim: f64,
+    /// Label smoothing of the ITC cross-entropies.
+    pub itc_label_smoothing: f64,
+    /// Fraction of caption tokens chosen for MLM (then 80% [MASK], 10% random, 10% kept).
+    pub mlm_probability: f64,
+    /// Fraction of image patches masked for MIM.
+    pub mim_mask_ratio: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            itc: 1.0,
+            itm: 0.0,
+            mlm: 0.0,
+            lm: 0.0,
+            mim: 0.0,
+            itc_label_smoothing: 0.0,
+            mlm_probability: 0.15,
+            mim_mask_ratio: 0.75,
+        }
+    }
+}
+
+/// `[train]`: optimiser, schedule, length and logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training split (ignored when `max_steps` is set).
+    pub epochs: u64,
+    /// Optimizer steps in all; 0 runs `epochs` epochs.
+    pub max_steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    /// Optimizer steps of linear warmup from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Decoupled weight decay of matrices (never biases, norms, embeddings or the temperature).
+    pub weight_decay: f64,
+    /// AdamW betas.
+    pub betas: [f64; 2],
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Micro-batches per optimizer step; their gradients are averaged.
+    pub grad_accum: u64,
+    /// Consecutive steps with a non-finite loss or gradient norm after which the run stops.
+    pub max_nonfinite_steps: u64,
+    /// Evaluate on the validation split every this many optimizer steps (0: only at the end).
+    pub eval_every: u64,
+    /// Log a line every this many steps when stderr is not a terminal.
+    pub log_every: u64,
+    /// CPU threads for the tensor backend (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            max_steps: 0,
+            lr: 5e-4,
+            min_lr: 1e-5,
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            betas: [0.9, 0.98],
+            eps: 1e-6,
+            grad_clip: 1.0,
+            grad_accum: 1,
+            max_nonfinite_steps: 5,
+            eval_every: 0,
+            log_every: 10,
+            threads: 0,
+        }
     }
 }
 
@@ -371,11 +565,168 @@ impl Config {
                 return err(key, "must not be empty (leave it out instead)".into());
             }
         }
+        self.validate_model()?;
+        self.validate_train()?;
         if self.model.text.context_length < 2 {
             return err(
                 "model.text.context_length",
                 "must be at least 2 (room for the special tokens)".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_model(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        let m = &self.model;
+        if m.embed_dim == 0 {
+            return err("model.embed_dim", "must be at least 1".into());
+        }
+        if !(m.logit_scale_init.is_finite() && m.logit_scale_init <= m.logit_scale_max) {
+            return err(
+                "model.logit_scale_init",
+                format!(
+                    "must be finite and at most model.logit_scale_max ({}), found {}",
+                    m.logit_scale_max, m.logit_scale_init
+                ),
+            );
+        }
+        let v = &m.vision;
+        if v.patch_size == 0 || !self.data.image_size.is_multiple_of(v.patch_size) {
+            return err(
+                "model.vision.patch_size",
+                format!(
+                    "must divide data.image_size ({}), found {}",
+                    self.data.image_size, v.patch_size
+                ),
+            );
+        }
+        let blocks = [
+            ("model.vision", v.width, v.depth, v.heads, v.mlp_ratio),
+            (
+                "model.text",
+                m.text.width,
+                m.text.depth,
+                m.text.heads,
+                m.text.mlp_ratio,
+            ),
+            (
+                "model.fusion",
+                m.text.width,
+                m.fusion.depth,
+                m.fusion.heads,
+                m.fusion.mlp_ratio,
+            ),
+            (
+                "model.decoder",
+                m.text.width,
+                m.decoder.depth,
+                m.decoder.heads,
+                m.decoder.mlp_ratio,
+            ),
+        ];
+        for (section, width, depth, heads, mlp) in blocks {
+            if width == 0 {
+                return err(&format!("{section}.width"), "must be at least 1".into());
+            }
+            if depth == 0 {
+                return err(&format!("{section}.depth"), "must be at least 1".into());
+            }
+            if heads == 0 || !width.is_multiple_of(heads) {
+                return err(
+                    &format!("{section}.heads"),
+                    format!("must divide the width ({width}), found {heads}"),
+                );
+            }
+            if mlp == 0 {
+                return err(&format!("{section}.mlp_ratio"), "must be at least 1".into());
+            }
+        }
+        let l = &self.loss;
+        for (key, w) in [
+            ("loss.itc", l.itc),
+            ("loss.itm", l.itm),
+            ("loss.mlm", l.mlm),
+            ("loss.lm", l.lm),
+            ("loss.mim", l.mim),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return err(key, format!("must be a finite weight >= 0, found {w}"));
+            }
+        }
+        if [l.itc, l.itm, l.mlm, l.lm, l.mim].iter().all(|w| *w == 0.0) {
+            return err(
+                "loss",
+                "every objective weight is 0: enable at least one".into(),
+            );
+        }
+        for (key, p, open) in [
+            ("loss.itc_label_smoothing", l.itc_label_smoothing, false),
+            ("loss.mlm_probability", l.mlm_probability, true),
+            ("loss.mim_mask_ratio", l.mim_mask_ratio, true),
+        ] {
+            let ok = if open {
+                p > 0.0 && p < 1.0
+            } else {
+                (0.0..1.0).contains(&p)
+            };
+            if !ok {
+                let range = if open { "0 < x < 1" } else { "0 <= x < 1" };
+                return err(key, format!("expected {range}, found {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_train(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        let t = &self.train;
+        if t.epochs == 0 && t.max_steps == 0 {
+            return err(
+                "train.epochs",
+                "must be at least 1 when train.max_steps is 0".into(),
+            );
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return err("train.lr", format!("must be positive, found {}", t.lr));
+        }
+        if !(t.min_lr.is_finite() && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return err(
+                "train.min_lr",
+                format!("expected 0 <= min_lr <= lr ({}), found {}", t.lr, t.min_lr),
+            );
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return err(
+                "train.weight_decay",
+                format!("must be >= 0, found {}", t.weight_decay),
+            );
+        }
+        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return err(
+                "train.betas",
+                format!("expected 0 <= beta < 1, found {:?}", t.betas),
+            );
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            return err("train.eps", format!("must be positive, found {}", t.eps));
+        }
+        if !(t.grad_clip.is_finite() && t.grad_clip >= 0.0) {
+            return err(
+                "train.grad_clip",
+                format!("must be >= 0, found {}", t.grad_clip),
+            );
+        }
+        if t.grad_accum == 0 {
+            return err("train.grad_accum", "must be at least 1".into());
+        }
+        if t.max_nonfinite_steps == 0 {
+            return err("train.max_nonfinite_steps", "must be at least 1".into());
+        }
+        if t.log_every == 0 {
+            return err("train.log_every", "must be at least 1".into());
         }
         Ok(())
     }

@@ -1,0 +1,219 @@
+//! `weft train`, `weft eval` and `weft bench train`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use weft_config::{Config, ConfigLoader};
+use weft_data::{Split, TextEncoder};
+use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
+use weft_train::{CpuBackend, TrainOptions};
+
+/// The config `weft train` uses without `--config`.
+pub const DEFAULT_TRAIN_CONFIG: &str = "configs/tiny.toml";
+
+type Cpu = burn::backend::Flex;
+
+/// Arguments of `weft train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run directory for config.toml, metrics.jsonl, eval.jsonl and the weights
+    /// (default: runs/<UTC date-time>).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+/// Arguments of `weft eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Weights saved by `weft train` (RUN_DIR/model.safetensors) or their run directory; the
+    /// model config is RUN_DIR/config.toml unless --config is given.
+    #[arg(long, value_name = "PATH")]
+    checkpoint: PathBuf,
+    /// Parquet files, directories or globs of image-caption pairs (default: data.val).
+    #[arg(long, num_args = 1.., value_name = "PATHS")]
+    data: Vec<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `weft bench train`.
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: u64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The config of `weft train`: `--config`, else configs/tiny.toml.
+pub fn train_config(file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<Config> {
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let default = PathBuf::from(DEFAULT_TRAIN_CONFIG);
+            if !default.exists() {
+                bail!(
+                    "no --config given and {DEFAULT_TRAIN_CONFIG} is not here: run from the repository root or pass --config"
+                );
+            }
+            tracing::info!("config: {DEFAULT_TRAIN_CONFIG}");
+            default
+        }
+    };
+    Ok(ConfigLoader::new()
+        .file(file)
+        .overrides(sets.iter().cloned())
+        .load()?)
+}
+
+/// `weft train`.
+pub fn train(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
+    weft_train::init_threads(config.train.threads);
+    let run_dir = args.run_dir.unwrap_or_else(default_run_dir);
+    let options = TrainOptions {
+        run_dir: run_dir.clone(),
+        progress: std::io::stderr().is_terminal(),
+        nonfinite_loss_at: Vec::new(),
+    };
+    let device = Default::default();
+    let summary = weft_train::train::<CpuBackend>(config, &options, &device)?;
+    if let Some(r) = &summary.eval {
+        println!(
+            "final eval: text->image R@1 {:.2} (chance {:.2}), image->text R@1 {:.2}; R@5 {:.2}/{:.2}; R@10 {:.2}/{:.2}",
+            r.t2i_r1, r.chance_r1, r.i2t_r1, r.t2i_r5, r.i2t_r5, r.t2i_r10, r.i2t_r10
+        );
+    }
+    println!(
+        "{} steps ({} skipped); weights {}",
+        summary.steps,
+        summary.skipped,
+        summary.model_path.display()
+    );
+    Ok(())
+}
+
+/// `weft eval`.
+///
+/// The model config is `--config` if given, else the run directory's config.toml; `--set`
+/// overrides apply to either.
+pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<()> {
+    let (weights, dir) = if args.checkpoint.is_dir() {
+        (args.checkpoint.join(MODEL_FILE), args.checkpoint.clone())
+    } else {
+        let dir = args
+            .checkpoint
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        (args.checkpoint.clone(), dir)
+    };
+    if !weights.exists() {
+        bail!("checkpoint {} does not exist", weights.display());
+    }
+    let file = config_file.unwrap_or_else(|| dir.join(weft_config::RUN_CONFIG_FILE));
+    let mut config = ConfigLoader::new()
+        .file(&file)
+        .overrides(sets.iter().cloned())
+        .load()
+        .with_context(|| format!("the model config of {}", weights.display()))?;
+    let tokenizer = dir.join(TOKENIZER_FILE);
+    if tokenizer.exists() {
+        config.data.tokenizer = Some(tokenizer.display().to_string());
+    }
+    weft_train::init_threads(config.train.threads);
+    let data = if args.data.is_empty() {
+        config.data.val.clone()
+    } else {
+        args.data.clone()
+    };
+    if data.is_empty() {
+        bail!("no data: pass --data PATHS (or set data.val)");
+    }
+    let loader = weft_data::loader_from_config(&config, Split::Val, &data)?;
+    let vocab = loader
+        .text()
+        .map(TextEncoder::vocab_size)
+        .context("data.tokenizer: evaluation needs the tokenizer")?;
+    let device = Default::default();
+    let mut model = build_model::<Cpu>(&config, vocab, &device);
+    load_model(&mut model, &weights)?;
+    let r = weft_train::evaluate_retrieval(&model, &config, &loader, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{} image-caption pairs from {}", r.n, data.join(" "));
+        println!(
+            "image->text R@1 {:6.2}  R@5 {:6.2}  R@10 {:6.2}",
+            r.i2t_r1, r.i2t_r5, r.i2t_r10
+        );
+        println!(
+            "text->image R@1 {:6.2}  R@5 {:6.2}  R@10 {:6.2}",
+            r.t2i_r1, r.t2i_r5, r.t2i_r10
+        );
+        println!("chance      R@1 {:6.2}", r.chance_r1);
+    }
+    Ok(())
+}
+
+/// `weft bench train`.
+pub fn bench_train(args: BenchTrainArgs, config: &Config) -> anyhow::Result<()> {
+    weft_train::init_threads(config.train.threads);
+    if config.model.text.vocab_size == 0 {
+        bail!("model.text.vocab_size: the train bench reads no tokenizer, set a vocabulary size");
+    }
+    let device = Default::default();
+    let r = weft_train::bench::bench_train::<CpuBackend>(config, args.steps, args.warmup, &device);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} params, batch {}: step {:.1} ms median ({:.1} ms mean) over {} steps, {:.1} samples/s (threads: {})",
+            r.params,
+            r.batch,
+            1e3 * r.step_time_median_s,
+            1e3 * r.step_time_mean_s,
+            r.steps,
+            r.samples_per_s,
+            rayon_threads()
+        );
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    weft_train::current_threads()
+}
+
+/// `runs/YYYYMMDD-HHMMSS` in UTC.
+fn default_run_dir() -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from(format!(
+        "runs/{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}

@@ -1,0 +1,291 @@
+//! Transformer building blocks: attention, MLP, pre-norm encoder and cross-attention blocks.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor};
+
+/// LayerNorm epsilon of every block (the PyTorch default of CLIP/ViT).
+pub const LN_EPS: f64 = 1e-5;
+
+/// Value added to masked attention scores.
+const MASKED: f32 = -1.0e9;
+
+pub(crate) fn layer_norm<B: Backend>(width: usize, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(width)
+        .with_epsilon(LN_EPS)
+        .init(device)
+}
+
+/// A [`Linear`] over `[B, L, W]` tokens as one `[B·L, W]` matrix product.
+///
+/// burn's `Linear` on a rank-3 input runs a batched product against the broadcast weight, which
+/// flex splits into B small products (and B weight-gradient products in the backward pass);
+/// one large product is several times faster on CPU.
+pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, l, w] = x.dims();
+    let y = layer.forward(x.reshape([b * l, w]));
+    let out = y.dims()[1];
+    y.reshape([b, l, out])
+}
+
+/// An additive attention bias, broadcast over heads: `[B or 1, 1, Lq or 1, Lk]`.
+///
+/// Built once per forward pass from a key padding mask and/or a causal mask.
+#[derive(Debug, Clone)]
+pub struct AttentionBias<B: Backend> {
+    bias: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> AttentionBias<B> {
+    /// No masking.
+    pub fn none() -> Self {
+        Self { bias: None }
+    }
+
+    /// Mask the keys where `padding` is true (`[B, Lk]`), optionally also the future (causal).
+    pub fn new(
+        padding: Option<Tensor<B, 2, Bool>>,
+        causal: Option<usize>,
+        device: &B::Device,
+    ) -> Self {
+        let pad = padding.map(|p| {
+            let [b, l] = p.dims();
+            Tensor::<B, 2>::zeros([b, l], &p.device())
+                .mask_fill(p, MASKED)
+                .reshape([b, 1, 1, l])
+        });
+        let causal = causal.map(|l| {
+            // burn's tril_mask(offset 0) is true strictly above the diagonal: the future.
+            let future = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, device);
+            Tensor::<B, 2>::zeros([l, l], device)
+                .mask_fill(future, MASKED)
+                .reshape([1, 1, l, l])
+        });
+        let bias = match (pad, causal) {
+            (Some(p), Some(c)) => Some(p + c),
+            (p, c) => p.or(c),
+        };
+        Self { bias }
+    }
+
+    /// Pick rows of a per-sample bias (for re-paired batches such as ITM negatives).
+    pub fn select(&self, indices: Tensor<B, 1, burn::tensor::Int>) -> Self {
+        let bias = self.bias.clone().map(|b| {
+            if b.dims()[0] == 1 {
+                b
+            } else {
+                b.select(0, indices)
+            }
+        });
+        Self { bias }
+    }
+
+    /// Concatenate per-sample biases along the batch.
+    pub fn cat(parts: Vec<Self>) -> Self {
+        let tensors: Option<Vec<_>> = parts.into_iter().map(|p| p.bias).collect();
+        Self {
+            bias: tensors.map(|t| Tensor::cat(t, 0)),
+        }
+    }
+}
+
+/// Scaled dot-product attention of `[B, H, Lq, D]` queries over `[B, H, Lk, D]` keys/values.
+fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: &AttentionBias<B>,
+) -> Tensor<B, 4> {
+    let head_dim = q.dims()[3];
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    if let Some(b) = &bias.bias {
+        scores = scores + b.clone();
+    }
+    softmax(scores, 3).matmul(v)
+}
+
+fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, l, w] = x.dims();
+    x.reshape([b, l, heads, w / heads]).swap_dims(1, 2)
+}
+
+fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, l, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, l, h * d])
+}
+
+/// Multi-head self-attention with a fused QKV projection.
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    /// `[W, 3W]` query, key and value projection.
+    pub qkv: Linear<B>,
+    /// Output projection.
+    pub out: Linear<B>,
+    /// Attention heads.
+    pub heads: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// New self-attention of `width` with `heads` heads.
+    pub fn new(width: usize, heads: usize, device: &B::Device) -> Self {
+        Self {
+            qkv: LinearConfig::new(width, 3 * width).init(device),
+            out: LinearConfig::new(width, width).init(device),
+            heads,
+        }
+    }
+
+    /// `[B, L, W] -> [B, L, W]`.
+    pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
+        let mut qkv = linear_tokens(&self.qkv, x).chunk(3, 2);
+        let v = split_heads(qkv.pop().expect("3 chunks"), self.heads);
+        let k = split_heads(qkv.pop().expect("3 chunks"), self.heads);
+        let q = split_heads(qkv.pop().expect("3 chunks"), self.heads);
+        linear_tokens(&self.out, merge_heads(attend(q, k, v, bias)))
+    }
+}
+
+/// Multi-head cross-attention from text queries to image keys/values.
+#[derive(Module, Debug)]
+pub struct CrossAttention<B: Backend> {
+    /// `[W, W]` query projection.
+    pub query: Linear<B>,
+    /// `[W_ctx, 2W]` key and value projection of the context (image tokens).
+    pub key_value: Linear<B>,
+    /// Output projection.
+    pub out: Linear<B>,
+    /// Attention heads.
+    pub heads: usize,
+}
+
+impl<B: Backend> CrossAttention<B> {
+    /// New cross-attention of `width` over a context of `context_width`.
+    pub fn new(width: usize, context_width: usize, heads: usize, device: &B::Device) -> Self {
+        Self {
+            query: LinearConfig::new(width, width).init(device),
+            key_value: LinearConfig::new(context_width, 2 * width).init(device),
+            out: LinearConfig::new(width, width).init(device),
+            heads,
+        }
+    }
+
+    /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
+    pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
+        let q = split_heads(linear_tokens(&self.query, x), self.heads);
+        let mut kv = linear_tokens(&self.key_value, context).chunk(2, 2);
+        let v = split_heads(kv.pop().expect("2 chunks"), self.heads);
+        let k = split_heads(kv.pop().expect("2 chunks"), self.heads);
+        linear_tokens(
+            &self.out,
+            merge_heads(attend(q, k, v, &AttentionBias::none())),
+        )
+    }
+}
+
+/// Two-layer MLP with an exact GELU.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[W, W * ratio]`.
+    pub fc1: Linear<B>,
+    /// `[W * ratio, W]`.
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// New MLP of `width` with a hidden layer of `width * ratio`.
+    pub fn new(width: usize, ratio: usize, device: &B::Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(width, width * ratio).init(device),
+            fc2: LinearConfig::new(width * ratio, width).init(device),
+        }
+    }
+
+    /// `[B, L, W] -> [B, L, W]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        linear_tokens(&self.fc2, gelu(linear_tokens(&self.fc1, x)))
+    }
+}
+
+/// Pre-norm Transformer block: `x += SA(LN(x)); x += MLP(LN(x))`.
+#[derive(Module, Debug)]
+pub struct EncoderBlock<B: Backend> {
+    /// Norm before attention.
+    pub ln_1: LayerNorm<B>,
+    /// Self-attention.
+    pub attn: SelfAttention<B>,
+    /// Norm before the MLP.
+    pub ln_2: LayerNorm<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> EncoderBlock<B> {
+    /// New block.
+    pub fn new(width: usize, heads: usize, mlp_ratio: usize, device: &B::Device) -> Self {
+        Self {
+            ln_1: layer_norm(width, device),
+            attn: SelfAttention::new(width, heads, device),
+            ln_2: layer_norm(width, device),
+            mlp: Mlp::new(width, mlp_ratio, device),
+        }
+    }
+
+    /// `[B, L, W] -> [B, L, W]`.
+    pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// Pre-norm block with cross-attention to image tokens (ALBEF fusion / BLIP decoder layer):
+/// `x += SA(LN(x)); x += CA(LN(x), image); x += MLP(LN(x))`.
+#[derive(Module, Debug)]
+pub struct CrossBlock<B: Backend> {
+    /// Norm before self-attention.
+    pub ln_1: LayerNorm<B>,
+    /// Self-attention over the text (causal in the decoder).
+    pub attn: SelfAttention<B>,
+    /// Norm before cross-attention.
+    pub ln_2: LayerNorm<B>,
+    /// Cross-attention to the image tokens.
+    pub cross: CrossAttention<B>,
+    /// Norm before the MLP.
+    pub ln_3: LayerNorm<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> CrossBlock<B> {
+    /// New block of `width` attending to a context of `context_width`.
+    pub fn new(
+        width: usize,
+        context_width: usize,
+        heads: usize,
+        mlp_ratio: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            ln_1: layer_norm(width, device),
+            attn: SelfAttention::new(width, heads, device),
+            ln_2: layer_norm(width, device),
+            cross: CrossAttention::new(width, context_width, heads, device),
+            ln_3: layer_norm(width, device),
+            mlp: Mlp::new(width, mlp_ratio, device),
+        }
+    }
+
+    /// `[B, L, W]` with `[B, Li, W_ctx]` image tokens -> `[B, L, W]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        image: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias);
+        let x = x.clone() + self.cross.forward(self.ln_2.forward(x), image);
+        x.clone() + self.mlp.forward(self.ln_3.forward(x))
+    }
+}

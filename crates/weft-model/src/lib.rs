@@ -1,0 +1,22 @@
+//! weft-model: the vision-language models and pretraining objectives of weft, as burn 0.21
+//! modules generic over the backend.
+//!
+//! - [`vision`]: ViT image encoder (convolutional patches, CLS, learned positions, pre-norm).
+//! - [`text`]: bidirectional text encoder and causal captioning decoder.
+//! - [`fusion`]: ALBEF-style fusion encoder (self-attention + cross-attention to image tokens).
+//! - [`heads`]: ITC projections and temperature, MLM head, MIM head (the ITM head is a
+//!   `Linear(width, 2)`).
+//! - [`model`]: [`VlModel`], built from a [`VlModelConfig`] with only the modules that the
+//!   enabled objectives need.
+//! - [`objectives`]: ITC, ITM with hard negatives, MLM, LM and MIM, and their weighted sum.
+
+pub mod block;
+pub mod fusion;
+pub mod heads;
+pub mod model;
+pub mod objectives;
+pub mod text;
+pub mod vision;
+
+pub use model::{Objectives, VlModel, VlModelConfig};
+pub use objectives::{LossOutput, LossWeights, ObjectiveBatch, SpecialTokens};

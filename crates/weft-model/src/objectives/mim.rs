@@ -1,0 +1,45 @@
+//! Masked image modelling: random patch masks, per-patch normalised pixel targets (MAE's
+//! `norm_pix_loss`) and the masked mean squared error.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use rand::seq::index::sample;
+use rand::Rng;
+
+/// A `[B, N]` mask (1 = masked) with exactly `max(1, round(ratio * N))` masked patches per image.
+pub fn patch_mask<R: Rng>(b: usize, n: usize, ratio: f64, rng: &mut R) -> Vec<f32> {
+    let k = ((ratio * n as f64).round() as usize).clamp(1, n);
+    let mut mask = vec![0.0f32; b * n];
+    for row in 0..b {
+        for j in sample(rng, n, k) {
+            mask[row * n + j] = 1.0;
+        }
+    }
+    mask
+}
+
+/// `[B, C, S, S]` images as `[B, N, p·p·C]` patches (row-major patches, pixels in (y, x, c)
+/// order), each normalised to zero mean and unit variance.
+pub fn patch_targets<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tensor<B, 3> {
+    let [b, c, h, w] = images.dims();
+    let (gh, gw) = (h / patch, w / patch);
+    let x: Tensor<B, 6> = images.reshape([b, c, gh, patch, gw, patch]);
+    let x = x.permute([0, 2, 4, 3, 5, 1]); // [B, gh, gw, p, p, C]
+    let x: Tensor<B, 3> = x.reshape([b, gh * gw, patch * patch * c]);
+    let mean = x.clone().mean_dim(2);
+    let centered = x - mean;
+    let var = centered.clone().square().mean_dim(2);
+    centered / var.add_scalar(1e-6).sqrt()
+}
+
+/// Mean over masked patches of the per-patch mean squared error. `mask` is `[B, N]`, 1 = masked.
+pub fn mim_loss<B: Backend>(
+    prediction: Tensor<B, 3>,
+    target: Tensor<B, 3>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let [b, n, _] = prediction.dims();
+    let per_patch: Tensor<B, 2> = (prediction - target).square().mean_dim(2).reshape([b, n]);
+    let masked = mask.clone().sum();
+    (per_patch * mask).sum() / masked
+}

@@ -1,0 +1,335 @@
+//! Pretraining objectives and their weighted sum.
+//!
+//! Every objective is a pure function of tensors (plus host-side sampling with a caller-owned
+//! RNG, so that a seed fixes every mask and negative); [`VlModel::losses`] wires them to the
+//! model's modules.
+
+pub mod ce;
+pub mod itc;
+pub mod itm;
+pub mod lm;
+pub mod mim;
+pub mod mlm;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::Rng;
+
+use crate::block::{linear_tokens, AttentionBias};
+use crate::heads::first_token;
+use crate::model::VlModel;
+
+pub use ce::cross_entropy;
+pub use itc::itc_loss;
+pub use itm::{sample_hard_negatives, HardNegatives};
+pub use lm::{shift_for_lm, LmInputs};
+pub use mim::{mim_loss, patch_mask, patch_targets};
+pub use mlm::{mask_tokens, MlmMask};
+
+/// Objective weights and options (the `[loss]` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossWeights {
+    /// ITC weight.
+    pub itc: f64,
+    /// ITM weight.
+    pub itm: f64,
+    /// MLM weight.
+    pub mlm: f64,
+    /// LM weight.
+    pub lm: f64,
+    /// MIM weight.
+    pub mim: f64,
+    /// ITC label smoothing.
+    pub itc_label_smoothing: f64,
+    /// MLM selection probability.
+    pub mlm_probability: f64,
+    /// MIM mask ratio.
+    pub mim_mask_ratio: f64,
+}
+
+impl From<&weft_config::LossConfig> for LossWeights {
+    fn from(l: &weft_config::LossConfig) -> Self {
+        Self {
+            itc: l.itc,
+            itm: l.itm,
+            mlm: l.mlm,
+            lm: l.lm,
+            mim: l.mim,
+            itc_label_smoothing: l.itc_label_smoothing,
+            mlm_probability: l.mlm_probability,
+            mim_mask_ratio: l.mim_mask_ratio,
+        }
+    }
+}
+
+/// The special token ids the objectives use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecialTokens {
+    /// `[MASK]`, the MLM replacement.
+    pub mask: u32,
+    /// `[BOS]`, the first decoder input.
+    pub bos: u32,
+    /// Every special id (never masked, never drawn as a random MLM replacement).
+    pub all: Vec<u32>,
+}
+
+/// One batch as the objectives see it: images on the device, token ids on the host.
+#[derive(Debug, Clone)]
+pub struct ObjectiveBatch<B: Backend> {
+    /// `[B, C, S, S]` normalised images.
+    pub images: Tensor<B, 4>,
+    /// `[B, L]` token ids, row-major.
+    pub ids: Vec<u32>,
+    /// `[B, L]` 1 = token, 0 = padding.
+    pub attention_mask: Vec<u32>,
+    /// Tokens per caption `L`.
+    pub len: usize,
+}
+
+impl<B: Backend> ObjectiveBatch<B> {
+    /// Rows in the batch.
+    pub fn batch_size(&self) -> usize {
+        self.images.dims()[0]
+    }
+
+    /// The ids as a `[B, L]` tensor.
+    pub fn ids_tensor(&self) -> Tensor<B, 2, Int> {
+        ints(
+            &self.ids,
+            self.batch_size(),
+            self.len,
+            &self.images.device(),
+        )
+    }
+
+    /// The padding (true = pad) as a `[B, L]` tensor.
+    pub fn padding_tensor(&self) -> Tensor<B, 2, Bool> {
+        let pad: Vec<bool> = self.attention_mask.iter().map(|&m| m == 0).collect();
+        bools(pad, self.batch_size(), self.len, &self.images.device())
+    }
+
+    fn same_caption(&self, i: usize, j: usize) -> bool {
+        let l = self.len;
+        self.ids[i * l..(i + 1) * l] == self.ids[j * l..(j + 1) * l]
+    }
+}
+
+pub(crate) fn ints<B: Backend>(
+    v: &[u32],
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| i64::from(x)).collect();
+    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+}
+
+fn indices<B: Backend>(v: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+fn bools<B: Backend>(
+    v: Vec<bool>,
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+}
+
+/// The losses of one batch: the weighted total and every enabled component on its own.
+#[derive(Debug, Clone)]
+pub struct LossOutput<B: Backend> {
+    /// `Σ weight · component`, `[1]`.
+    pub total: Tensor<B, 1>,
+    /// `(name, unweighted loss)` of each enabled objective, in the order itc, itm, mlm, lm, mim.
+    pub parts: Vec<(&'static str, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> VlModel<B> {
+    /// Forward every objective whose weight is non-zero on one batch.
+    ///
+    /// `rng` draws the MLM masks, the ITM hard negatives and the MIM masks, in that order.
+    ///
+    /// # Panics
+    /// When an objective has a weight but its module was not built (the model and the weights
+    /// must come from the same config).
+    pub fn losses<R: Rng>(
+        &self,
+        batch: &ObjectiveBatch<B>,
+        w: &LossWeights,
+        special: &SpecialTokens,
+        rng: &mut R,
+    ) -> LossOutput<B> {
+        let device = batch.images.device();
+        let b = batch.batch_size();
+        let l = batch.len;
+        let needs_text = w.itc > 0.0 || w.itm > 0.0 || w.mlm > 0.0;
+        let needs_image_tokens = needs_text || w.lm > 0.0;
+        let mut parts = Vec::new();
+
+        let image_tokens = needs_image_tokens.then(|| self.vision.forward(batch.images.clone()));
+        let padding = batch.padding_tensor();
+        let text_bias = AttentionBias::new(Some(padding.clone()), None, &device);
+        let text = needs_text.then(|| {
+            self.text
+                .as_ref()
+                .expect("text encoder is built when loss.itc, itm or mlm > 0")
+        });
+        let text_tokens = text.map(|t| t.forward(batch.ids_tensor(), Some(padding.clone())));
+
+        // MLM masks are drawn first so that the RNG stream does not depend on the ITC values.
+        let mlm_mask = (w.mlm > 0.0).then(|| {
+            let vocab = text.expect("text encoder").token_embedding.weight.dims()[0];
+            mask_tokens(
+                &batch.ids,
+                &batch.attention_mask,
+                vocab,
+                &special.all,
+                special.mask,
+                w.mlm_probability,
+                rng,
+            )
+        });
+
+        if w.itc > 0.0 || w.itm > 0.0 {
+            let itc = self
+                .itc
+                .as_ref()
+                .expect("ITC head is built when loss.itc or itm > 0");
+            let image_tokens = image_tokens.clone().expect("image tokens");
+            let text_tokens = text_tokens.clone().expect("text tokens");
+            let (loss, logits) = itc_loss(
+                itc.image_embedding(image_tokens.clone()),
+                itc.text_embedding(text_tokens.clone()),
+                itc.scale(),
+                w.itc_label_smoothing,
+            );
+            if w.itc > 0.0 {
+                parts.push(("itc", loss));
+            }
+            if w.itm > 0.0 && b >= 2 {
+                let fusion = self
+                    .fusion
+                    .as_ref()
+                    .expect("fusion is built when loss.itm > 0");
+                let head = self
+                    .itm
+                    .as_ref()
+                    .expect("ITM head is built when loss.itm > 0");
+                let host: Vec<f32> = logits
+                    .detach()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32 logits");
+                let neg = sample_hard_negatives(&host, b, |i, j| batch.same_caption(i, j), rng);
+                let neg_image = indices::<B>(&neg.image_for_text, &device);
+                let neg_text = indices::<B>(&neg.text_for_image, &device);
+                let text_all = Tensor::cat(
+                    vec![
+                        text_tokens.clone(),
+                        text_tokens.clone(),
+                        text_tokens.select(0, neg_text.clone()),
+                    ],
+                    0,
+                );
+                let bias_all = AttentionBias::cat(vec![
+                    text_bias.clone(),
+                    text_bias.clone(),
+                    text_bias.select(neg_text),
+                ]);
+                let image_all = Tensor::cat(
+                    vec![
+                        image_tokens.clone(),
+                        image_tokens.clone().select(0, neg_image),
+                        image_tokens,
+                    ],
+                    0,
+                );
+                let fused = fusion.forward(text_all, &bias_all, image_all);
+                let logits = head.forward(first_token(fused));
+                let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
+                parts.push(("itm", cross_entropy(logits, &targets, None, 0.0)));
+            }
+        }
+
+        if let Some(mask) = mlm_mask.filter(|m| !m.positions.is_empty()) {
+            let text = text.expect("text encoder");
+            let fusion = self
+                .fusion
+                .as_ref()
+                .expect("fusion is built when loss.mlm > 0");
+            let head = self
+                .mlm
+                .as_ref()
+                .expect("MLM head is built when loss.mlm > 0");
+            let masked = ints::<B>(&mask.input_ids, b, l, &device);
+            let h = text.forward(masked, Some(padding.clone()));
+            let fused = fusion.forward(h, &text_bias, image_tokens.clone().expect("image tokens"));
+            let width = fused.dims()[2];
+            let picked = fused
+                .reshape([b * l, width])
+                .select(0, indices::<B>(&mask.positions, &device));
+            let logits = head.forward(picked, text.token_embedding.weight.val());
+            parts.push(("mlm", cross_entropy(logits, &mask.targets, None, 0.0)));
+        }
+
+        if w.lm > 0.0 {
+            let decoder = self
+                .decoder
+                .as_ref()
+                .expect("decoder is built when loss.lm > 0");
+            let lm = shift_for_lm(&batch.ids, &batch.attention_mask, l, special.bos);
+            let inputs = ints::<B>(&lm.input_ids, b, lm.len, &device);
+            let pad = bools::<B>(lm.padding.clone(), b, lm.len, &device);
+            let logits = decoder.forward(
+                inputs,
+                Some(pad),
+                image_tokens.clone().expect("image tokens"),
+            );
+            let vocab = logits.dims()[2];
+            let logits = logits.reshape([b * lm.len, vocab]);
+            parts.push((
+                "lm",
+                cross_entropy(logits, &lm.targets, Some(&lm.weights), 0.0),
+            ));
+        }
+
+        if w.mim > 0.0 {
+            let mim = self
+                .mim
+                .as_ref()
+                .expect("MIM head is built when loss.mim > 0");
+            let patch = self.vision.patch_size;
+            let [_, _, s, _] = batch.images.dims();
+            let n = (s / patch) * (s / patch);
+            let mask = patch_mask(b, n, w.mim_mask_ratio, rng);
+            let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, n]), &device);
+            let tokens = self.vision.forward_masked(
+                batch.images.clone(),
+                mask.clone().reshape([b, n, 1]),
+                mim.mask_token.val(),
+            );
+            let prediction = linear_tokens(&mim.predictor, tokens.narrow(1, 1, n));
+            let target = patch_targets(batch.images.clone().detach(), patch);
+            parts.push(("mim", mim_loss(prediction, target, mask)));
+        }
+
+        let weight = |name: &str| match name {
+            "itc" => w.itc,
+            "itm" => w.itm,
+            "mlm" => w.mlm,
+            "lm" => w.lm,
+            _ => w.mim,
+        };
+        let total = parts
+            .iter()
+            .map(|(name, loss)| loss.clone().mul_scalar(weight(name)))
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([1], &device));
+        LossOutput { total, parts }
+    }
+}

@@ -1,0 +1,182 @@
+//! Text towers: the bidirectional text encoder and the captioning decoder.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::block::{layer_norm, linear_tokens, AttentionBias, CrossBlock, EncoderBlock};
+
+fn normal(std: f64) -> Initializer {
+    Initializer::Normal { mean: 0.0, std }
+}
+
+/// Shape of a [`TextEncoder`].
+#[derive(Config, Debug)]
+pub struct TextEncoderConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Tokens per caption.
+    pub context_length: usize,
+    /// Token width.
+    pub width: usize,
+    /// Blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden width as a multiple of `width`.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+}
+
+impl TextEncoderConfig {
+    /// Build the encoder.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TextEncoder<B> {
+        TextEncoder {
+            token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
+                .with_initializer(normal(0.02))
+                .init(device),
+            position_embedding: normal(0.01).init([1, self.context_length, self.width], device),
+            blocks: (0..self.depth)
+                .map(|_| EncoderBlock::new(self.width, self.heads, self.mlp_ratio, device))
+                .collect(),
+            ln_final: layer_norm(self.width, device),
+        }
+    }
+}
+
+/// Bidirectional Transformer over token and position embeddings.
+#[derive(Module, Debug)]
+pub struct TextEncoder<B: Backend> {
+    /// `[V, W]` word embeddings.
+    pub token_embedding: Embedding<B>,
+    /// `[1, L, W]` learned positions.
+    pub position_embedding: Param<Tensor<B, 3>>,
+    /// Pre-norm Transformer blocks.
+    pub blocks: Vec<EncoderBlock<B>>,
+    /// Final LayerNorm.
+    pub ln_final: LayerNorm<B>,
+}
+
+impl<B: Backend> TextEncoder<B> {
+    /// Encode `[B, L]` token ids; `padding` (`[B, L]`, true = pad) masks keys.
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        let device = ids.device();
+        let l = ids.dims()[1];
+        let bias = AttentionBias::new(padding, None, &device);
+        let mut x =
+            self.token_embedding.forward(ids) + self.position_embedding.val().narrow(1, 0, l);
+        for block in &self.blocks {
+            x = block.forward(x, &bias);
+        }
+        self.ln_final.forward(x)
+    }
+}
+
+/// Shape of a [`TextDecoder`].
+#[derive(Config, Debug)]
+pub struct TextDecoderConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Tokens per caption.
+    pub context_length: usize,
+    /// Token width.
+    pub width: usize,
+    /// Width of the image tokens attended to.
+    pub image_width: usize,
+    /// Layers.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden width as a multiple of `width`.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+    /// Use the word embeddings as the output layer.
+    #[config(default = true)]
+    pub tie_word_embeddings: bool,
+}
+
+impl TextDecoderConfig {
+    /// Build the decoder.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TextDecoder<B> {
+        TextDecoder {
+            token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
+                .with_initializer(normal(0.02))
+                .init(device),
+            position_embedding: normal(0.01).init([1, self.context_length, self.width], device),
+            blocks: (0..self.depth)
+                .map(|_| {
+                    CrossBlock::new(
+                        self.width,
+                        self.image_width,
+                        self.heads,
+                        self.mlp_ratio,
+                        device,
+                    )
+                })
+                .collect(),
+            ln_final: layer_norm(self.width, device),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| LinearConfig::new(self.width, self.vocab_size).init(device)),
+            lm_bias: self
+                .tie_word_embeddings
+                .then(|| Initializer::Zeros.init([self.vocab_size], device)),
+        }
+    }
+}
+
+/// Captioning decoder (BLIP/CoCa style): causal self-attention, cross-attention to the image
+/// tokens, MLP; then the LM head.
+#[derive(Module, Debug)]
+pub struct TextDecoder<B: Backend> {
+    /// `[V, W]` word embeddings.
+    pub token_embedding: Embedding<B>,
+    /// `[1, L, W]` learned positions.
+    pub position_embedding: Param<Tensor<B, 3>>,
+    /// Causal cross-attention layers.
+    pub blocks: Vec<CrossBlock<B>>,
+    /// Final LayerNorm.
+    pub ln_final: LayerNorm<B>,
+    /// Untied output layer (None when tied to `token_embedding`).
+    pub lm_head: Option<Linear<B>>,
+    /// Output bias of the tied LM head.
+    pub lm_bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> TextDecoder<B> {
+    /// Next-token logits `[B, L, V]` for `[B, L]` input ids over `[B, Li, Wi]` image tokens.
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+        image: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let device = ids.device();
+        let l = ids.dims()[1];
+        let bias = AttentionBias::new(padding, Some(l), &device);
+        let mut x =
+            self.token_embedding.forward(ids) + self.position_embedding.val().narrow(1, 0, l);
+        for block in &self.blocks {
+            x = block.forward(x, &bias, image.clone());
+        }
+        let h = self.ln_final.forward(x);
+        match (&self.lm_head, &self.lm_bias) {
+            (Some(head), _) => linear_tokens(head, h),
+            (None, bias) => {
+                let [b, l, w] = h.dims();
+                let weight = self.token_embedding.weight.val(); // [V, W]
+                let v = weight.dims()[0];
+                let mut logits = h.reshape([b * l, w]).matmul(weight.transpose());
+                if let Some(bias) = bias {
+                    logits = logits + bias.val().unsqueeze_dim(0);
+                }
+                logits.reshape([b, l, v])
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Errors of the trainer.
+
+use std::path::PathBuf;
+
+/// What can stop training or evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] weft_data::DataError),
+    /// The config names no tokenizer; every objective needs token ids.
+    #[error("data.tokenizer: training needs a tokenizer (set data.tokenizer)")]
+    NoTokenizer,
+    /// The tokenizer lacks a special token an objective needs.
+    #[error("{objective} needs the special token {token}, which the tokenizer {path} lacks")]
+    MissingToken {
+        /// The objective.
+        objective: &'static str,
+        /// The token.
+        token: &'static str,
+        /// The tokenizer file.
+        path: String,
+    },
+    /// The model has no ITC head, so there are no retrieval embeddings.
+    #[error("the model has no ITC head (loss.itc and loss.itm are 0): no retrieval embeddings")]
+    NoEmbeddings,
+    /// The training split gives no optimizer step.
+    #[error("the training data gives no optimizer step: {rows} rows with a global batch of {batch} and train.grad_accum = {accum}")]
+    NoSteps {
+        /// Rows in the split.
+        rows: u64,
+        /// Global batch.
+        batch: usize,
+        /// Accumulation.
+        accum: u64,
+    },
+    /// Too many consecutive non-finite steps.
+    #[error("stopping at step {step}: {count} consecutive steps had a non-finite loss or gradient norm (train.max_nonfinite_steps = {count})")]
+    NonFinite {
+        /// The last step.
+        step: u64,
+        /// Consecutive bad steps.
+        count: u64,
+    },
+    /// A run-directory file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Saving or loading model weights failed.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A config problem found by the trainer.
+    #[error(transparent)]
+    Config(#[from] weft_config::ConfigError),
+}
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}

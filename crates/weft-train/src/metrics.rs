@@ -1,0 +1,80 @@
+//! Per-step metrics (`metrics.jsonl`), evaluation records (`eval.jsonl`) and progress output.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{io, TrainError};
+use crate::eval::Retrieval;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepMetrics {
+    /// Optimizer step, from 1.
+    pub step: u64,
+    /// Epoch of the last micro-batch of the step, from 0.
+    pub epoch: u64,
+    /// Training samples consumed so far.
+    pub samples_seen: u64,
+    /// Weighted total loss (mean over the micro-batches).
+    pub loss: f64,
+    /// Each enabled objective's unweighted loss.
+    #[serde(flatten)]
+    pub parts: BTreeMap<String, f64>,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Whether the update was skipped (non-finite loss or gradient norm).
+    pub skipped: bool,
+    /// Samples per second of the step.
+    pub samples_per_s: f64,
+    /// Wall time of the step.
+    pub step_time_s: f64,
+    /// Fraction of the step spent waiting for data.
+    pub data_wait_fraction: f64,
+}
+
+/// One line of `eval.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalRecord {
+    /// Optimizer step the model had taken.
+    pub step: u64,
+    /// Training samples seen.
+    pub samples_seen: u64,
+    /// The metrics.
+    #[serde(flatten)]
+    pub retrieval: Retrieval,
+}
+
+/// An append-only JSON-lines file, flushed after every record.
+pub struct JsonLines {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonLines {
+    /// Open (append) `path`.
+    pub fn append(path: &Path) -> Result<Self, TrainError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Write one record as a line.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), TrainError> {
+        let line = serde_json::to_string(record).expect("metrics serialize");
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .map_err(io(&self.path))
+    }
+}

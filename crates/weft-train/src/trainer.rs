@@ -1,0 +1,498 @@
+//! The single-process training loop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use burn_store::{ModuleSnapshot, SafetensorsStore};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use weft_config::{Config, TrainConfig};
+use weft_data::plan::derive_seed;
+use weft_data::text::SPECIAL_TOKENS;
+use weft_data::{Batch, BatchStream, DataCursor, Loader, Split};
+use weft_model::{LossWeights, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
+
+use crate::error::{io, TrainError};
+use crate::eval::{evaluate_retrieval, objective_batch, Retrieval};
+use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
+use crate::params::{apply_weight_decay, params, stable_ids, FlatGrads, ParamInfo};
+use crate::progress::Progress;
+use crate::schedule::WarmupCosine;
+
+/// File name of the final weights in the run directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of the tokenizer copy in the run directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Tag of the objective RNG streams (MLM/ITM/MIM sampling) in [`derive_seed`].
+const OBJECTIVE_STREAM: u64 = 0x6f62_6a65_6374;
+
+/// How to run [`train`].
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Where `config.toml`, `metrics.jsonl`, `eval.jsonl` and the weights go.
+    pub run_dir: PathBuf,
+    /// Draw a progress bar (stderr is a terminal) instead of log lines.
+    pub progress: bool,
+    /// Fault injection for tests: make the loss NaN at these optimizer steps (from 1).
+    pub nonfinite_loss_at: Vec<u64>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Optimizer steps taken (skipped ones included).
+    pub steps: u64,
+    /// Steps whose update was skipped.
+    pub skipped: u64,
+    /// Total loss of every step.
+    pub losses: Vec<f64>,
+    /// The last evaluation.
+    pub eval: Option<Retrieval>,
+    /// The saved weights.
+    pub model_path: PathBuf,
+    /// Parameters per module.
+    pub param_counts: Vec<(&'static str, usize)>,
+}
+
+/// The special tokens of a tokenizer that the objectives need.
+pub fn special_tokens(loader: &Loader, config: &Config) -> Result<SpecialTokens, TrainError> {
+    let text = loader.text().ok_or(TrainError::NoTokenizer)?;
+    let path = config.data.tokenizer.clone().unwrap_or_default();
+    let need = |token: &'static str, objective: &'static str, on: bool| match text.token_id(token) {
+        Some(id) => Ok(id),
+        None if !on => Ok(0),
+        None => Err(TrainError::MissingToken {
+            objective,
+            token,
+            path: path.clone(),
+        }),
+    };
+    Ok(SpecialTokens {
+        mask: need("[MASK]", "loss.mlm", config.loss.mlm > 0.0)?,
+        bos: need("[BOS]", "loss.lm", config.loss.lm > 0.0)?,
+        all: SPECIAL_TOKENS
+            .iter()
+            .filter_map(|t| text.token_id(t))
+            .collect(),
+    })
+}
+
+/// Build the model of `config` for a tokenizer of `vocab` tokens, seeded, with stable ids.
+pub fn build_model<B: burn::tensor::backend::Backend>(
+    config: &Config,
+    vocab: usize,
+    device: &B::Device,
+) -> VlModel<B> {
+    B::seed(device, config.seed);
+    stable_ids(VlModelConfig::from_weft(config, vocab).init::<B>(device))
+}
+
+/// Log the parameter count of each module.
+pub fn log_param_counts(counts: &[(&'static str, usize)]) {
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name} {}", human(*n)))
+        .collect();
+    tracing::info!("model: {} parameters ({})", human(total), list.join(", "));
+}
+
+/// `1.23M`-style count.
+pub fn human(n: usize) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2}M", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1}k", n as f64 / 1e3)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The stream of training micro-batches across epochs, with the data cursor.
+struct Batches {
+    loader: Loader,
+    cursor: DataCursor,
+    stream: Option<BatchStream>,
+}
+
+impl Batches {
+    fn next(&mut self) -> Result<Batch, TrainError> {
+        for _ in 0..2 {
+            if self.stream.is_none() {
+                self.stream = Some(self.loader.stream(&self.cursor, 0)?);
+            }
+            if let Some(batch) = self.stream.as_mut().and_then(Iterator::next) {
+                let batch = batch?;
+                self.cursor.record(0, batch.consumed, batch.step + 1);
+                return Ok(batch);
+            }
+            self.stream = None;
+            self.cursor = self.cursor.next_epoch();
+        }
+        Err(TrainError::NoSteps {
+            rows: self.loader.catalog().total_rows(),
+            batch: self.cursor.options.batch_size,
+            accum: 1,
+        })
+    }
+}
+
+/// One optimizer step's machinery: the model, AdamW, the parameter layout and the rules of the
+/// `[train]` section. [`train`] and `weft bench train` run the same code.
+pub struct Engine<B: AutodiffBackend> {
+    /// The model being trained.
+    pub model: VlModel<B>,
+    optim: OptimizerAdaptor<AdamW, VlModel<B>, B>,
+    layout: Vec<ParamInfo>,
+    decays: Vec<bool>,
+    weights: LossWeights,
+    special: SpecialTokens,
+    train: TrainConfig,
+}
+
+/// What one micro-batch gave.
+pub struct Micro<B: AutodiffBackend> {
+    /// Weighted total loss.
+    pub loss: f64,
+    /// Unweighted components.
+    pub parts: Vec<(&'static str, f64)>,
+    /// Flat gradients; None when the loss was not finite.
+    pub grads: Option<FlatGrads<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Engine<B> {
+    /// Wrap a freshly built model.
+    pub fn new(model: VlModel<B>, config: &Config, special: SpecialTokens) -> Self {
+        let t = &config.train;
+        let layout = params(&model);
+        let decays = layout.iter().map(ParamInfo::decays).collect();
+        let optim = AdamWConfig::new()
+            .with_beta_1(t.betas[0] as f32)
+            .with_beta_2(t.betas[1] as f32)
+            .with_epsilon(t.eps as f32)
+            .with_weight_decay(0.0)
+            .init::<B, VlModel<B>>();
+        Self {
+            model,
+            optim,
+            layout,
+            decays,
+            weights: LossWeights::from(&config.loss),
+            special,
+            train: t.clone(),
+        }
+    }
+
+    /// The parameters in visit order.
+    pub fn layout(&self) -> &[ParamInfo] {
+        &self.layout
+    }
+
+    /// Forward and backward of one micro-batch. `poison` multiplies the loss by NaN (fault
+    /// injection).
+    pub fn micro(
+        &self,
+        batch: &ObjectiveBatch<B>,
+        rng: &mut ChaCha8Rng,
+        poison: bool,
+        device: &B::Device,
+    ) -> Micro<B> {
+        let mut out = self.model.losses(batch, &self.weights, &self.special, rng);
+        if poison {
+            out.total = out.total.mul_scalar(f64::NAN);
+        }
+        let loss: f64 = out.total.clone().into_scalar().elem();
+        let parts = out
+            .parts
+            .iter()
+            .map(|(name, part)| (*name, part.clone().into_scalar().elem::<f64>()))
+            .collect();
+        let grads = loss.is_finite().then(|| {
+            let grads = GradientsParams::from_grads(out.total.backward(), &self.model);
+            FlatGrads::<B::InnerBackend>::from_grads(&grads, &self.layout, device)
+        });
+        Micro { loss, parts, grads }
+    }
+
+    /// Average `accum` micro-batches' summed gradients, clip them to the global norm, decay and
+    /// step. Returns the norm before clipping and whether the update was applied (it is not
+    /// when the gradients are missing or their norm is not finite).
+    pub fn apply(
+        &mut self,
+        summed: Option<FlatGrads<B::InnerBackend>>,
+        accum: u64,
+        lr: f64,
+    ) -> (f64, bool) {
+        let Some(flat) = summed else {
+            return (f64::NAN, false);
+        };
+        let flat = if accum > 1 {
+            flat.scale(1.0 / accum as f64)
+        } else {
+            flat
+        };
+        let norm = flat.norm();
+        if !norm.is_finite() {
+            return (norm, false);
+        }
+        let clip = self.train.grad_clip;
+        let flat = if clip > 0.0 && norm > clip {
+            flat.scale(clip / (norm + 1e-6))
+        } else {
+            flat
+        };
+        let model = self.model.clone();
+        let model = apply_weight_decay(model, &self.decays, lr, self.train.weight_decay);
+        self.model = self.optim.step(lr, model, flat.into_grads(&self.layout));
+        (norm, true)
+    }
+}
+
+/// The RNG of the objectives' sampling for one micro-batch.
+pub fn objective_rng(seed: u64, micro_index: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(derive_seed(&[seed, OBJECTIVE_STREAM, micro_index]))
+}
+
+/// Train `config` on one process with the backend `B` on `device`.
+pub fn train<B: AutodiffBackend>(
+    config: &Config,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError> {
+    let run_dir = &options.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let t = &config.train;
+
+    let train_loader = weft_data::loader_from_config(config, Split::Train, &config.data.train)?;
+    let text = train_loader.text().ok_or(TrainError::NoTokenizer)?;
+    let vocab = text.vocab_size();
+    let special = special_tokens(&train_loader, config)?;
+
+    // The run directory describes the run on its own: resolved config and tokenizer.
+    let mut resolved = config.clone();
+    resolved.model.text.vocab_size = VlModelConfig::from_weft(config, vocab).text.vocab_size;
+    resolved.write_to_run_dir(run_dir)?;
+    if let Some(tok) = &config.data.tokenizer {
+        let dst = run_dir.join(TOKENIZER_FILE);
+        if Path::new(tok) != dst {
+            std::fs::copy(tok, &dst).map_err(io(&dst))?;
+        }
+    }
+
+    let model = build_model::<B>(config, vocab, device);
+    let counts = model.param_counts();
+    log_param_counts(&counts);
+    let mut engine = Engine::new(model, config, special);
+
+    let val_loader = match (&config.data.val.is_empty(), engine.model.has_embeddings()) {
+        (false, true) => Some(weft_data::loader_from_config(
+            config,
+            Split::Val,
+            &config.data.val,
+        )?),
+        _ => {
+            tracing::info!("no retrieval evaluation (no data.val or no ITC head)");
+            None
+        }
+    };
+
+    let catalog = Arc::clone(train_loader.catalog());
+    let plan = weft_data::plan_options(config, Split::Train, 1);
+    let cursor = DataCursor::new(&catalog, plan, 0);
+    let micro_per_epoch = cursor.steps(&catalog)?;
+    let steps_per_epoch = micro_per_epoch / t.grad_accum;
+    let total = if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        t.epochs * steps_per_epoch
+    };
+    if micro_per_epoch == 0 || total == 0 {
+        return Err(TrainError::NoSteps {
+            rows: catalog.total_rows(),
+            batch: config.data.batch_size,
+            accum: t.grad_accum,
+        });
+    }
+    let schedule = WarmupCosine {
+        peak: t.lr,
+        floor: t.min_lr,
+        warmup: t.warmup_steps,
+        total,
+    };
+    tracing::info!(
+        "training {total} steps ({steps_per_epoch} per epoch, batch {} x accum {}), run dir {}",
+        config.data.batch_size,
+        t.grad_accum,
+        run_dir.display()
+    );
+
+    let mut metrics = JsonLines::append(&run_dir.join("metrics.jsonl"))?;
+    let mut evals = JsonLines::append(&run_dir.join("eval.jsonl"))?;
+    let mut progress = Progress::new(total, options.progress, t.log_every);
+    let mut batches = Batches {
+        loader: train_loader,
+        cursor,
+        stream: None,
+    };
+
+    let mut summary_losses = Vec::with_capacity(total as usize);
+    let mut samples_seen = 0u64;
+    let mut skipped = 0u64;
+    let mut consecutive_bad = 0u64;
+    let mut micro_index = 0u64;
+    let mut last_eval = None;
+
+    for step in 1..=total {
+        let started = Instant::now();
+        let mut wait = 0.0f64;
+        let mut acc: Option<FlatGrads<B::InnerBackend>> = None;
+        let mut bad = false;
+        let mut loss_sum = 0.0;
+        let mut part_sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut step_samples = 0u64;
+        let mut epoch = 0;
+        for _ in 0..t.grad_accum {
+            let waited = Instant::now();
+            let batch = batches.next()?;
+            wait += waited.elapsed().as_secs_f64();
+            epoch = batch.epoch;
+            let ob = objective_batch::<B>(&batch, device)?;
+            step_samples += ob.batch_size() as u64;
+            let mut rng = objective_rng(config.seed, micro_index);
+            micro_index += 1;
+            let poison = options.nonfinite_loss_at.contains(&step);
+            let micro = engine.micro(&ob, &mut rng, poison, device);
+            loss_sum += micro.loss;
+            for (name, v) in micro.parts {
+                *part_sums.entry(name.to_string()).or_default() += v;
+            }
+            match micro.grads {
+                Some(flat) if !bad => {
+                    acc = Some(match acc {
+                        Some(a) => a.accumulate(flat),
+                        None => flat,
+                    })
+                }
+                _ => bad = true,
+            }
+        }
+        samples_seen += step_samples;
+        let accum = t.grad_accum as f64;
+        let lr = schedule.lr(step - 1);
+        let (grad_norm, applied) = if bad {
+            (f64::NAN, false)
+        } else {
+            engine.apply(acc, t.grad_accum, lr)
+        };
+        let bad = !applied;
+        let loss = loss_sum / accum;
+        if bad {
+            skipped += 1;
+            consecutive_bad += 1;
+            tracing::warn!(
+                "step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); update skipped ({consecutive_bad} in a row)"
+            );
+        } else {
+            consecutive_bad = 0;
+        }
+        let step_time = started.elapsed().as_secs_f64();
+        let record = StepMetrics {
+            step,
+            epoch,
+            samples_seen,
+            loss,
+            parts: part_sums.into_iter().map(|(k, v)| (k, v / accum)).collect(),
+            lr,
+            grad_norm,
+            skipped: bad,
+            samples_per_s: step_samples as f64 / step_time,
+            step_time_s: step_time,
+            data_wait_fraction: wait / step_time,
+        };
+        metrics.write(&record)?;
+        progress.step(&record);
+        summary_losses.push(loss);
+        if consecutive_bad >= t.max_nonfinite_steps {
+            progress.finish();
+            return Err(TrainError::NonFinite {
+                step,
+                count: consecutive_bad,
+            });
+        }
+
+        let periodic = t.eval_every > 0 && step.is_multiple_of(t.eval_every) && step != total;
+        if let (true, Some(val)) = (periodic || step == total, &val_loader) {
+            let r = evaluate_retrieval(&engine.model.valid(), config, val, device)?;
+            progress.eval(step, &r);
+            evals.write(&EvalRecord {
+                step,
+                samples_seen,
+                retrieval: r.clone(),
+            })?;
+            last_eval = Some(r);
+        }
+    }
+    progress.finish();
+
+    let model_path = run_dir.join(MODEL_FILE);
+    save_model(&engine.model, &model_path)?;
+    tracing::info!("saved {}", model_path.display());
+    Ok(TrainSummary {
+        steps: total,
+        skipped,
+        losses: summary_losses,
+        eval: last_eval,
+        model_path,
+        param_counts: counts,
+    })
+}
+
+/// Save the weights as one safetensors file (names are module paths).
+pub fn save_model<B: burn::tensor::backend::Backend>(
+    model: &VlModel<B>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| TrainError::Weights {
+            path: tmp.clone(),
+            message: e.to_string(),
+        })?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Load weights saved by [`save_model`] into a model of the same config; every parameter must
+/// be found.
+pub fn load_model<B: burn::tensor::backend::Backend>(
+    model: &mut VlModel<B>,
+    path: &Path,
+) -> Result<(), TrainError> {
+    let mut store = SafetensorsStore::from_file(path);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| TrainError::Weights {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if !result.missing.is_empty() || !result.errors.is_empty() {
+        let missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
+        return Err(TrainError::Weights {
+            path: path.to_path_buf(),
+            message: format!(
+                "does not match the model: missing {:?}, errors {:?}",
+                missing, result.errors
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Helpers of the training tests: small configs and synthetic batches.
+
+use std::path::PathBuf;
+
+use weft_config::Config;
+
+/// The committed sample dataset.
+pub fn sample_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sample")
+}
+
+/// A very small model with every objective on, reading the sample dataset.
+pub fn small_train_config() -> Config {
+    let s = sample_dir();
+    let mut c = Config::default();
+    c.data.train = vec![s.join("train").display().to_string()];
+    c.data.val = vec![];
+    c.data.tokenizer = Some(s.join("tokenizer.json").display().to_string());
+    c.data.image_size = 32;
+    c.data.batch_size = 16;
+    c.data.shuffle_buffer = 256;
+    c.model.embed_dim = 16;
+    c.model.vision.patch_size = 8;
+    c.model.vision.width = 16;
+    c.model.vision.depth = 1;
+    c.model.vision.heads = 2;
+    c.model.vision.mlp_ratio = 2;
+    c.model.text.context_length = 12;
+    c.model.text.width = 16;
+    c.model.text.depth = 1;
+    c.model.text.heads = 2;
+    c.model.text.mlp_ratio = 2;
+    c.model.fusion.depth = 1;
+    c.model.fusion.heads = 2;
+    c.model.fusion.mlp_ratio = 2;
+    c.model.decoder = c.model.fusion.clone();
+    c.loss.itc = 1.0;
+    c.loss.itm = 1.0;
+    c.loss.mlm = 1.0;
+    c.loss.lm = 1.0;
+    c.loss.mim = 1.0;
+    c.train.max_steps = 4;
+    c.train.warmup_steps = 1;
+    c.train.lr = 1e-3;
+    c.train.log_every = 1;
+    c.validate().unwrap();
+    c
+}

@@ -1,0 +1,104 @@
+//! Every module that an enabled objective uses receives a non-zero gradient.
+
+#[path = "common/train.rs"]
+mod train_common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use weft_model::{LossWeights, ObjectiveBatch, SpecialTokens};
+use weft_train::params::{params, FlatGrads};
+use weft_train::trainer::build_model;
+
+type B = Autodiff<Flex>;
+
+fn batch(b: usize, l: usize, s: usize) -> ObjectiveBatch<B> {
+    let dev = Default::default();
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..b {
+        let real = 4 + r % (l - 4);
+        for t in 0..l {
+            let id = match t {
+                0 => 1,
+                t if t == real - 1 => 2,
+                t if t < real => 7 + ((r * 5 + t * 3) % 40) as u32,
+                _ => 0,
+            };
+            ids.push(id);
+            mask.push(u32::from(t < real));
+        }
+    }
+    ObjectiveBatch {
+        images: Tensor::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &dev),
+        ids,
+        attention_mask: mask,
+        len: l,
+    }
+}
+
+#[test]
+fn every_parameter_of_every_objective_gets_a_gradient() {
+    for tied in [true, false] {
+        let mut config = train_common::small_train_config();
+        config.model.tie_word_embeddings = tied;
+        let dev = Default::default();
+        let model = build_model::<B>(&config, 64, &dev);
+        let special = SpecialTokens {
+            mask: 3,
+            bos: 4,
+            all: (0..7).collect(),
+        };
+        let b = batch(6, config.model.text.context_length, config.data.image_size);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let out = model.losses(&b, &LossWeights::from(&config.loss), &special, &mut rng);
+        let names: Vec<&str> = out.parts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["itc", "itm", "mlm", "lm", "mim"]);
+        let grads = GradientsParams::from_grads(out.total.backward(), &model);
+        let layout = params(&model);
+        let flat = FlatGrads::<Flex>::from_grads(&grads, &layout, &dev);
+        let values: Vec<f32> = flat.buffer.into_data().to_vec().unwrap();
+        let mut offset = 0;
+        for (p, has) in layout.iter().zip(&flat.has_grad) {
+            let n = p.numel();
+            assert!(*has, "{} has no gradient (tied = {tied})", p.path);
+            let sum: f32 = values[offset..offset + n].iter().map(|x| x.abs()).sum();
+            assert!(
+                sum > 0.0,
+                "{} has an all-zero gradient (tied = {tied})",
+                p.path
+            );
+            offset += n;
+        }
+        assert!(layout.iter().any(|p| p.path == "itc.logit_scale"));
+        assert!(layout.iter().any(|p| p.path == "mim.mask_token"));
+    }
+}
+
+#[test]
+fn a_disabled_objective_leaves_its_module_out() {
+    let mut config = train_common::small_train_config();
+    config.loss.itm = 0.0;
+    config.loss.mlm = 0.0;
+    config.loss.mim = 0.0;
+    let model = build_model::<B>(&config, 64, &Default::default());
+    let paths: Vec<String> = params(&model).into_iter().map(|p| p.path).collect();
+    assert!(paths.iter().all(|p| !p.starts_with("fusion.")
+        && !p.starts_with("itm.")
+        && !p.starts_with("mlm.")
+        && !p.starts_with("mim.")));
+    assert!(paths.iter().any(|p| p.starts_with("decoder.")));
+}
+
+#[test]
+fn weight_decay_skips_biases_norms_embeddings_and_temperature() {
+    let config = train_common::small_train_config();
+    let model = build_model::<B>(&config, 64, &Default::default());
+    for p in params(&model) {
+        let expect =
+            p.path.ends_with(".weight") && p.shape.len() >= 2 && !p.path.contains("embedding");
+        assert_eq!(p.decays(), expect, "{}", p.path);
+    }
+}
