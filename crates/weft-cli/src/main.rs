@@ -46,6 +46,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Retrieval Recall@1/5/10 of saved weights on any image-caption data.
     Eval(train::EvalArgs),
+    /// Parameter count of each module of the config's model.
+    Params {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect datasets, make a synthetic one, train a tokenizer.
     #[command(subcommand)]
     Data(DataCommand),
@@ -198,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Data(args)) => bench::data(args, &config),
         Command::Bench(BenchCommand::Train(args)) => train::bench_train(args, &config),
         Command::Train(args) => train::train(args, &config),
+        Command::Params { json } => train::params(&config, json),
         Command::Eval(args) => train::eval(args, cli.config.config.clone(), &cli.config.sets),
     }
 }

@@ -603,30 +603,23 @@ impl Config {
                 ),
             );
         }
-        let blocks = [
-            ("model.vision", v.width, v.depth, v.heads, v.mlp_ratio),
-            (
-                "model.text",
-                m.text.width,
-                m.text.depth,
-                m.text.heads,
-                m.text.mlp_ratio,
-            ),
-            (
-                "model.fusion",
-                m.text.width,
-                m.fusion.depth,
-                m.fusion.heads,
-                m.fusion.mlp_ratio,
-            ),
-            (
-                "model.decoder",
-                m.text.width,
-                m.decoder.depth,
-                m.decoder.heads,
-                m.decoder.mlp_ratio,
-            ),
-        ];
+        let l = &self.loss;
+        let text_on = l.itc > 0.0 || l.itm > 0.0 || l.mlm > 0.0;
+        let fusion_on = l.itm > 0.0 || l.mlm > 0.0;
+        // Only the towers that the enabled objectives build are checked.
+        let mut blocks = vec![("model.vision", v.width, v.depth, v.heads, v.mlp_ratio)];
+        let t = &m.text;
+        if text_on || l.lm > 0.0 {
+            blocks.push(("model.text", t.width, t.depth, t.heads, t.mlp_ratio));
+        }
+        if fusion_on {
+            let f = &m.fusion;
+            blocks.push(("model.fusion", t.width, f.depth, f.heads, f.mlp_ratio));
+        }
+        if l.lm > 0.0 {
+            let d = &m.decoder;
+            blocks.push(("model.decoder", t.width, d.depth, d.heads, d.mlp_ratio));
+        }
         for (section, width, depth, heads, mlp) in blocks {
             if width == 0 {
                 return err(&format!("{section}.width"), "must be at least 1".into());
@@ -644,7 +637,6 @@ impl Config {
                 return err(&format!("{section}.mlp_ratio"), "must be at least 1".into());
             }
         }
-        let l = &self.loss;
         for (key, w) in [
             ("loss.itc", l.itc),
             ("loss.itm", l.itm),
