@@ -117,11 +117,19 @@ fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.swap_dims(1, 2).reshape([b, l, h * d])
 }
 
-/// Multi-head self-attention with a fused QKV projection.
+/// Multi-head self-attention.
+///
+/// Query, key and value are three products rather than one fused `[W, 3W]` product: slicing a
+/// fused output makes strided views that flex copies again before the attention products, which
+/// cost more than the two extra (equally large in total) matrix products.
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
-    /// `[W, 3W]` query, key and value projection.
-    pub qkv: Linear<B>,
+    /// `[W, W]` query projection.
+    pub query: Linear<B>,
+    /// `[W, W]` key projection.
+    pub key: Linear<B>,
+    /// `[W, W]` value projection.
+    pub value: Linear<B>,
     /// Output projection.
     pub out: Linear<B>,
     /// Attention heads.
@@ -132,7 +140,9 @@ impl<B: Backend> SelfAttention<B> {
     /// New self-attention of `width` with `heads` heads.
     pub fn new(width: usize, heads: usize, device: &B::Device) -> Self {
         Self {
-            qkv: LinearConfig::new(width, 3 * width).init(device),
+            query: LinearConfig::new(width, width).init(device),
+            key: LinearConfig::new(width, width).init(device),
+            value: LinearConfig::new(width, width).init(device),
             out: LinearConfig::new(width, width).init(device),
             heads,
         }
@@ -140,10 +150,9 @@ impl<B: Backend> SelfAttention<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        let mut qkv = linear_tokens(&self.qkv, x).chunk(3, 2);
-        let v = split_heads(qkv.pop().expect("3 chunks"), self.heads);
-        let k = split_heads(qkv.pop().expect("3 chunks"), self.heads);
-        let q = split_heads(qkv.pop().expect("3 chunks"), self.heads);
+        let q = split_heads(linear_tokens(&self.query, x.clone()), self.heads);
+        let k = split_heads(linear_tokens(&self.key, x.clone()), self.heads);
+        let v = split_heads(linear_tokens(&self.value, x), self.heads);
         linear_tokens(&self.out, merge_heads(attend(q, k, v, bias)))
     }
 }
@@ -153,8 +162,10 @@ impl<B: Backend> SelfAttention<B> {
 pub struct CrossAttention<B: Backend> {
     /// `[W, W]` query projection.
     pub query: Linear<B>,
-    /// `[W_ctx, 2W]` key and value projection of the context (image tokens).
-    pub key_value: Linear<B>,
+    /// `[W_ctx, W]` key projection of the context (image tokens).
+    pub key: Linear<B>,
+    /// `[W_ctx, W]` value projection of the context.
+    pub value: Linear<B>,
     /// Output projection.
     pub out: Linear<B>,
     /// Attention heads.
@@ -166,7 +177,8 @@ impl<B: Backend> CrossAttention<B> {
     pub fn new(width: usize, context_width: usize, heads: usize, device: &B::Device) -> Self {
         Self {
             query: LinearConfig::new(width, width).init(device),
-            key_value: LinearConfig::new(context_width, 2 * width).init(device),
+            key: LinearConfig::new(context_width, width).init(device),
+            value: LinearConfig::new(context_width, width).init(device),
             out: LinearConfig::new(width, width).init(device),
             heads,
         }
@@ -175,9 +187,8 @@ impl<B: Backend> CrossAttention<B> {
     /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = split_heads(linear_tokens(&self.query, x), self.heads);
-        let mut kv = linear_tokens(&self.key_value, context).chunk(2, 2);
-        let v = split_heads(kv.pop().expect("2 chunks"), self.heads);
-        let k = split_heads(kv.pop().expect("2 chunks"), self.heads);
+        let k = split_heads(linear_tokens(&self.key, context.clone()), self.heads);
+        let v = split_heads(linear_tokens(&self.value, context), self.heads);
         linear_tokens(
             &self.out,
             merge_heads(attend(q, k, v, &AttentionBias::none())),

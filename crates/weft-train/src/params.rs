@@ -12,7 +12,7 @@ use burn::tensor::{ElementConversion, Tensor};
 /// One float parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamInfo {
-    /// Dotted module path, e.g. `vision.blocks.0.attn.qkv.weight`.
+    /// Dotted module path, e.g. `vision.blocks.0.attn.query.weight`.
     pub path: String,
     /// Its id (stable once [`stable_ids`] has run).
     pub id: ParamId,

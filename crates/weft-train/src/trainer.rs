@@ -20,7 +20,7 @@ use weft_data::{Batch, BatchStream, DataCursor, Loader, Split};
 use weft_model::{LossWeights, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
 use crate::error::{io, TrainError};
-use crate::eval::{evaluate_retrieval, objective_batch, Retrieval};
+use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
 use crate::params::{apply_weight_decay, params, stable_ids, FlatGrads, ParamInfo};
 use crate::progress::Progress;
@@ -364,7 +364,9 @@ pub fn train<B: AutodiffBackend>(
             let batch = batches.next()?;
             wait += waited.elapsed().as_secs_f64();
             epoch = batch.epoch;
-            let ob = objective_batch::<B>(&batch, device)?;
+            let Some(ob) = training_batch::<B>(&batch, device)? else {
+                continue;
+            };
             step_samples += ob.batch_size() as u64;
             let mut rng = objective_rng(config.seed, micro_index);
             micro_index += 1;
