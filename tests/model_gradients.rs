@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use weft_model::{LossWeights, ObjectiveBatch, SpecialTokens};
+use weft_model::ObjectiveBatch;
 use weft_train::params::{params, FlatGrads};
 use weft_train::trainer::build_model;
 
@@ -46,14 +46,10 @@ fn every_parameter_of_every_objective_gets_a_gradient() {
         config.model.tie_word_embeddings = tied;
         let dev = Default::default();
         let model = build_model::<B>(&config, 64, &dev);
-        let special = SpecialTokens {
-            mask: 3,
-            bos: 4,
-            all: (0..7).collect(),
-        };
+        let special = train_common::special_tokens();
         let b = batch(6, config.model.text.context_length, config.data.image_size);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let out = model.losses(&b, &LossWeights::from(&config.loss), &special, &mut rng);
+        let out = model.losses(&b, &config.loss, &special, &mut rng);
         let names: Vec<&str> = out.parts.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["itc", "itm", "mlm", "lm", "mim"]);
         let grads = GradientsParams::from_grads(out.total.backward(), &model);
@@ -80,9 +76,7 @@ fn every_parameter_of_every_objective_gets_a_gradient() {
 #[test]
 fn a_disabled_objective_leaves_its_module_out() {
     let mut config = train_common::small_train_config();
-    config.loss.itm = 0.0;
-    config.loss.mlm = 0.0;
-    config.loss.mim = 0.0;
+    train_common::set_objectives(&mut config, [1.0, 0.0, 0.0, 1.0, 0.0]);
     let model = build_model::<B>(&config, 64, &Default::default());
     let paths: Vec<String> = params(&model).into_iter().map(|p| p.path).collect();
     assert!(paths.iter().all(|p| !p.starts_with("fusion.")

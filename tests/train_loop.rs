@@ -4,10 +4,10 @@ mod common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor};
-use common::train::small_train_config;
+use common::train::{set_objectives, small_train_config, special_tokens};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use weft_model::{ObjectiveBatch, SpecialTokens};
+use weft_model::ObjectiveBatch;
 use weft_train::eval::retrieval_from_embeddings;
 use weft_train::trainer::{build_model, objective_rng, Engine};
 use weft_train::{train, TrainError, TrainOptions};
@@ -17,21 +17,13 @@ type B = Autodiff<Flex>;
 #[test]
 fn a_tiny_model_overfits_8_pairs_to_recall_1() {
     let mut config = small_train_config();
-    config.loss.itm = 0.0;
-    config.loss.mlm = 0.0;
-    config.loss.lm = 0.0;
-    config.loss.mim = 0.0;
+    set_objectives(&mut config, [1.0, 0.0, 0.0, 0.0, 0.0]);
     config.train.grad_clip = 0.0;
     config.train.weight_decay = 0.0;
     let dev = Default::default();
     let (b, l, s) = (8, 8, config.data.image_size);
     let model = build_model::<B>(&config, 64, &dev);
-    let special = SpecialTokens {
-        mask: 3,
-        bos: 4,
-        all: (0..7).collect(),
-    };
-    let mut engine = Engine::new(model, &config, special);
+    let mut engine = Engine::new(model, &config, special_tokens());
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let ids: Vec<u32> = (0..b * l)
         .map(|k| match k % l {
@@ -142,9 +134,7 @@ fn the_same_seed_gives_identical_loss_sequences() {
 #[test]
 fn a_nan_loss_skips_the_step_and_too_many_stop_the_run() {
     let mut config = small_train_config();
-    config.loss.itm = 0.0;
-    config.loss.mlm = 0.0;
-    config.loss.lm = 0.0;
+    set_objectives(&mut config, [1.0, 0.0, 0.0, 0.0, 1.0]);
     config.train.max_nonfinite_steps = 2;
     let dir = tempfile::tempdir().unwrap();
     let options = TrainOptions {
@@ -196,11 +186,8 @@ fn gradient_accumulation_averages() {
     // micro-batch gradients are averaged.
     let dev = Default::default();
     let mut config = small_train_config();
-    config.loss.itm = 0.0;
-    config.loss.mlm = 0.0;
-    config.loss.lm = 0.0;
-    config.loss.itc = 0.0; // ITC is not separable over micro-batches; MIM is.
-    config.loss.mim = 1.0;
+    // MIM only: ITC is not separable over micro-batches; MIM is.
+    set_objectives(&mut config, [0.0, 0.0, 0.0, 0.0, 1.0]);
     config.train.grad_clip = 0.0;
     let s = config.data.image_size;
     let images = Tensor::<B, 4>::random([16, 3, s, s], Distribution::Normal(0.0, 1.0), &dev);
@@ -214,11 +201,7 @@ fn gradient_accumulation_averages() {
             len: l,
         }
     };
-    let special = SpecialTokens {
-        mask: 3,
-        bos: 4,
-        all: (0..7).collect(),
-    };
+    let special = special_tokens();
     let full = make(images.clone());
     let halves = [
         make(images.clone().narrow(0, 0, 8)),

@@ -3,6 +3,25 @@
 use std::path::PathBuf;
 
 use weft_config::Config;
+use weft_model::SpecialTokens;
+
+/// The special ids of weft's tokenizers: `[MASK]` 3, `[BOS]` 4, specials 0..7.
+pub fn special_tokens() -> SpecialTokens {
+    SpecialTokens {
+        mask: 3,
+        bos: 4,
+        all: (0..7).collect(),
+    }
+}
+
+/// Set the objective weights `[itc, itm, mlm, lm, mim]`.
+pub fn set_objectives(c: &mut Config, [itc, itm, mlm, lm, mim]: [f64; 5]) {
+    c.loss.itc = itc;
+    c.loss.itm = itm;
+    c.loss.mlm = mlm;
+    c.loss.lm = lm;
+    c.loss.mim = mim;
+}
 
 /// The committed sample dataset.
 pub fn sample_dir() -> PathBuf {
@@ -34,11 +53,7 @@ pub fn small_train_config() -> Config {
     c.model.fusion.heads = 2;
     c.model.fusion.mlp_ratio = 2;
     c.model.decoder = c.model.fusion.clone();
-    c.loss.itc = 1.0;
-    c.loss.itm = 1.0;
-    c.loss.mlm = 1.0;
-    c.loss.lm = 1.0;
-    c.loss.mim = 1.0;
+    set_objectives(&mut c, [1.0; 5]);
     c.train.max_steps = 4;
     c.train.warmup_steps = 1;
     c.train.lr = 1e-3;

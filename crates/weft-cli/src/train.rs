@@ -219,14 +219,10 @@ pub fn bench_train(args: BenchTrainArgs, config: &Config) -> anyhow::Result<()> 
             1e3 * r.step_time_mean_s,
             r.steps,
             r.samples_per_s,
-            rayon_threads()
+            weft_train::current_threads()
         );
     }
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    weft_train::current_threads()
 }
 
 /// `runs/YYYYMMDD-HHMMSS` in UTC.

@@ -73,16 +73,20 @@ pub struct VlModelConfig {
 }
 
 impl VlModelConfig {
-    /// The model config of a weft config, with the tokenizer's `vocab_size` unless the config
-    /// sets one.
+    /// The vocabulary of a weft config: `model.text.vocab_size`, or the tokenizer's when that
+    /// is 0.
+    pub fn vocab_size(config: &weft_config::Config, tokenizer_vocab: usize) -> usize {
+        match config.model.text.vocab_size {
+            0 => tokenizer_vocab,
+            set => set,
+        }
+    }
+
+    /// The model config of a weft config, with the vocabulary of [`Self::vocab_size`].
     pub fn from_weft(config: &weft_config::Config, tokenizer_vocab: usize) -> Self {
         let m = &config.model;
         let l = &config.loss;
-        let vocab = if m.text.vocab_size > 0 {
-            m.text.vocab_size
-        } else {
-            tokenizer_vocab
-        };
+        let vocab = Self::vocab_size(config, tokenizer_vocab);
         Self {
             vision: VisionTransformerConfig::new(
                 config.data.image_size,

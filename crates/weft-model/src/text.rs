@@ -12,6 +12,30 @@ fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
 }
 
+/// Word embeddings `[V, W]` and learned positions `[1, L, W]`, as both text towers start.
+fn init_embeddings<B: Backend>(
+    vocab_size: usize,
+    context_length: usize,
+    width: usize,
+    device: &B::Device,
+) -> (Embedding<B>, Param<Tensor<B, 3>>) {
+    let tokens = EmbeddingConfig::new(vocab_size, width)
+        .with_initializer(normal(0.02))
+        .init(device);
+    let positions = normal(0.01).init([1, context_length, width], device);
+    (tokens, positions)
+}
+
+/// `[B, L]` ids to `[B, L, W]` word plus position embeddings.
+fn embed<B: Backend>(
+    tokens: &Embedding<B>,
+    positions: &Param<Tensor<B, 3>>,
+    ids: Tensor<B, 2, Int>,
+) -> Tensor<B, 3> {
+    let l = ids.dims()[1];
+    tokens.forward(ids) + positions.val().narrow(1, 0, l)
+}
+
 /// Shape of a [`TextEncoder`].
 #[derive(Config, Debug)]
 pub struct TextEncoderConfig {
@@ -33,11 +57,11 @@ pub struct TextEncoderConfig {
 impl TextEncoderConfig {
     /// Build the encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> TextEncoder<B> {
+        let (token_embedding, position_embedding) =
+            init_embeddings(self.vocab_size, self.context_length, self.width, device);
         TextEncoder {
-            token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
-                .with_initializer(normal(0.02))
-                .init(device),
-            position_embedding: normal(0.01).init([1, self.context_length, self.width], device),
+            token_embedding,
+            position_embedding,
             blocks: (0..self.depth)
                 .map(|_| EncoderBlock::new(self.width, self.heads, self.mlp_ratio, device))
                 .collect(),
@@ -66,11 +90,8 @@ impl<B: Backend> TextEncoder<B> {
         ids: Tensor<B, 2, Int>,
         padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
-        let device = ids.device();
-        let l = ids.dims()[1];
-        let bias = AttentionBias::new(padding, None, &device);
-        let mut x =
-            self.token_embedding.forward(ids) + self.position_embedding.val().narrow(1, 0, l);
+        let bias = AttentionBias::new(padding, None, &ids.device());
+        let mut x = embed(&self.token_embedding, &self.position_embedding, ids);
         for block in &self.blocks {
             x = block.forward(x, &bias);
         }
@@ -104,11 +125,11 @@ pub struct TextDecoderConfig {
 impl TextDecoderConfig {
     /// Build the decoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> TextDecoder<B> {
+        let (token_embedding, position_embedding) =
+            init_embeddings(self.vocab_size, self.context_length, self.width, device);
         TextDecoder {
-            token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
-                .with_initializer(normal(0.02))
-                .init(device),
-            position_embedding: normal(0.01).init([1, self.context_length, self.width], device),
+            token_embedding,
+            position_embedding,
             blocks: (0..self.depth)
                 .map(|_| {
                     CrossBlock::new(
@@ -156,11 +177,8 @@ impl<B: Backend> TextDecoder<B> {
         padding: Option<Tensor<B, 2, Bool>>,
         image: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let device = ids.device();
-        let l = ids.dims()[1];
-        let bias = AttentionBias::new(padding, Some(l), &device);
-        let mut x =
-            self.token_embedding.forward(ids) + self.position_embedding.val().narrow(1, 0, l);
+        let bias = AttentionBias::new(padding, Some(ids.dims()[1]), &ids.device());
+        let mut x = embed(&self.token_embedding, &self.position_embedding, ids);
         for block in &self.blocks {
             x = block.forward(x, &bias, image.clone());
         }

@@ -13,11 +13,11 @@ use burn::tensor::ElementConversion;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use weft_config::{Config, TrainConfig};
+use weft_config::{Config, LossConfig, TrainConfig};
 use weft_data::plan::derive_seed;
 use weft_data::text::SPECIAL_TOKENS;
 use weft_data::{Batch, BatchStream, DataCursor, Loader, Split};
-use weft_model::{LossWeights, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
+use weft_model::{ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
@@ -153,7 +153,7 @@ pub struct Engine<B: AutodiffBackend> {
     optim: OptimizerAdaptor<AdamW, VlModel<B>, B>,
     layout: Vec<ParamInfo>,
     decays: Vec<bool>,
-    weights: LossWeights,
+    weights: LossConfig,
     special: SpecialTokens,
     train: TrainConfig,
 }
@@ -185,7 +185,7 @@ impl<B: AutodiffBackend> Engine<B> {
             optim,
             layout,
             decays,
-            weights: LossWeights::from(&config.loss),
+            weights: config.loss.clone(),
             special,
             train: t.clone(),
         }
@@ -278,7 +278,7 @@ pub fn train<B: AutodiffBackend>(
 
     // The run directory describes the run on its own: resolved config and tokenizer.
     let mut resolved = config.clone();
-    resolved.model.text.vocab_size = VlModelConfig::from_weft(config, vocab).text.vocab_size;
+    resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
     resolved.write_to_run_dir(run_dir)?;
     if let Some(tok) = &config.data.tokenizer {
         let dst = run_dir.join(TOKENIZER_FILE);
@@ -292,16 +292,15 @@ pub fn train<B: AutodiffBackend>(
     log_param_counts(&counts);
     let mut engine = Engine::new(model, config, special);
 
-    let val_loader = match (&config.data.val.is_empty(), engine.model.has_embeddings()) {
-        (false, true) => Some(weft_data::loader_from_config(
+    let val_loader = if !config.data.val.is_empty() && engine.model.has_embeddings() {
+        Some(weft_data::loader_from_config(
             config,
             Split::Val,
             &config.data.val,
-        )?),
-        _ => {
-            tracing::info!("no retrieval evaluation (no data.val or no ITC head)");
-            None
-        }
+        )?)
+    } else {
+        tracing::info!("no retrieval evaluation (no data.val or no ITC head)");
+        None
     };
 
     let catalog = Arc::clone(train_loader.catalog());

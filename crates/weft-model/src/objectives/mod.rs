@@ -14,6 +14,7 @@ pub mod mlm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
+use weft_config::LossConfig;
 
 use crate::block::{linear_tokens, AttentionBias};
 use crate::heads::first_token;
@@ -25,42 +26,6 @@ pub use itm::{sample_hard_negatives, HardNegatives};
 pub use lm::{shift_for_lm, LmInputs};
 pub use mim::{mim_loss, patch_mask, patch_targets};
 pub use mlm::{mask_tokens, MlmMask};
-
-/// Objective weights and options (the `[loss]` section).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossWeights {
-    /// ITC weight.
-    pub itc: f64,
-    /// ITM weight.
-    pub itm: f64,
-    /// MLM weight.
-    pub mlm: f64,
-    /// LM weight.
-    pub lm: f64,
-    /// MIM weight.
-    pub mim: f64,
-    /// ITC label smoothing.
-    pub itc_label_smoothing: f64,
-    /// MLM selection probability.
-    pub mlm_probability: f64,
-    /// MIM mask ratio.
-    pub mim_mask_ratio: f64,
-}
-
-impl From<&weft_config::LossConfig> for LossWeights {
-    fn from(l: &weft_config::LossConfig) -> Self {
-        Self {
-            itc: l.itc,
-            itm: l.itm,
-            mlm: l.mlm,
-            lm: l.lm,
-            mim: l.mim,
-            itc_label_smoothing: l.itc_label_smoothing,
-            mlm_probability: l.mlm_probability,
-            mim_mask_ratio: l.mim_mask_ratio,
-        }
-    }
-}
 
 /// The special token ids the objectives use.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,7 +124,7 @@ impl<B: Backend> VlModel<B> {
     pub fn losses<R: Rng>(
         &self,
         batch: &ObjectiveBatch<B>,
-        w: &LossWeights,
+        w: &LossConfig,
         special: &SpecialTokens,
         rng: &mut R,
     ) -> LossOutput<B> {
