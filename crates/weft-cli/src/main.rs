@@ -29,7 +29,7 @@ struct Cli {
 /// How every command finds its config.
 #[derive(Args, Debug, Clone)]
 struct ConfigArgs {
-    /// TOML config file (default: built-in defaults).
+    /// TOML config file (default: built-in defaults; for `weft train`: configs/tiny.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Override a config key, e.g. `--set data.image_size=96` (repeatable).
