@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
 
@@ -12,22 +11,38 @@ pub const LN_EPS: f64 = 1e-5;
 /// Value added to masked attention scores.
 const MASKED: f32 = -1.0e9;
 
+/// A LayerNorm of `width` with [`LN_EPS`]: every norm of the models is made here.
 pub(crate) fn layer_norm<B: Backend>(width: usize, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(width)
         .with_epsilon(LN_EPS)
         .init(device)
 }
 
-/// A [`Linear`] over `[B, L, W]` tokens as one `[B·L, W]` matrix product.
+/// Applies a LayerNorm made by [`layer_norm`] through weft-kernels' fused LayerNorm (one pass
+/// forward, one backward, on the CPU; burn's own op elsewhere).
+pub fn norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    match &ln.beta {
+        Some(beta) => weft_kernels::layer_norm(x, ln.gamma.val(), beta.val(), LN_EPS),
+        None => ln.forward(x),
+    }
+}
+
+/// A [`Linear`] over `[B, L, W]` tokens as one `[B·L, W]` matrix product (weft-kernels'
+/// fused linear on the CPU).
 ///
 /// burn's `Linear` on a rank-3 input runs a batched product against the broadcast weight, which
 /// flex splits into B small products (and B weight-gradient products in the backward pass);
 /// one large product is several times faster on CPU.
 pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, l, w] = x.dims();
-    let y = layer.forward(x.reshape([b * l, w]));
+    let y = linear(layer, x.reshape([b * l, w]));
     let out = y.dims()[1];
     y.reshape([b, l, out])
+}
+
+/// A [`Linear`] over `[N, W]` rows through weft-kernels' fused linear.
+pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    weft_kernels::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// An additive attention bias, broadcast over heads: `[B or 1, 1, Lq or 1, Lk]`.
@@ -91,32 +106,6 @@ impl<B: Backend> AttentionBias<B> {
     }
 }
 
-/// Scaled dot-product attention of `[B, H, Lq, D]` queries over `[B, H, Lk, D]` keys/values.
-fn attend<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    bias: &AttentionBias<B>,
-) -> Tensor<B, 4> {
-    let head_dim = q.dims()[3];
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
-    if let Some(b) = &bias.bias {
-        scores = scores + b.clone();
-    }
-    softmax(scores, 3).matmul(v)
-}
-
-fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [b, l, w] = x.dims();
-    x.reshape([b, l, heads, w / heads]).swap_dims(1, 2)
-}
-
-fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [b, h, l, d] = x.dims();
-    x.swap_dims(1, 2).reshape([b, l, h * d])
-}
-
 /// Multi-head self-attention.
 ///
 /// Query, key and value are three products rather than one fused `[W, 3W]` product: slicing a
@@ -150,10 +139,11 @@ impl<B: Backend> SelfAttention<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        let q = split_heads(linear_tokens(&self.query, x.clone()), self.heads);
-        let k = split_heads(linear_tokens(&self.key, x.clone()), self.heads);
-        let v = split_heads(linear_tokens(&self.value, x), self.heads);
-        linear_tokens(&self.out, merge_heads(attend(q, k, v, bias)))
+        let q = linear_tokens(&self.query, x.clone());
+        let k = linear_tokens(&self.key, x.clone());
+        let v = linear_tokens(&self.value, x);
+        let heads = weft_kernels::attention(q, k, v, self.heads, bias.bias.clone());
+        linear_tokens(&self.out, heads)
     }
 }
 
@@ -186,17 +176,15 @@ impl<B: Backend> CrossAttention<B> {
 
     /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        let q = split_heads(linear_tokens(&self.query, x), self.heads);
-        let k = split_heads(linear_tokens(&self.key, context.clone()), self.heads);
-        let v = split_heads(linear_tokens(&self.value, context), self.heads);
-        linear_tokens(
-            &self.out,
-            merge_heads(attend(q, k, v, &AttentionBias::none())),
-        )
+        let q = linear_tokens(&self.query, x);
+        let k = linear_tokens(&self.key, context.clone());
+        let v = linear_tokens(&self.value, context);
+        let heads = weft_kernels::attention(q, k, v, self.heads, None);
+        linear_tokens(&self.out, heads)
     }
 }
 
-/// Two-layer MLP with an exact GELU.
+/// Two-layer MLP with an exact GELU (weft-kernels' fused one).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `[W, W * ratio]`.
@@ -216,7 +204,7 @@ impl<B: Backend> Mlp<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_tokens(&self.fc2, gelu(linear_tokens(&self.fc1, x)))
+        linear_tokens(&self.fc2, weft_kernels::gelu(linear_tokens(&self.fc1, x)))
     }
 }
 
@@ -246,8 +234,8 @@ impl<B: Backend> EncoderBlock<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let x = x.clone() + self.attn.forward(norm(&self.ln_1, x), bias);
+        x.clone() + self.mlp.forward(norm(&self.ln_2, x))
     }
 }
 
@@ -295,8 +283,8 @@ impl<B: Backend> CrossBlock<B> {
         bias: &AttentionBias<B>,
         image: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), bias);
-        let x = x.clone() + self.cross.forward(self.ln_2.forward(x), image);
-        x.clone() + self.mlp.forward(self.ln_3.forward(x))
+        let x = x.clone() + self.attn.forward(norm(&self.ln_1, x), bias);
+        let x = x.clone() + self.cross.forward(norm(&self.ln_2, x), image);
+        x.clone() + self.mlp.forward(norm(&self.ln_3, x))
     }
 }

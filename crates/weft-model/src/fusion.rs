@@ -46,6 +46,6 @@ impl<B: Backend> FusionEncoder<B> {
         for block in &self.blocks {
             x = block.forward(x, bias, image.clone());
         }
-        self.ln_final.forward(x)
+        crate::block::norm(&self.ln_final, x)
     }
 }

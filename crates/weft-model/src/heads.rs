@@ -2,7 +2,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -103,9 +102,12 @@ impl<B: Backend> MlmHead<B> {
     /// Logits `[N, V]` of `[N, W]` hidden states; `embedding` is the `[V, W]` word embedding
     /// matrix used when the head is tied.
     pub fn forward(&self, hidden: Tensor<B, 2>, embedding: Tensor<B, 2>) -> Tensor<B, 2> {
-        let h = self.ln.forward(gelu(self.dense.forward(hidden)));
+        let h = crate::block::norm(
+            &self.ln,
+            weft_kernels::gelu(crate::block::linear(&self.dense, hidden)),
+        );
         match &self.decoder {
-            Some(decoder) => decoder.forward(h),
+            Some(decoder) => crate::block::linear(decoder, h),
             None => {
                 let logits = h.matmul(embedding.transpose());
                 match &self.bias {

@@ -95,7 +95,7 @@ impl<B: Backend> TextEncoder<B> {
         for block in &self.blocks {
             x = block.forward(x, &bias);
         }
-        self.ln_final.forward(x)
+        crate::block::norm(&self.ln_final, x)
     }
 }
 
@@ -182,7 +182,7 @@ impl<B: Backend> TextDecoder<B> {
         for block in &self.blocks {
             x = block.forward(x, &bias, image.clone());
         }
-        let h = self.ln_final.forward(x);
+        let h = crate::block::norm(&self.ln_final, x);
         match (&self.lm_head, &self.lm_bias) {
             (Some(head), _) => linear_tokens(head, h),
             (None, bias) => {

@@ -117,6 +117,6 @@ impl<B: Backend> VisionTransformer<B> {
         for block in &self.blocks {
             x = block.forward(x, &bias);
         }
-        self.ln_final.forward(x)
+        crate::block::norm(&self.ln_final, x)
     }
 }

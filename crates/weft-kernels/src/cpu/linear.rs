@@ -1,0 +1,135 @@
+//! Fully connected layer `y = x·W + b` over `[N, in]` rows, and its backward pass.
+//!
+//! burn's Linear on flex runs a matrix product into a fresh flex buffer (zero-filled, then
+//! copied once more to realign it), a broadcast bias add on one thread, and in the backward
+//! pass one more sum over rows on one thread; here the products write straight into the
+//! output and the bias passes run in parallel.
+
+use rayon::prelude::*;
+
+use super::math::multiversion;
+use super::ROWS_PER_TASK;
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` (strides in elements), threaded by `gemm`.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n, "linear: destination too small");
+    if m > 0 && n > 0 && k > 0 {
+        let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+        assert!(
+            lhs.len() > last(lhs_rs, lhs_cs, m, k),
+            "linear: lhs too small"
+        );
+        assert!(
+            rhs.len() > last(rhs_rs, rhs_cs, k, n),
+            "linear: rhs too small"
+        );
+    }
+    // SAFETY: the asserts above keep every element addressed inside its slice; dst is a
+    // unique borrow, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+multiversion! {
+    fn add_rows(y: &mut [f32], b: &[f32]) {
+        for row in y.chunks_exact_mut(b.len()) {
+            for (y, &b) in row.iter_mut().zip(b) {
+                *y += b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn sum_rows(dy: &[f32], acc: &mut [f32]) {
+        for row in dy.chunks_exact(acc.len()) {
+            for (a, &g) in acc.iter_mut().zip(row) {
+                *a += g;
+            }
+        }
+    }
+}
+
+/// `x·W + b` for `x: [N, in]`, `W: [in, out]`, `b: [out]`.
+pub fn forward(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let out = b.len();
+    assert_eq!(w.len() % out, 0, "linear: weight is not [in, {out}]");
+    let d_in = w.len() / out;
+    assert_eq!(x.len() % d_in.max(1), 0, "linear: input is not [N, {d_in}]");
+    let n = x.len().checked_div(d_in).unwrap_or(0);
+    let mut y = vec![0.0f32; n * out];
+    matmul((n, out, d_in), &mut y, x, (d_in, 1), w, (out, 1));
+    y.par_chunks_mut(ROWS_PER_TASK * out)
+        .for_each(|rows| add_rows(rows, b));
+    y
+}
+
+/// Gradients of [`forward`] from `dy: [N, out]`, for `W: [d_in, out]`: `dx = dy·Wᵀ` (when
+/// asked for), `dW = xᵀ·dy` (when asked for) and `db = Σ_rows dy`.
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (d_in, out): (usize, usize),
+    (want_dx, want_dw): (bool, bool),
+) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>) {
+    assert_eq!(w.len(), d_in * out, "linear backward: weight shape");
+    let n = dy.len().checked_div(out).unwrap_or(0);
+    assert_eq!(dy.len(), n * out, "linear backward: output gradient shape");
+    assert_eq!(x.len(), n * d_in, "linear backward: input shape");
+    let dx = want_dx.then(|| {
+        let mut dx = vec![0.0f32; n * d_in];
+        matmul((n, d_in, out), &mut dx, dy, (out, 1), w, (1, out));
+        dx
+    });
+    let dw = want_dw.then(|| {
+        let mut dw = vec![0.0f32; d_in * out];
+        matmul((d_in, out, n), &mut dw, x, (1, d_in), dy, (out, 1));
+        dw
+    });
+    // One partial sum per task, added in task order: the same bits for any thread count.
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(ROWS_PER_TASK * out.max(1))
+        .map(|rows| {
+            let mut acc = vec![0.0f32; out];
+            sum_rows(rows, &mut acc);
+            acc
+        })
+        .collect();
+    let mut db = vec![0.0f32; out];
+    for p in partials {
+        for (d, v) in db.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+    (dx, dw, db)
+}

@@ -1,0 +1,67 @@
+//! The same four operations composed from burn tensor ops: the path for every backend other
+//! than flex (CUDA), and the reference the fused kernels are tested against.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// burn's own linear op (what `burn::nn::Linear` calls).
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// burn's own LayerNorm op (what `burn::nn::LayerNorm` calls).
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        Some(beta.into_primitive().tensor()),
+        eps,
+    )))
+}
+
+/// burn's exact GELU.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::gelu(x)
+}
+
+fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, l, w] = x.dims();
+    x.reshape([b, l, heads, w / heads]).swap_dims(1, 2)
+}
+
+fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, l, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, l, h * d])
+}
+
+/// Multi-head attention as split heads, `Q·Kᵀ·scale + bias`, softmax, `·V`, merge heads.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 3> {
+    let head_dim = q.dims()[2] / heads;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let (q, k, v) = (
+        split_heads(q, heads),
+        split_heads(k, heads),
+        split_heads(v, heads),
+    );
+    let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    if let Some(b) = bias {
+        scores = scores + b;
+    }
+    merge_heads(softmax(scores, 3).matmul(v))
+}

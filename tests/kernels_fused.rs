@@ -1,0 +1,298 @@
+//! weft-kernels' fused linear, LayerNorm, GELU and attention against burn's own composition of the same
+//! operations: outputs and every input gradient, on awkward sizes, with every mask shape; the
+//! forward-only flex path; bit-identical results for any thread count; NaN propagation.
+
+use burn::backend::Autodiff;
+use burn::tensor::{Tensor, TensorData};
+use burn_flex::Flex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use weft_kernels::reference;
+
+type Ad = Autodiff<Flex>;
+
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| scale * (rng.random::<f32>() * 2.0 - 1.0))
+        .collect()
+}
+
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    seed: u64,
+    shape: [usize; D],
+    scale: f32,
+) -> Tensor<B, D> {
+    let n = shape.iter().product();
+    Tensor::from_data(
+        TensorData::new(values(seed, n, scale), shape),
+        &Default::default(),
+    )
+}
+
+fn vec_of<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale,
+            "{what}[{i}]: fused {g} vs reference {w} (scale {scale})"
+        );
+    }
+    // The comparison must be able to fail: the values are not all zero.
+    assert!(want.iter().any(|v| v.abs() > 0.0), "{what}: all zero");
+}
+
+/// Runs `f` on fresh tracked inputs, weights the output by a fixed random tensor, and returns
+/// the output and the gradient of every input.
+fn run<const D: usize, const N: usize>(
+    inputs: &[(u64, Vec<usize>, f32); N],
+    f: impl Fn(&[Tensor<Ad, 3>]) -> Tensor<Ad, D>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let xs: Vec<Tensor<Ad, 3>> = inputs
+        .iter()
+        .map(|(seed, shape, scale)| {
+            let mut s = shape.clone();
+            while s.len() < 3 {
+                s.insert(0, 1);
+            }
+            tensor::<Ad, 3>(*seed, [s[0], s[1], s[2]], *scale).require_grad()
+        })
+        .collect();
+    let y = f(&xs);
+    let weights = Tensor::<Ad, D>::from_data(
+        TensorData::new(values(99, y.shape().num_elements(), 1.0), y.shape()),
+        &Default::default(),
+    );
+    let grads = (y.clone() * weights).sum().backward();
+    let gs = xs
+        .iter()
+        .map(|x| vec_of(x.grad(&grads).expect("every input gets a gradient")))
+        .collect();
+    (vec_of(y), gs)
+}
+
+#[test]
+fn linear_matches_burn_forward_and_backward() {
+    // 70 rows (not a multiple of the 32-row task), 13 -> 19 features.
+    let inputs = [
+        (5, vec![70, 13], 2.0),
+        (6, vec![13, 19], 1.0),
+        (7, vec![19], 1.0),
+    ];
+    let lin = |fused: bool| {
+        move |x: &[Tensor<Ad, 3>]| {
+            let (a, w) = (
+                x[0].clone().reshape([70, 13]),
+                x[1].clone().reshape([13, 19]),
+            );
+            let b = Some(x[2].clone().reshape([19]));
+            if fused {
+                weft_kernels::linear(a, w, b)
+            } else {
+                reference::linear(a, w, b)
+            }
+        }
+    };
+    let (y, g) = run(&inputs, lin(true));
+    let (y_ref, g_ref) = run(&inputs, lin(false));
+    assert_close("linear y", &y, &y_ref, 1e-5);
+    for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+        assert_close(name, &g[i], &g_ref[i], 1e-5);
+    }
+}
+
+#[test]
+fn layer_norm_matches_burn_forward_and_backward() {
+    // 70 rows (not a multiple of the 32-row task), width 20 (not a multiple of 8 lanes).
+    let inputs = [
+        (1, vec![7, 10, 20], 3.0),
+        (2, vec![20], 1.0),
+        (3, vec![20], 1.0),
+    ];
+    let ln = |fused: bool| {
+        move |x: &[Tensor<Ad, 3>]| {
+            let (g, b) = (x[1].clone().reshape([20]), x[2].clone().reshape([20]));
+            let shifted = x[0].clone().add_scalar(5.0);
+            if fused {
+                weft_kernels::layer_norm(shifted, g, b, 1e-5)
+            } else {
+                reference::layer_norm(shifted, g, b, 1e-5)
+            }
+        }
+    };
+    let (y, g) = run(&inputs, ln(true));
+    let (y_ref, g_ref) = run(&inputs, ln(false));
+    assert_close("layer_norm y", &y, &y_ref, 1e-5);
+    for (i, name) in ["dx", "dgamma", "dbeta"].iter().enumerate() {
+        assert_close(name, &g[i], &g_ref[i], 1e-4);
+    }
+}
+
+#[test]
+fn gelu_matches_burn_forward_and_backward() {
+    let inputs = [(4, vec![3, 33, 37], 5.0)];
+    let (y, g) = run(&inputs, |x| weft_kernels::gelu(x[0].clone()));
+    let (y_ref, g_ref) = run(&inputs, |x| reference::gelu(x[0].clone()));
+    assert_close("gelu y", &y, &y_ref, 1e-6);
+    assert_close("gelu dx", &g[0], &g_ref[0], 1e-5);
+}
+
+/// `[B, 1, 1, Lk]` padding (the last `pad[b]` keys of sample b), optionally plus causal.
+fn bias(batch: usize, lq: usize, lk: usize, pad: Option<&[usize]>, causal: bool) -> Tensor<Ad, 4> {
+    let rows = if causal { lq } else { 1 };
+    let bsz = if pad.is_some() { batch } else { 1 };
+    let mut v = vec![0.0f32; bsz * rows * lk];
+    for b in 0..bsz {
+        for i in 0..rows {
+            for j in 0..lk {
+                let padded = pad.is_some_and(|p| j >= lk - p[b]);
+                if padded || (causal && j > i) {
+                    v[(b * rows + i) * lk + j] = -1.0e9;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [bsz, 1, rows, lk]), &Default::default())
+}
+
+#[test]
+fn attention_matches_burn_with_every_mask_shape() {
+    let (batch, heads, d) = (3, 4, 5);
+    let w = heads * d;
+    let pads = [0usize, 2, 4];
+    let cases: [(&str, usize, usize, Option<Tensor<Ad, 4>>); 5] = [
+        ("cross, no mask", 7, 9, None),
+        (
+            "self, padding",
+            9,
+            9,
+            Some(bias(batch, 9, 9, Some(&pads), false)),
+        ),
+        ("self, causal", 9, 9, Some(bias(batch, 9, 9, None, true))),
+        (
+            "self, causal+padding",
+            9,
+            9,
+            Some(bias(batch, 9, 9, Some(&pads), true)),
+        ),
+        (
+            "cross, padding",
+            7,
+            9,
+            Some(bias(batch, 7, 9, Some(&pads), false)),
+        ),
+    ];
+    for (name, lq, lk, mask) in cases {
+        let inputs = [
+            (10, vec![batch, lq, w], 2.0),
+            (11, vec![batch, lk, w], 2.0),
+            (12, vec![batch, lk, w], 1.0),
+        ];
+        let attend = |fused: bool| {
+            let mask = mask.clone();
+            move |x: &[Tensor<Ad, 3>]| {
+                let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
+                if fused {
+                    weft_kernels::attention(q, k, v, heads, mask.clone())
+                } else {
+                    reference::attention(q, k, v, heads, mask.clone())
+                }
+            }
+        };
+        let (y, g) = run(&inputs, attend(true));
+        let (y_ref, g_ref) = run(&inputs, attend(false));
+        assert_close(&format!("{name}: out"), &y, &y_ref, 1e-5);
+        for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+            assert_close(&format!("{name}: {what}"), &g[i], &g_ref[i], 1e-4);
+        }
+    }
+}
+
+#[test]
+fn the_flex_forward_path_matches_the_training_path() {
+    let x = || tensor::<Flex, 3>(20, [2, 11, 24], 2.0);
+    let g = || tensor::<Flex, 1>(21, [24], 1.0);
+    let b = || tensor::<Flex, 1>(22, [24], 1.0);
+    let ln = vec_of(weft_kernels::layer_norm(x(), g(), b(), 1e-5));
+    let ln_ref = vec_of(reference::layer_norm(x(), g(), b(), 1e-5));
+    assert_close("flex layer_norm", &ln, &ln_ref, 1e-5);
+    let w = || tensor::<Flex, 2>(24, [24, 7], 1.0);
+    let c = || tensor::<Flex, 1>(25, [7], 1.0);
+    let x2 = || x().reshape([22, 24]);
+    let li = vec_of(weft_kernels::linear(x2(), w(), Some(c())));
+    let li_ref = vec_of(reference::linear(x2(), w(), Some(c())));
+    assert_close("flex linear", &li, &li_ref, 1e-5);
+    let ge = vec_of(weft_kernels::gelu(x()));
+    assert_close("flex gelu", &ge, &vec_of(reference::gelu(x())), 1e-6);
+    let k = || tensor::<Flex, 3>(23, [2, 5, 24], 1.0);
+    let at = vec_of(weft_kernels::attention(x(), k(), k(), 3, None));
+    let at_ref = vec_of(reference::attention(x(), k(), k(), 3, None));
+    assert_close("flex attention", &at, &at_ref, 1e-5);
+}
+
+#[test]
+fn results_are_the_same_bits_for_any_thread_count() {
+    let once = || {
+        let inputs = [
+            (30, vec![4, 65, 24], 2.0),
+            (31, vec![4, 65, 24], 2.0),
+            (32, vec![4, 65, 24], 1.0),
+        ];
+        let (y, mut g) = run(&inputs, |x| {
+            let h = weft_kernels::attention(x[0].clone(), x[1].clone(), x[2].clone(), 3, None);
+            let w = x[1].clone().slice([0..1, 0..24]).reshape([24, 24]);
+            let bias = Some(x[2].clone().slice([1..2, 0..1]).reshape([24]));
+            let h = weft_kernels::linear(h.reshape([4 * 65, 24]), w, bias).reshape([4, 65, 24]);
+            let gamma = x[1].clone().slice([0..1, 0..1]).reshape([24]);
+            let beta = x[2].clone().slice([0..1, 0..1]).reshape([24]);
+            weft_kernels::gelu(weft_kernels::layer_norm(h, gamma, beta, 1e-5))
+        });
+        g.push(y);
+        g
+    };
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let one = pool(1).install(once);
+    let three = pool(3).install(once);
+    assert_eq!(one, three);
+}
+
+#[test]
+fn nan_inputs_stay_nan() {
+    let mut v = values(40, 2 * 16, 1.0);
+    v[3] = f32::NAN;
+    let x =
+        || Tensor::<Flex, 2>::from_data(TensorData::new(v.clone(), [2, 16]), &Default::default());
+    let ge = vec_of(weft_kernels::gelu(x()));
+    assert!(ge[3].is_nan() && ge[4].is_finite());
+    let ones = Tensor::<Flex, 1>::ones([16], &Default::default());
+    let ln = vec_of(weft_kernels::layer_norm(
+        x(),
+        ones.clone(),
+        ones.zeros_like(),
+        1e-5,
+    ));
+    assert!(
+        ln[..16].iter().all(|v| v.is_nan()),
+        "the row with a NaN is all NaN"
+    );
+    assert!(
+        ln[16..].iter().all(|v| v.is_finite()),
+        "the other row is untouched"
+    );
+    let q = x().reshape([1, 2, 16]);
+    let at = vec_of(weft_kernels::attention(q.clone(), q.clone(), q, 2, None));
+    assert!(
+        at.iter().any(|v| v.is_nan()),
+        "a NaN score reaches the output"
+    );
+}
