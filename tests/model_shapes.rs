@@ -32,6 +32,11 @@ fn vision_encoder_shapes() {
     let vit = VisionTransformerConfig::new(32, 8, 24, 2, 2).init::<B>(&dev);
     let images = Tensor::<B, 4>::random([3, 3, 32, 32], Distribution::Default, &dev);
     assert_eq!(vit.embed_patches(images.clone()).dims(), [3, 16, 24]);
+    // The patch embedding (a product over the patch matrix) is the stride-p convolution.
+    let conv = vit.patch_embed.forward(images.clone()).reshape([3, 24, 16]);
+    let conv = vec(conv.swap_dims(1, 2));
+    let patches = vec(vit.embed_patches(images.clone()));
+    assert!(close(&patches, &conv) && conv.iter().any(|v| v.abs() > 0.1));
     assert_eq!(vit.forward(images.clone()).dims(), [3, 17, 24]);
     let mask = Tensor::<B, 3>::zeros([3, 16, 1], &dev);
     let token = Tensor::<B, 3>::zeros([1, 1, 24], &dev);

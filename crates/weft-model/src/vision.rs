@@ -83,10 +83,24 @@ pub struct VisionTransformer<B: Backend> {
 
 impl<B: Backend> VisionTransformer<B> {
     /// Patch tokens `[B, N, W]` of `[B, C, S, S]` images (before CLS and positions).
+    ///
+    /// The stride-p convolution with a p×p kernel is computed as what it is, one product of the
+    /// `[B·N, C·p·p]` patch matrix with the flattened `[W, C·p·p]` kernel (transposed), through
+    /// weft-kernels' fused linear; the parameters stay a burn `Conv2d`. On flex this is several
+    /// times faster than its convolution, whose weight gradient is itself a convolution.
     pub fn embed_patches(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.patch_embed.forward(images); // [B, W, g, g]
-        let [b, w, gh, gw] = x.dims();
-        x.reshape([b, w, gh * gw]).swap_dims(1, 2)
+        let [b, c, h, w] = images.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * gh * gw, c * p * p]);
+        let kernel = self.patch_embed.weight.val(); // [W, C, p, p]
+        let width = kernel.dims()[0];
+        let kernel = kernel.reshape([width, c * p * p]).transpose();
+        let bias = self.patch_embed.bias.as_ref().map(|b| b.val());
+        weft_kernels::linear(patches, kernel, bias).reshape([b, gh * gw, width])
     }
 
     /// Encode `[B, C, S, S]` images into `[B, 1 + N, W]` tokens (CLS first).

@@ -27,8 +27,10 @@ pub use trainer::{train, TrainOptions, TrainSummary};
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 
 /// Size the CPU thread pool (rayon's global pool, which flex uses); 0 keeps rayon's default
-/// (`RAYON_NUM_THREADS` or all cores). Call before the first tensor operation.
+/// (`RAYON_NUM_THREADS` or all cores). Call before the first tensor operation. Also tunes the
+/// allocator for training ([`weft_kernels::keep_freed_memory`]).
 pub fn init_threads(threads: usize) {
+    weft_kernels::keep_freed_memory();
     if threads > 0 {
         // An error means the pool already exists (a second call in one process): keep it.
         let _ = rayon::ThreadPoolBuilder::new()

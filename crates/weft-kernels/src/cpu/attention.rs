@@ -153,6 +153,10 @@ multiversion! {
 
 /// Checks that the slices hold what `dims` says.
 fn check(dims: &Dims, q: &[f32], k: &[f32], v: &[f32]) {
+    assert!(
+        dims.lq > 0 && dims.lk > 0 && dims.head_dim > 0,
+        "attention: empty queries, keys or heads: {dims:?}"
+    );
     let w = dims.width();
     assert_eq!(q.len(), dims.batch * dims.lq * w, "attention: query size");
     assert_eq!(k.len(), dims.batch * dims.lk * w, "attention: key size");
@@ -181,13 +185,14 @@ pub fn forward(
         let need = (batch - 1) * b.batch_stride + (lq - 1) * b.row_stride + lk;
         assert!(b.data.len() >= need, "attention: bias too small");
     }
-    let mut out = vec![0.0f32; batch * lq * w];
-    let mut probs = vec![0.0f32; batch * heads * lq * lk];
+    let mut out: Vec<f32> = Vec::with_capacity(batch * lq * w);
+    let mut probs: Vec<f32> = Vec::with_capacity(batch * heads * lq * lk);
     let dst = Out(out.as_mut_ptr());
-    probs
+    probs.spare_capacity_mut()[..batch * heads * lq * lk]
         .par_chunks_mut(lq * lk)
         .enumerate()
         .for_each(|(t, p)| {
+            let p = super::zeroed(p);
             let (b, h) = (t / heads, t % heads);
             let qh = q[b * lq * w + h * d..].as_ptr();
             let kh = k[b * lk * w + h * d..].as_ptr();
@@ -222,6 +227,13 @@ pub fn forward(
                 matmul((lq, d, lk), o, w, p.as_ptr(), (lk, 1), vh, (w, 1), 1.0);
             }
         });
+    #[allow(unsafe_code)]
+    // SAFETY: the (sample, head) blocks cover `out` and each was written in full by gemm
+    // (read_dst = false); `probs` chunks were all initialised by `zeroed`.
+    unsafe {
+        out.set_len(batch * lq * w);
+        probs.set_len(batch * heads * lq * lk);
+    }
     (out, probs)
 }
 
@@ -250,9 +262,9 @@ pub fn backward(
         "attention backward: probs"
     );
     assert_eq!(dout.len(), q.len(), "attention backward: output gradient");
-    let mut dq = vec![0.0f32; q.len()];
-    let mut dk = vec![0.0f32; k.len()];
-    let mut dv = vec![0.0f32; v.len()];
+    let mut dq: Vec<f32> = Vec::with_capacity(q.len());
+    let mut dk: Vec<f32> = Vec::with_capacity(k.len());
+    let mut dv: Vec<f32> = Vec::with_capacity(v.len());
     let (dqp, dkp, dvp) = (
         Out(dq.as_mut_ptr()),
         Out(dk.as_mut_ptr()),
@@ -328,5 +340,13 @@ pub fn backward(
             }
         },
     );
+    #[allow(unsafe_code)]
+    // SAFETY: the (sample, head) blocks cover dq, dk and dv, and gemm (read_dst = false)
+    // wrote each in full.
+    unsafe {
+        dq.set_len(q.len());
+        dk.set_len(k.len());
+        dv.set_len(v.len());
+    }
     (dq, dk, dv)
 }

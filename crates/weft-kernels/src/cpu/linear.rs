@@ -10,52 +10,54 @@ use rayon::prelude::*;
 use super::math::multiversion;
 use super::ROWS_PER_TASK;
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]` (strides in elements), threaded by `gemm`.
-#[allow(unsafe_code, clippy::too_many_arguments)]
+/// A new `[m, n]` matrix `lhs[m×k] · rhs[k×n]` (strides in elements), threaded by `gemm`,
+/// which writes every element of it (no zero fill first).
+#[allow(unsafe_code)]
 fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
-) {
-    assert!(dst.len() >= m * n, "linear: destination too small");
-    if m > 0 && n > 0 && k > 0 {
-        let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-        assert!(
-            lhs.len() > last(lhs_rs, lhs_cs, m, k),
-            "linear: lhs too small"
-        );
-        assert!(
-            rhs.len() > last(rhs_rs, rhs_cs, k, n),
-            "linear: rhs too small"
-        );
+) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
     }
-    // SAFETY: the asserts above keep every element addressed inside its slice; dst is a
-    // unique borrow, so it aliases neither operand.
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(
+        lhs.len() > last(lhs_rs, lhs_cs, m, k),
+        "linear: lhs too small"
+    );
+    assert!(
+        rhs.len() > last(rhs_rs, rhs_cs, k, n),
+        "linear: rhs too small"
+    );
+    // SAFETY: the asserts above keep every element addressed inside its slice; the
+    // destination is a fresh m×n buffer, which gemm (read_dst = false, k > 0) writes in full.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
+        super::written_by(m * n, |dst| {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            )
+        })
     }
 }
 
@@ -86,8 +88,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     let d_in = w.len() / out;
     assert_eq!(x.len() % d_in.max(1), 0, "linear: input is not [N, {d_in}]");
     let n = x.len().checked_div(d_in).unwrap_or(0);
-    let mut y = vec![0.0f32; n * out];
-    matmul((n, out, d_in), &mut y, x, (d_in, 1), w, (out, 1));
+    let mut y = matmul((n, out, d_in), x, (d_in, 1), w, (out, 1));
     y.par_chunks_mut(ROWS_PER_TASK * out)
         .for_each(|rows| add_rows(rows, b));
     y
@@ -106,16 +107,8 @@ pub fn backward(
     let n = dy.len().checked_div(out).unwrap_or(0);
     assert_eq!(dy.len(), n * out, "linear backward: output gradient shape");
     assert_eq!(x.len(), n * d_in, "linear backward: input shape");
-    let dx = want_dx.then(|| {
-        let mut dx = vec![0.0f32; n * d_in];
-        matmul((n, d_in, out), &mut dx, dy, (out, 1), w, (1, out));
-        dx
-    });
-    let dw = want_dw.then(|| {
-        let mut dw = vec![0.0f32; d_in * out];
-        matmul((d_in, out, n), &mut dw, x, (1, d_in), dy, (out, 1));
-        dw
-    });
+    let dx = want_dx.then(|| matmul((n, d_in, out), dy, (out, 1), w, (1, out)));
+    let dw = want_dw.then(|| matmul((d_in, out, n), x, (1, d_in), dy, (out, 1)));
     // One partial sum per task, added in task order: the same bits for any thread count.
     let partials: Vec<Vec<f32>> = dy
         .par_chunks(ROWS_PER_TASK * out.max(1))

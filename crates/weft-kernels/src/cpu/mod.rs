@@ -13,3 +13,54 @@ pub(crate) const ROWS_PER_TASK: usize = 32;
 
 /// Elements per parallel task in the element-wise kernels.
 pub(crate) const ELEMS_PER_TASK: usize = 16 * 1024;
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// Zeroes an uninitialised chunk and gives it back as floats.
+pub(crate) fn zeroed(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    c.fill(MaybeUninit::new(0.0));
+    #[allow(unsafe_code)]
+    // SAFETY: every element was initialised just above, and MaybeUninit<f32> has the layout
+    // of f32.
+    unsafe {
+        &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32])
+    }
+}
+
+/// A vector of `n` floats whose chunks of `chunk` elements are each zeroed and then handed to
+/// `fill(chunk_index, chunk)`, in parallel: the zeroing (which `vec![0.0; n]` would do on the
+/// calling thread, before any kernel starts) is spread over the workers and done right where
+/// the chunk is about to be written, while it is in cache.
+pub(crate) fn par_filled(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, zeroed(c)));
+    #[allow(unsafe_code)]
+    // SAFETY: the chunks cover all n elements and `zeroed` initialised each.
+    unsafe {
+        v.set_len(n)
+    };
+    v
+}
+
+/// A vector of `n` floats written by `write`, which gets a pointer to `n` uninitialised floats
+/// (for `gemm` with `read_dst = false`, which writes every element of its destination).
+///
+/// # Safety
+/// `write` must initialise all `n` elements.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn written_by(n: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    write(v.as_mut_ptr());
+    // SAFETY: the caller's contract.
+    unsafe { v.set_len(n) };
+    v
+}

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::math::{dot, multiversion, sum};
-use super::ROWS_PER_TASK;
+use super::{zeroed, ROWS_PER_TASK};
 
 /// What the forward pass keeps for the backward pass: per row, the mean and `1/√(var + ε)`.
 #[derive(Debug, Clone)]
@@ -42,22 +42,21 @@ multiversion! {
 }
 
 multiversion! {
-    #[allow(clippy::too_many_arguments)]
+    /// Writes dx over dy, row by row.
     fn backward_rows(
         x: &[f32],
-        dy: &[f32],
-        mean: &[f32],
-        rstd: &[f32],
+        dy: &mut [f32],
+        stats: (&[f32], &[f32]),
         gamma: &[f32],
-        dx: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
+        let (mean, rstd) = stats;
         let w = gamma.len();
         let mut xhat = vec![0.0f32; w];
         let mut g = vec![0.0f32; w];
-        let rows = x.chunks_exact(w).zip(dy.chunks_exact(w)).zip(dx.chunks_exact_mut(w));
-        for (r, ((x, dy), dx)) in rows.enumerate() {
+        for (r, (x, dx)) in x.chunks_exact(w).zip(dy.chunks_exact_mut(w)).enumerate() {
+            let dy = &*dx;
             let (m, s) = (mean[r], rstd[r]);
             for i in 0..w {
                 xhat[i] = (x[i] - m) * s;
@@ -84,21 +83,31 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, S
         "layer norm: input is not a whole number of rows"
     );
     let rows = x.len() / w;
-    let mut y = vec![0.0; x.len()];
     let mut mean = vec![0.0; rows];
     let mut rstd = vec![0.0; rows];
-    y.par_chunks_mut(ROWS_PER_TASK * w)
+    let task = ROWS_PER_TASK * w;
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(task)
         .zip(mean.par_chunks_mut(ROWS_PER_TASK))
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-        .zip(x.par_chunks(ROWS_PER_TASK * w))
-        .for_each(|(((y, m), s), x)| forward_rows(x, y, m, s, gamma, beta, eps));
+        .enumerate()
+        .for_each(|(i, ((y, m), s))| {
+            let y = zeroed(y);
+            forward_rows(&x[i * task..i * task + y.len()], y, m, s, gamma, beta, eps);
+        });
+    #[allow(unsafe_code)]
+    // SAFETY: the chunks cover all x.len() elements and `zeroed` initialised each.
+    unsafe {
+        y.set_len(x.len())
+    };
     (y, Stats { mean, rstd })
 }
 
-/// Gradients of [`forward`]: `(dx, dγ, dβ)`.
+/// Gradients of [`forward`]: `(dx, dγ, dβ)`, with dx written over `dy`.
 pub fn backward(
     x: &[f32],
-    dy: &[f32],
+    mut dy: Vec<f32>,
     stats: &Stats,
     gamma: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -108,22 +117,19 @@ pub fn backward(
         dy.len(),
         "layer norm backward: input and gradient lengths"
     );
-    let mut dx = vec![0.0; x.len()];
     // One partial (dγ, dβ) per task, summed afterwards in task order.
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dy
         .par_chunks_mut(ROWS_PER_TASK * w)
         .enumerate()
-        .map(|(t, dx)| {
+        .map(|(t, dy)| {
             let r0 = t * ROWS_PER_TASK;
-            let r1 = r0 + dx.len() / w;
+            let r1 = r0 + dy.len() / w;
             let (mut dg, mut db) = (vec![0.0; w], vec![0.0; w]);
             backward_rows(
                 &x[r0 * w..r1 * w],
-                &dy[r0 * w..r1 * w],
-                &stats.mean[r0..r1],
-                &stats.rstd[r0..r1],
+                dy,
+                (&stats.mean[r0..r1], &stats.rstd[r0..r1]),
                 gamma,
-                dx,
                 &mut dg,
                 &mut db,
             );
@@ -137,5 +143,5 @@ pub fn backward(
             dbeta[i] += db[i];
         }
     }
-    (dx, dgamma, dbeta)
+    (dy, dgamma, dbeta)
 }
