@@ -14,6 +14,7 @@ pub mod bench;
 pub mod error;
 pub mod eval;
 pub mod metrics;
+pub mod optim;
 pub mod params;
 pub mod progress;
 pub mod schedule;

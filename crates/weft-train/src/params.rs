@@ -1,4 +1,5 @@
-//! Parameters by module path: stable ids, the weight-decay rule, and flat gradient buffers.
+//! Parameters by module path: stable ids, the weight-decay rule, flat gradient and parameter
+//! buffers.
 //!
 //! burn gives every parameter a random [`ParamId`]; weft replaces it with a hash of the
 //! parameter's module path right after init, so that ids (and optimizer state keyed by them)
@@ -115,51 +116,6 @@ pub fn stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
     })
 }
 
-struct Decay<'a> {
-    stack: PathStack,
-    decays: &'a [bool],
-    index: usize,
-    factor: f64,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for Decay<'_> {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.stack.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.stack.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let decays = self.decays.get(self.index).copied().unwrap_or(false);
-        self.index += 1;
-        if !decays {
-            return param;
-        }
-        let (id, tensor, mapper) = param.consume();
-        let tensor = Tensor::from_inner(tensor.inner().mul_scalar(self.factor)).require_grad();
-        Param::from_mapped_value(id, tensor, mapper)
-    }
-}
-
-/// Decoupled weight decay: multiply the parameters flagged in `decays` (visit order) by
-/// `1 - lr * weight_decay`.
-pub fn apply_weight_decay<B: AutodiffBackend, M: Module<B>>(
-    module: M,
-    decays: &[bool],
-    lr: f64,
-    weight_decay: f64,
-) -> M {
-    if weight_decay == 0.0 {
-        return module;
-    }
-    module.map(&mut Decay {
-        stack: PathStack::default(),
-        decays,
-        index: 0,
-        factor: 1.0 - lr * weight_decay,
-    })
-}
-
 /// All gradients of a model in one flat `[numel]` buffer, in parameter visit order, with a mask
 /// of the parameters that received a gradient. The layout is identical in every process, so
 /// the buffer can be all-reduced as it is.
@@ -220,27 +176,61 @@ impl<B: Backend> FlatGrads<B> {
         let sq: f32 = self.buffer.clone().square().sum().into_scalar().elem();
         f64::from(sq).sqrt()
     }
+}
 
-    /// Back to per-parameter gradients (only the parameters that had one, so that parameters
-    /// unused by every objective are left alone by the optimizer).
-    pub fn into_grads(self, layout: &[ParamInfo]) -> GradientsParams {
-        let mut out = GradientsParams::new();
-        let mut offset = 0;
-        for (p, has) in layout.iter().zip(&self.has_grad) {
-            let n = p.numel();
-            if *has {
-                let flat = self.buffer.clone().narrow(0, offset, n);
-                let s = &p.shape;
-                match s.len() {
-                    1 => out.register::<B, 1>(p.id, flat),
-                    2 => out.register::<B, 2>(p.id, flat.reshape([s[0], s[1]])),
-                    3 => out.register::<B, 3>(p.id, flat.reshape([s[0], s[1], s[2]])),
-                    4 => out.register::<B, 4>(p.id, flat.reshape([s[0], s[1], s[2], s[3]])),
-                    d => panic!("parameter {} has unsupported rank {d}", p.path),
-                }
-            }
-            offset += n;
-        }
-        out
+struct Gather {
+    out: Vec<f32>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Gather {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let values = param.val().into_data().convert::<f32>();
+        self.out
+            .extend_from_slice(values.as_slice::<f32>().expect("f32 parameter values"));
     }
+}
+
+/// Every float parameter's values, flat in visit order (the order of [`params`]).
+pub fn flat_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+    let mut gather = Gather { out: Vec::new() };
+    module.visit(&mut gather);
+    gather.out
+}
+
+struct Scatter<'a, B: AutodiffBackend> {
+    values: &'a [f32],
+    offset: usize,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let values = self.values[self.offset..self.offset + n].to_vec();
+        self.offset += n;
+        let inner = Tensor::<B::InnerBackend, D>::from_data(
+            burn::tensor::TensorData::new(values, shape),
+            &self.device,
+        );
+        Param::from_mapped_value(id, Tensor::from_inner(inner).require_grad(), mapper)
+    }
+}
+
+/// `module` with every float parameter replaced, in visit order, by the next values of
+/// `values` (the inverse of [`flat_params`]); ids and everything else stay.
+pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    values: &[f32],
+    device: &B::Device,
+) -> M {
+    let mut scatter = Scatter::<B> {
+        values,
+        offset: 0,
+        device: device.clone(),
+    };
+    let module = module.map(&mut scatter);
+    assert_eq!(scatter.offset, values.len(), "flat parameter buffer size");
+    module
 }

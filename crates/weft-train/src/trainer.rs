@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
@@ -22,7 +21,8 @@ use weft_model::{ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
-use crate::params::{apply_weight_decay, params, stable_ids, FlatGrads, ParamInfo};
+use crate::optim::FlatAdamW;
+use crate::params::{flat_params, params, set_flat_params, stable_ids, FlatGrads, ParamInfo};
 use crate::progress::Progress;
 use crate::schedule::WarmupCosine;
 
@@ -150,7 +150,7 @@ impl Batches {
 pub struct Engine<B: AutodiffBackend> {
     /// The model being trained.
     pub model: VlModel<B>,
-    optim: OptimizerAdaptor<AdamW, VlModel<B>, B>,
+    optim: FlatAdamW,
     layout: Vec<ParamInfo>,
     decays: Vec<bool>,
     weights: LossConfig,
@@ -174,12 +174,7 @@ impl<B: AutodiffBackend> Engine<B> {
         let t = &config.train;
         let layout = params(&model);
         let decays = layout.iter().map(ParamInfo::decays).collect();
-        let optim = AdamWConfig::new()
-            .with_beta_1(t.betas[0] as f32)
-            .with_beta_2(t.betas[1] as f32)
-            .with_epsilon(t.eps as f32)
-            .with_weight_decay(0.0)
-            .init::<B, VlModel<B>>();
+        let optim = FlatAdamW::new(&layout, t.betas, t.eps);
         Self {
             model,
             optim,
@@ -249,9 +244,24 @@ impl<B: AutodiffBackend> Engine<B> {
         } else {
             flat
         };
-        let model = self.model.clone();
-        let model = apply_weight_decay(model, &self.decays, lr, self.train.weight_decay);
-        self.model = self.optim.step(lr, model, flat.into_grads(&self.layout));
+        let device = flat.buffer.device();
+        let has_grad = flat.has_grad.clone();
+        let grads = flat
+            .buffer
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32 gradients");
+        let mut values = flat_params(&self.model);
+        self.optim.step(
+            &mut values,
+            &grads,
+            &self.layout,
+            &has_grad,
+            &self.decays,
+            lr,
+            self.train.weight_decay,
+        );
+        self.model = set_flat_params(self.model.clone(), &values, &device);
         (norm, true)
     }
 }
