@@ -107,6 +107,38 @@ fn linear_matches_burn_forward_and_backward() {
 }
 
 #[test]
+fn linear_with_a_residual_matches_burn_forward_and_backward() {
+    let inputs = [
+        (8, vec![70, 13], 2.0),
+        (9, vec![13, 19], 1.0),
+        (10, vec![19], 1.0),
+        (11, vec![70, 19], 1.0),
+    ];
+    let lin = |fused: bool| {
+        move |x: &[Tensor<Ad, 3>]| {
+            let (a, w) = (
+                x[0].clone().reshape([70, 13]),
+                x[1].clone().reshape([13, 19]),
+            );
+            let (b, r) = (x[2].clone().reshape([19]), x[3].clone().reshape([70, 19]));
+            // The residual also feeds another op, as in a block, so its gradients add up.
+            let r = r.clone() * 2.0 + r.sin();
+            if fused {
+                weft_kernels::linear_add(a, w, b, r)
+            } else {
+                reference::linear(a, w, Some(b)) + r
+            }
+        }
+    };
+    let (y, g) = run(&inputs, lin(true));
+    let (y_ref, g_ref) = run(&inputs, lin(false));
+    assert_close("linear_add y", &y, &y_ref, 1e-5);
+    for (i, name) in ["dx", "dw", "db", "dresidual"].iter().enumerate() {
+        assert_close(name, &g[i], &g_ref[i], 1e-5);
+    }
+}
+
+#[test]
 fn layer_norm_matches_burn_forward_and_backward() {
     // 70 rows (not a multiple of the 32-row task), width 20 (not a multiple of 8 lanes).
     let inputs = [

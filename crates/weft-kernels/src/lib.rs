@@ -166,6 +166,112 @@ pub fn linear<B: Backend>(
     }
 }
 
+/// `residual + x·weight + bias`: a linear layer closing a residual connection, in one pass.
+pub fn linear_add<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+    residual: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [n, d_in] = x.dims();
+    let [w_in, out] = weight.dims();
+    assert_eq!(
+        d_in, w_in,
+        "linear: input width {d_in} but weight [{w_in}, {out}]"
+    );
+    assert_eq!(residual.dims(), [n, out], "linear: residual shape");
+    match route(&x) {
+        Route::Autodiff => wrap::<AdFlex, B, 2>(linear_add_ad(
+            prim::<AdFlex, B, 2>(x),
+            prim::<AdFlex, B, 2>(weight),
+            prim::<AdFlex, B, 1>(bias),
+            prim::<AdFlex, B, 2>(residual),
+        )),
+        Route::Flex => {
+            let x = contiguous(prim::<Flex, B, 2>(x));
+            let w = contiguous(prim::<Flex, B, 2>(weight));
+            let b = contiguous(prim::<Flex, B, 1>(bias));
+            let r = contiguous(prim::<Flex, B, 2>(residual));
+            let y = cpu::linear::forward_add(data(&x), data(&w), data(&b), data(&r));
+            wrap::<Flex, B, 2>(flex(y, vec![n, out]))
+        }
+        Route::Reference => reference::linear(x, weight, Some(bias)) + residual,
+    }
+}
+
+#[derive(Debug)]
+struct LinearAddBackward;
+
+impl Backward<Flex, 4> for LinearAddBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b, node_r] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        if let Some(node) = node_r {
+            // d(residual) = dy: the same buffer, shared (flex copies on write).
+            grads.register::<Flex>(node.id, dy.clone());
+        }
+        let ids = [node_x, node_w, node_b].map(|n| n.map(|n| n.id));
+        linear_grads(ops.state, dy, ids, grads);
+    }
+}
+
+fn linear_add_ad(
+    x: FloatTensor<AdFlex>,
+    w: FloatTensor<AdFlex>,
+    b: FloatTensor<AdFlex>,
+    r: FloatTensor<AdFlex>,
+) -> FloatTensor<AdFlex> {
+    let xs = contiguous(x.primitive.clone());
+    let ws = contiguous(w.primitive.clone());
+    let bs = contiguous(b.primitive.clone());
+    let rs = contiguous(r.primitive.clone());
+    let out = bs.layout().shape().num_elements();
+    let y = cpu::linear::forward_add(data(&xs), data(&ws), data(&bs), data(&rs));
+    let y = flex(y, vec![dims_of(&xs)[0], out]);
+    let nodes = [
+        x.node.clone(),
+        w.node.clone(),
+        b.node.clone(),
+        r.node.clone(),
+    ];
+    match LinearAddBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((xs, ws), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// The input, weight and bias gradients of a linear layer from its output gradient.
+fn linear_grads(
+    (x, w): (FlexTensor, FlexTensor),
+    dy: FlexTensor,
+    [node_x, node_w, node_b]: [Option<burn_autodiff::NodeId>; 3],
+    grads: &mut Gradients,
+) {
+    let [d_in, out] = [dims_of(&w)[0], dims_of(&w)[1]];
+    let (dx, dw, db) = cpu::linear::backward(
+        data(&x),
+        data(&w),
+        data(&dy),
+        (d_in, out),
+        (node_x.is_some(), node_w.is_some()),
+    );
+    if let (Some(id), Some(dx)) = (node_x, dx) {
+        grads.register::<Flex>(id, flex(dx, dims_of(&x)));
+    }
+    if let (Some(id), Some(dw)) = (node_w, dw) {
+        grads.register::<Flex>(id, flex(dw, vec![d_in, out]));
+    }
+    if let Some(id) = node_b {
+        grads.register::<Flex>(id, flex(db, vec![out]));
+    }
+}
+
 #[derive(Debug)]
 struct LinearBackward;
 
@@ -173,26 +279,8 @@ impl Backward<Flex, 3> for LinearBackward {
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x, w) = ops.state;
-        let [d_in, out] = [dims_of(&w)[0], dims_of(&w)[1]];
-        let (dx, dw, db) = cpu::linear::backward(
-            data(&x),
-            data(&w),
-            data(&dy),
-            (d_in, out),
-            (node_x.is_some(), node_w.is_some()),
-        );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, flex(dx, dims_of(&x)));
-        }
-        if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, flex(dw, vec![d_in, out]));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, flex(db, vec![out]));
-        }
+        linear_grads(ops.state, dy, ops.parents.map(|n| n.map(|n| n.id)), grads);
     }
 }
 

@@ -40,6 +40,27 @@ pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B
     y.reshape([b, l, out])
 }
 
+/// `residual + layer(x)` over `[B, L, W]` tokens in one pass (weft-kernels' fused linear with
+/// the residual add of a pre-norm block folded in).
+pub fn linear_tokens_add<B: Backend>(
+    layer: &Linear<B>,
+    x: Tensor<B, 3>,
+    residual: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let Some(bias) = &layer.bias else {
+        return residual + linear_tokens(layer, x);
+    };
+    let [b, l, w] = x.dims();
+    let out = residual.dims()[2];
+    let y = weft_kernels::linear_add(
+        x.reshape([b * l, w]),
+        layer.weight.val(),
+        bias.val(),
+        residual.reshape([b * l, out]),
+    );
+    y.reshape([b, l, out])
+}
+
 /// A [`Linear`] over `[N, W]` rows through weft-kernels' fused linear.
 pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     weft_kernels::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
@@ -145,6 +166,20 @@ impl<B: Backend> SelfAttention<B> {
         let heads = weft_kernels::attention(q, k, v, self.heads, bias.bias.clone());
         linear_tokens(&self.out, heads)
     }
+
+    /// `residual + self.forward(x, bias)`, with the add folded into the output projection.
+    pub fn forward_add(
+        &self,
+        x: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        residual: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let q = linear_tokens(&self.query, x.clone());
+        let k = linear_tokens(&self.key, x.clone());
+        let v = linear_tokens(&self.value, x);
+        let heads = weft_kernels::attention(q, k, v, self.heads, bias.bias.clone());
+        linear_tokens_add(&self.out, heads, residual)
+    }
 }
 
 /// Multi-head cross-attention from text queries to image keys/values.
@@ -182,6 +217,20 @@ impl<B: Backend> CrossAttention<B> {
         let heads = weft_kernels::attention(q, k, v, self.heads, None);
         linear_tokens(&self.out, heads)
     }
+
+    /// `residual + self.forward(x, context)`, with the add folded into the output projection.
+    pub fn forward_add(
+        &self,
+        x: Tensor<B, 3>,
+        context: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let q = linear_tokens(&self.query, x);
+        let k = linear_tokens(&self.key, context.clone());
+        let v = linear_tokens(&self.value, context);
+        let heads = weft_kernels::attention(q, k, v, self.heads, None);
+        linear_tokens_add(&self.out, heads, residual)
+    }
 }
 
 /// Two-layer MLP with an exact GELU (weft-kernels' fused one).
@@ -205,6 +254,12 @@ impl<B: Backend> Mlp<B> {
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         linear_tokens(&self.fc2, weft_kernels::gelu(linear_tokens(&self.fc1, x)))
+    }
+
+    /// `residual + self.forward(x)`, with the add folded into the second layer.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = weft_kernels::gelu(linear_tokens(&self.fc1, x));
+        linear_tokens_add(&self.fc2, h, residual)
     }
 }
 
@@ -234,8 +289,8 @@ impl<B: Backend> EncoderBlock<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(norm(&self.ln_1, x), bias);
-        x.clone() + self.mlp.forward(norm(&self.ln_2, x))
+        let x = self.attn.forward_add(norm(&self.ln_1, x.clone()), bias, x);
+        self.mlp.forward_add(norm(&self.ln_2, x.clone()), x)
     }
 }
 
@@ -283,8 +338,10 @@ impl<B: Backend> CrossBlock<B> {
         bias: &AttentionBias<B>,
         image: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(norm(&self.ln_1, x), bias);
-        let x = x.clone() + self.cross.forward(norm(&self.ln_2, x), image);
-        x.clone() + self.mlp.forward(norm(&self.ln_3, x))
+        let x = self.attn.forward_add(norm(&self.ln_1, x.clone()), bias, x);
+        let x = self
+            .cross
+            .forward_add(norm(&self.ln_2, x.clone()), image, x);
+        self.mlp.forward_add(norm(&self.ln_3, x.clone()), x)
     }
 }

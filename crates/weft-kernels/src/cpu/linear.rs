@@ -132,6 +132,31 @@ multiversion! {
     }
 }
 
+multiversion! {
+    fn add_rows_and(y: &mut [f32], b: &[f32], r: &[f32]) {
+        for (row, r) in y.chunks_exact_mut(b.len()).zip(r.chunks_exact(b.len())) {
+            for ((y, &b), &r) in row.iter_mut().zip(b).zip(r) {
+                *y += b + r;
+            }
+        }
+    }
+}
+
+/// `r + x·W + b` (a residual connection after a linear layer), `r: [N, out]`.
+pub fn forward_add(x: &[f32], w: &[f32], b: &[f32], r: &[f32]) -> Vec<f32> {
+    let out = b.len();
+    assert_eq!(w.len() % out, 0, "linear: weight is not [in, {out}]");
+    let d_in = w.len() / out;
+    let n = x.len().checked_div(d_in).unwrap_or(0);
+    assert_eq!(r.len(), n * out, "linear: residual is not [{n}, {out}]");
+    let mut y = matmul((n, out, d_in), x, (d_in, 1), w, (out, 1), true);
+    let task = ROWS_PER_TASK * out;
+    y.par_chunks_mut(task)
+        .zip(r.par_chunks(task))
+        .for_each(|(rows, r)| add_rows_and(rows, b, r));
+    y
+}
+
 /// `x·W + b` for `x: [N, in]`, `W: [in, out]`, `b: [out]`.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     let out = b.len();
