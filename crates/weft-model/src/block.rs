@@ -160,11 +160,15 @@ impl<B: Backend> SelfAttention<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
+        linear_tokens(&self.out, self.attend(x, bias))
+    }
+
+    /// The merged heads, before the output projection.
+    fn attend(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
         let q = linear_tokens(&self.query, x.clone());
         let k = linear_tokens(&self.key, x.clone());
         let v = linear_tokens(&self.value, x);
-        let heads = weft_kernels::attention(q, k, v, self.heads, bias.bias.clone());
-        linear_tokens(&self.out, heads)
+        weft_kernels::attention(q, k, v, self.heads, bias.bias.clone())
     }
 
     /// `residual + self.forward(x, bias)`, with the add folded into the output projection.
@@ -174,11 +178,7 @@ impl<B: Backend> SelfAttention<B> {
         bias: &AttentionBias<B>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let q = linear_tokens(&self.query, x.clone());
-        let k = linear_tokens(&self.key, x.clone());
-        let v = linear_tokens(&self.value, x);
-        let heads = weft_kernels::attention(q, k, v, self.heads, bias.bias.clone());
-        linear_tokens_add(&self.out, heads, residual)
+        linear_tokens_add(&self.out, self.attend(x, bias), residual)
     }
 }
 
@@ -211,11 +211,15 @@ impl<B: Backend> CrossAttention<B> {
 
     /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
+        linear_tokens(&self.out, self.attend(x, context))
+    }
+
+    /// The merged heads, before the output projection.
+    fn attend(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = linear_tokens(&self.query, x);
         let k = linear_tokens(&self.key, context.clone());
         let v = linear_tokens(&self.value, context);
-        let heads = weft_kernels::attention(q, k, v, self.heads, None);
-        linear_tokens(&self.out, heads)
+        weft_kernels::attention(q, k, v, self.heads, None)
     }
 
     /// `residual + self.forward(x, context)`, with the add folded into the output projection.
@@ -225,11 +229,7 @@ impl<B: Backend> CrossAttention<B> {
         context: Tensor<B, 3>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let q = linear_tokens(&self.query, x);
-        let k = linear_tokens(&self.key, context.clone());
-        let v = linear_tokens(&self.value, context);
-        let heads = weft_kernels::attention(q, k, v, self.heads, None);
-        linear_tokens_add(&self.out, heads, residual)
+        linear_tokens_add(&self.out, self.attend(x, context), residual)
     }
 }
 
