@@ -159,7 +159,7 @@ pub fn linear<B: Backend>(
             let x = contiguous(prim::<Flex, B, 2>(x));
             let w = contiguous(prim::<Flex, B, 2>(weight));
             let b = contiguous(prim::<Flex, B, 1>(bias));
-            let y = cpu::linear::forward(data(&x), data(&w), data(&b));
+            let y = cpu::linear::forward(data(&x), data(&w), data(&b), None);
             wrap::<Flex, B, 2>(flex(y, vec![dims_of(&x)[0], out]))
         }
         Route::Reference => reference::linear(x, weight, Some(bias)),
@@ -192,7 +192,7 @@ pub fn linear_add<B: Backend>(
             let w = contiguous(prim::<Flex, B, 2>(weight));
             let b = contiguous(prim::<Flex, B, 1>(bias));
             let r = contiguous(prim::<Flex, B, 2>(residual));
-            let y = cpu::linear::forward_add(data(&x), data(&w), data(&b), data(&r));
+            let y = cpu::linear::forward(data(&x), data(&w), data(&b), Some(data(&r)));
             wrap::<Flex, B, 2>(flex(y, vec![n, out]))
         }
         Route::Reference => reference::linear(x, weight, Some(bias)) + residual,
@@ -228,7 +228,7 @@ fn linear_add_ad(
     let bs = contiguous(b.primitive.clone());
     let rs = contiguous(r.primitive.clone());
     let out = bs.layout().shape().num_elements();
-    let y = cpu::linear::forward_add(data(&xs), data(&ws), data(&bs), data(&rs));
+    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), Some(data(&rs)));
     let y = flex(y, vec![dims_of(&xs)[0], out]);
     let nodes = [
         x.node.clone(),
@@ -293,7 +293,7 @@ fn linear_ad(
     let ws = contiguous(w.primitive.clone());
     let bs = contiguous(b.primitive.clone());
     let out = bs.layout().shape().num_elements();
-    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs));
+    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), None);
     let y = flex(y, vec![dims_of(&xs)[0], out]);
     match LinearBackward
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])

@@ -68,44 +68,32 @@ impl Out {
     }
 }
 
-/// `dst[m×n] = scale · lhs[m×k] · rhs[k×n]` on one thread, all three given by pointer and
-/// (row, column) strides in elements.
+/// [`super::gemm_into`] on one thread: the tasks, not the products, run in parallel here.
 ///
 /// # Safety
-/// Every element addressed through the pointers and strides must lie inside a live buffer,
-/// and `dst` must not alias `lhs` or `rhs` or a block another thread writes.
+/// As for [`super::gemm_into`].
 #[allow(unsafe_code, clippy::too_many_arguments)]
 unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
     lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     scale: f32,
 ) {
     // SAFETY: the caller's contract.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        super::gemm_into(
+            dims,
             dst,
-            1,
-            dst_rs as isize,
-            false,
+            dst_rs,
             lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
+            lhs_strides,
             rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
+            rhs_strides,
             scale,
-            false,
-            false,
-            false,
             gemm::Parallelism::None,
         )
     }

@@ -33,34 +33,25 @@ fn matmul(
         rhs.len() > last(rhs_rs, rhs_cs, k, n),
         "linear: rhs too small"
     );
+    let parallelism = if threaded {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above keep every element addressed inside its slice; the
-    // destination is a fresh m×n buffer, which gemm (read_dst = false, k > 0) writes in full.
+    // destination is a fresh m×n buffer, which gemm (k > 0) writes in full.
     unsafe {
         super::written_by(m * n, |dst| {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            super::gemm_into(
+                (m, n, k),
                 dst,
-                1,
-                n as isize,
-                false,
+                n,
                 lhs.as_ptr(),
-                lhs_cs as isize,
-                lhs_rs as isize,
+                (lhs_rs, lhs_cs),
                 rhs.as_ptr(),
-                rhs_cs as isize,
-                rhs_rs as isize,
-                0.0,
+                (rhs_rs, rhs_cs),
                 1.0,
-                false,
-                false,
-                false,
-                if threaded {
-                    gemm::Parallelism::Rayon(0)
-                } else {
-                    gemm::Parallelism::None
-                },
+                parallelism,
             )
         })
     }
@@ -91,13 +82,14 @@ fn weight_grad(x: &[f32], dy: &[f32], (n, d_in, out): (usize, usize, usize)) -> 
             matmul((d_in, out, r1 - r0), xb, (1, d_in), gb, (out, 1), false)
         })
         .collect();
-    let (first, rest) = parts.split_first().expect("at least two blocks");
-    let mut sum = first.clone();
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().expect("at least two blocks");
+    let rest: Vec<Vec<f32>> = parts.collect();
     sum.par_chunks_mut(super::ELEMS_PER_TASK)
         .enumerate()
         .for_each(|(i, chunk)| {
             let at = i * super::ELEMS_PER_TASK;
-            for part in rest {
+            for part in &rest {
                 add_assign(chunk, &part[at..at + chunk.len()]);
             }
         });
@@ -142,31 +134,25 @@ multiversion! {
     }
 }
 
-/// `r + x·W + b` (a residual connection after a linear layer), `r: [N, out]`.
-pub fn forward_add(x: &[f32], w: &[f32], b: &[f32], r: &[f32]) -> Vec<f32> {
-    let out = b.len();
-    assert_eq!(w.len() % out, 0, "linear: weight is not [in, {out}]");
-    let d_in = w.len() / out;
-    let n = x.len().checked_div(d_in).unwrap_or(0);
-    assert_eq!(r.len(), n * out, "linear: residual is not [{n}, {out}]");
-    let mut y = matmul((n, out, d_in), x, (d_in, 1), w, (out, 1), true);
-    let task = ROWS_PER_TASK * out;
-    y.par_chunks_mut(task)
-        .zip(r.par_chunks(task))
-        .for_each(|(rows, r)| add_rows_and(rows, b, r));
-    y
-}
-
-/// `x·W + b` for `x: [N, in]`, `W: [in, out]`, `b: [out]`.
-pub fn forward(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+/// `x·W + b`, plus `residual` (a residual connection closed by this layer) when given, for
+/// `x: [N, in]`, `W: [in, out]`, `b: [out]`, `residual: [N, out]`.
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
     let out = b.len();
     assert_eq!(w.len() % out, 0, "linear: weight is not [in, {out}]");
     let d_in = w.len() / out;
     assert_eq!(x.len() % d_in.max(1), 0, "linear: input is not [N, {d_in}]");
     let n = x.len().checked_div(d_in).unwrap_or(0);
     let mut y = matmul((n, out, d_in), x, (d_in, 1), w, (out, 1), true);
-    y.par_chunks_mut(ROWS_PER_TASK * out)
-        .for_each(|rows| add_rows(rows, b));
+    let task = ROWS_PER_TASK * out;
+    match residual {
+        Some(r) => {
+            assert_eq!(r.len(), n * out, "linear: residual is not [{n}, {out}]");
+            y.par_chunks_mut(task)
+                .zip(r.par_chunks(task))
+                .for_each(|(rows, r)| add_rows_and(rows, b, r));
+        }
+        None => y.par_chunks_mut(task).for_each(|rows| add_rows(rows, b)),
+    }
     y
 }
 

@@ -51,6 +51,51 @@ pub(crate) fn par_filled(
     v
 }
 
+/// `dst[m×n] = scale · lhs[m×k] · rhs[k×n]`, all three given by pointer and (row, column)
+/// strides in elements; gemm writes every element of `dst` (`read_dst = false`) when `k > 0`.
+/// The one place the crate calls `gemm::gemm`.
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must lie inside a live buffer,
+/// and `dst` must not alias `lhs` or `rhs` or a block another thread writes.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// A vector of `n` floats written by `write`, which gets a pointer to `n` uninitialised floats
 /// (for `gemm` with `read_dst = false`, which writes every element of its destination).
 ///
