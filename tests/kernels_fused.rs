@@ -1,6 +1,8 @@
-//! weft-kernels' fused linear, LayerNorm, GELU and attention against burn's own composition of the same
-//! operations: outputs and every input gradient, on awkward sizes, with every mask shape; the
-//! forward-only flex path; bit-identical results for any thread count; NaN propagation.
+//! weft-kernels' fused linear, LayerNorm, GELU, attention and position embeddings against
+//! burn's own composition of the same operations: outputs and every input gradient, on awkward
+//! sizes, with every mask shape; gradients that add up over several fused ops (a whole
+//! pre-norm block, a weight used twice); the forward-only flex path; bit-identical results for
+//! any thread count; NaN propagation.
 
 use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
@@ -246,6 +248,115 @@ fn attention_matches_burn_with_every_mask_shape() {
 }
 
 #[test]
+fn positions_match_burn_forward_and_backward() {
+    // With a CLS-like prefix of 2 tokens and without, from a table longer than needed.
+    for prefix in [2usize, 0] {
+        let inputs = [
+            (13, vec![3, 9, 6], 2.0),
+            (14, vec![1, prefix.max(1), 6], 1.0),
+            (15, vec![1, 14, 6], 1.0),
+        ];
+        let embed = |fused: bool| {
+            move |x: &[Tensor<Ad, 3>]| {
+                let (t, pos) = (x[0].clone(), x[2].clone());
+                // The tokens also feed another op, so their gradients add up.
+                let t = t.clone() * 3.0 + t.sin();
+                let pre = (prefix > 0).then(|| x[1].clone());
+                let y = if fused {
+                    weft_kernels::add_positions(t, pre, pos)
+                } else {
+                    let pre = pre.unwrap_or_else(|| Tensor::zeros([1, 0, 6], &Default::default()));
+                    reference::add_positions(t, pre, pos)
+                };
+                // Without a prefix, x[1] still needs a gradient for `run`.
+                y + x[1].clone().sum().reshape([1, 1, 1])
+            }
+        };
+        let (y, g) = run(&inputs, embed(true));
+        let (y_ref, g_ref) = run(&inputs, embed(false));
+        assert_close("positions y", &y, &y_ref, 1e-6);
+        for (i, name) in ["dx", "dprefix", "dpositions"].iter().enumerate() {
+            assert_close(&format!("prefix {prefix}: {name}"), &g[i], &g_ref[i], 1e-5);
+        }
+        // Rows of the table past the tokens used get no gradient.
+        assert!(g[2][(prefix + 9) * 6..].iter().all(|&v| v == 0.0));
+    }
+}
+
+type Lin = fn(Tensor<Ad, 3>, Tensor<Ad, 2>, Tensor<Ad, 1>) -> Tensor<Ad, 3>;
+type Ln = fn(Tensor<Ad, 3>, Tensor<Ad, 1>, Tensor<Ad, 1>, f64) -> Tensor<Ad, 3>;
+
+/// A pre-norm Transformer block in which the fused ops add up gradients: the block input feeds
+/// LayerNorm and the residual, the normalised tokens feed Q, K and V (rank-3 linears), and one
+/// weight serves both Q and K.
+#[test]
+fn gradients_add_up_over_a_whole_block() {
+    let w = 12;
+    let inputs = [
+        (50, vec![2, 7, w], 2.0),
+        (51, vec![1, w, w], 0.5),
+        (52, vec![1, w, w], 0.5),
+        (53, vec![1, w, w], 0.5),
+        (54, vec![1, 1, w], 1.0),
+        (55, vec![1, 1, w], 1.0),
+    ];
+    let block = |fused: bool| {
+        move |x: &[Tensor<Ad, 3>]| {
+            let m = |i: usize| x[i].clone().reshape([w, w]);
+            let v = |i: usize| x[i].clone().reshape([w]);
+            let tokens = x[0].clone() * 1.5;
+            let (lin, ln): (Lin, Ln) = if fused {
+                (
+                    |x, w, b| weft_kernels::linear(x, w, Some(b)),
+                    weft_kernels::layer_norm,
+                )
+            } else {
+                (
+                    |x, w, b| reference::linear(x, w, Some(b)),
+                    reference::layer_norm,
+                )
+            };
+            let h = ln(tokens.clone(), v(4), v(5), 1e-5);
+            let (q, k, val) = (
+                lin(h.clone(), m(1), v(4)),
+                lin(h.clone(), m(1), v(5)),
+                lin(h, m(2), v(4)),
+            );
+            let a = if fused {
+                weft_kernels::attention(q, k, val, 3, None)
+            } else {
+                reference::attention(q, k, val, 3, None)
+            };
+            let x1 = if fused {
+                weft_kernels::linear_add(a, m(3), v(5), tokens)
+            } else {
+                reference::linear(a, m(3), Some(v(5))) + tokens
+            };
+            let h = ln(x1.clone(), v(5), v(4), 1e-5);
+            let h = if fused {
+                weft_kernels::gelu(lin(h, m(2), v(4)))
+            } else {
+                reference::gelu(lin(h, m(2), v(4)))
+            };
+            if fused {
+                weft_kernels::linear_add(h, m(3), v(4), x1)
+            } else {
+                reference::linear(h, m(3), Some(v(4))) + x1
+            }
+        }
+    };
+    let (y, g) = run(&inputs, block(true));
+    let (y_ref, g_ref) = run(&inputs, block(false));
+    assert_close("block y", &y, &y_ref, 1e-5);
+    for (i, name) in ["dx", "dw_qk", "dw_v", "dw_o", "dgamma", "dbeta"]
+        .iter()
+        .enumerate()
+    {
+        assert_close(name, &g[i], &g_ref[i], 1e-4);
+    }
+}
+
+#[test]
 fn the_flex_forward_path_matches_the_training_path() {
     let x = || tensor::<Flex, 3>(20, [2, 11, 24], 2.0);
     let g = || tensor::<Flex, 1>(21, [24], 1.0);
@@ -265,6 +376,27 @@ fn the_flex_forward_path_matches_the_training_path() {
     let at = vec_of(weft_kernels::attention(x(), k(), k(), 3, None));
     let at_ref = vec_of(reference::attention(x(), k(), k(), 3, None));
     assert_close("flex attention", &at, &at_ref, 1e-5);
+    let pre = || tensor::<Flex, 3>(26, [1, 1, 24], 1.0);
+    let pos = || tensor::<Flex, 3>(27, [1, 13, 24], 1.0);
+    let po = vec_of(weft_kernels::add_positions(x(), Some(pre()), pos()));
+    let po_ref = vec_of(reference::add_positions(x(), pre(), pos()));
+    assert_close("flex positions", &po, &po_ref, 1e-6);
+    let li3 = vec_of(weft_kernels::linear(x(), w(), Some(c())));
+    assert_close("flex rank-3 linear", &li3, &li_ref, 1e-5);
+}
+
+#[test]
+fn patches_match_burn_reshape_and_permute() {
+    let img = || tensor::<Flex, 4>(60, [2, 3, 12, 8], 1.0);
+    let got = vec_of(weft_kernels::patches(img(), 4));
+    assert_eq!(got, vec_of(reference::patches(img(), 4)), "flex");
+    // Training: images are constants; a tracked image takes burn's path and gets a gradient.
+    let ad = || tensor::<Ad, 4>(60, [2, 3, 12, 8], 1.0);
+    assert_eq!(vec_of(weft_kernels::patches(ad(), 4)), got, "autodiff");
+    let tracked = ad().require_grad();
+    let grads = weft_kernels::patches(tracked.clone(), 4).sum().backward();
+    let g = vec_of(tracked.grad(&grads).expect("a gradient"));
+    assert!(g.iter().all(|&v| v == 1.0));
 }
 
 #[test]

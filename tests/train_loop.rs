@@ -47,14 +47,14 @@ fn a_tiny_model_overfits_8_pairs_to_recall_1() {
         engine.apply(micro.grads, 1, 3e-3);
     }
     let image: Vec<f32> = engine
-        .model
+        .model()
         .image_embedding(batch.images.clone())
         .unwrap()
         .into_data()
         .to_vec()
         .unwrap();
     let text: Vec<f32> = engine
-        .model
+        .model()
         .text_embedding(batch.ids_tensor(), Some(batch.padding_tensor()))
         .unwrap()
         .into_data()

@@ -1,14 +1,19 @@
 //! Fused CPU kernels for the Transformer hot path, each with its own backward pass.
 //!
-//! burn's autodiff builds LayerNorm, GELU and multi-head attention out of many small tensor
-//! ops: each is a pass over memory with its own graph node, flex runs most element-wise ops on
-//! one thread, and the head split/merge of attention copies strided views. This crate gives
-//! each of the three one fused forward and one fused backward ([`cpu`]), written over `f32`
-//! slices, parallel (rayon) over rows or (sample, head) pairs, vectorised (AVX2 where the CPU
-//! has it), with attention's products done by the `gemm` crate directly on strided heads.
+//! burn's autodiff builds LayerNorm, GELU, multi-head attention and the position embeddings
+//! out of many small tensor ops: each is a pass over memory with its own graph node, flex runs
+//! most element-wise ops on one thread, and the head split/merge of attention copies strided
+//! views. This crate gives each one fused forward and one fused backward ([`cpu`]), written
+//! over `f32` slices, parallel (rayon) over rows or (sample, head) pairs, vectorised (AVX2
+//! where the CPU has it), with the products done by the `gemm` crate directly on strided heads.
+//!
+//! The backward passes also add up the gradients of a tensor read by several ops (the input of
+//! a residual block, the tokens that feed Q, K and V) in parallel, where burn would add them on
+//! one thread.
 //!
 //! # Dispatch
-//! [`linear`], [`layer_norm`], [`gelu`] and [`attention`] take tensors of any burn backend:
+//! [`linear`], [`linear_add`], [`layer_norm`], [`gelu`], [`attention`] and [`add_positions`]
+//! take tensors of any burn backend:
 //! - `Autodiff<Flex>` (CPU training): the fused kernels, registered as burn-autodiff
 //!   [`Backward`] steps;
 //! - `Flex` (CPU evaluation): the fused forward kernels;
@@ -130,90 +135,163 @@ fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// A stand-in for an op's input in its backward state: the input's graph node without its
+/// values or its reference count, used only to look up and register the input's gradient.
+type Key = FloatTensor<AdFlex>;
+
+fn key(input: &FloatTensor<AdFlex>) -> Key {
+    let mut key = input.clone();
+    key.primitive = flex(Vec::new(), vec![0]);
+    // burn frees graph nodes by this count: the stand-in must not hold the input's.
+    key.rc = Arc::new(*input.rc);
+    key
+}
+
+/// The keys of the inputs that want a gradient (those with a parent node in the graph).
+fn wanted<P, const N: usize>(parents: [Option<P>; N], keys: [Key; N]) -> [Option<Key>; N] {
+    let mut keys = keys.map(Some);
+    for (k, p) in keys.iter_mut().zip(&parents) {
+        if p.is_none() {
+            *k = None;
+        }
+    }
+    keys
+}
+
+/// Adds `grad` to the gradient of the input `key` stands for.
+///
+/// burn's `Gradients::register` adds a second gradient of the same node (a tensor read by
+/// several ops: the input of a residual block, the normalised tokens that feed Q, K and V)
+/// with flex's add, which runs on one thread below 4M elements: about a tenth of the
+/// tiny-bench step went there. Here the one already registered is taken out and added in
+/// parallel, in place when `grad` is not shared.
+fn register(grads: &mut Gradients, key: &Key, grad: FlexTensor) {
+    let Some(previous) = grads.remove::<Flex>(key) else {
+        grads.register::<Flex>(key.node.id, grad);
+        return;
+    };
+    let shape = dims_of(&grad);
+    let previous = contiguous(previous);
+    let mut sum = owned(grad);
+    cpu::add_into(&mut sum, data(&previous));
+    grads.register::<Flex>(key.node.id, flex(sum, shape));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-/// `x·weight + bias` for `x: [N, in]`, `weight: [in, out]` (burn's `Linear` layout).
-/// Without a bias it is burn's own linear op on every backend.
-pub fn linear<B: Backend>(
-    x: Tensor<B, 2>,
+/// `x·weight + bias` for `x: [..., in]` (every leading dimension is a row), `weight: [in, out]`
+/// (burn's `Linear` layout). Without a bias it is burn's own linear op on every backend.
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
-) -> Tensor<B, 2> {
-    let [_, d_in] = x.dims();
+) -> Tensor<B, D> {
+    let d_in = x.dims()[D - 1];
     let [w_in, out] = weight.dims();
     assert_eq!(
         d_in, w_in,
         "linear: input width {d_in} but weight [{w_in}, {out}]"
     );
     let Some(bias) = bias else {
-        return reference::linear(x, weight, None);
+        return rows_linear(x, weight, None);
     };
     match route(&x) {
-        Route::Autodiff => wrap::<AdFlex, B, 2>(linear_ad(
-            prim::<AdFlex, B, 2>(x),
+        Route::Autodiff => wrap::<AdFlex, B, D>(linear_ad(
+            prim::<AdFlex, B, D>(x),
             prim::<AdFlex, B, 2>(weight),
             prim::<AdFlex, B, 1>(bias),
         )),
         Route::Flex => {
-            let x = contiguous(prim::<Flex, B, 2>(x));
+            let x = contiguous(prim::<Flex, B, D>(x));
             let w = contiguous(prim::<Flex, B, 2>(weight));
             let b = contiguous(prim::<Flex, B, 1>(bias));
             let y = cpu::linear::forward(data(&x), data(&w), data(&b), None);
-            wrap::<Flex, B, 2>(flex(y, vec![dims_of(&x)[0], out]))
+            wrap::<Flex, B, D>(flex(y, with_last(&x, out)))
         }
-        Route::Reference => reference::linear(x, weight, Some(bias)),
+        Route::Reference => rows_linear(x, weight, Some(bias)),
     }
 }
 
-/// `residual + x·weight + bias`: a linear layer closing a residual connection, in one pass.
-pub fn linear_add<B: Backend>(
-    x: Tensor<B, 2>,
+/// burn's linear op on `x` seen as one `[rows, in]` matrix (one product, not a batch of them).
+fn rows_linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    let mut shape = x.dims();
+    let d_in = shape[D - 1];
+    let rows = shape[..D - 1].iter().product::<usize>();
+    shape[D - 1] = weight.dims()[1];
+    reference::linear(x.reshape([rows, d_in]), weight, bias).reshape(shape)
+}
+
+/// The shape of `t` with its last dimension replaced by `last`.
+fn with_last(t: &FlexTensor, last: usize) -> Vec<usize> {
+    let mut shape = dims_of(t);
+    if let Some(l) = shape.last_mut() {
+        *l = last;
+    }
+    shape
+}
+
+/// `residual + x·weight + bias`: a linear layer closing a residual connection, in one pass
+/// (`x: [..., in]`, `residual: [..., out]`).
+pub fn linear_add<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Tensor<B, 1>,
-    residual: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let [n, d_in] = x.dims();
+    residual: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let d_in = x.dims()[D - 1];
     let [w_in, out] = weight.dims();
     assert_eq!(
         d_in, w_in,
         "linear: input width {d_in} but weight [{w_in}, {out}]"
     );
-    assert_eq!(residual.dims(), [n, out], "linear: residual shape");
+    let mut expected = x.dims();
+    expected[D - 1] = out;
+    assert_eq!(residual.dims(), expected, "linear: residual shape");
     match route(&x) {
-        Route::Autodiff => wrap::<AdFlex, B, 2>(linear_add_ad(
-            prim::<AdFlex, B, 2>(x),
+        Route::Autodiff => wrap::<AdFlex, B, D>(linear_add_ad(
+            prim::<AdFlex, B, D>(x),
             prim::<AdFlex, B, 2>(weight),
             prim::<AdFlex, B, 1>(bias),
-            prim::<AdFlex, B, 2>(residual),
+            prim::<AdFlex, B, D>(residual),
         )),
         Route::Flex => {
-            let x = contiguous(prim::<Flex, B, 2>(x));
+            let x = contiguous(prim::<Flex, B, D>(x));
             let w = contiguous(prim::<Flex, B, 2>(weight));
             let b = contiguous(prim::<Flex, B, 1>(bias));
-            let r = contiguous(prim::<Flex, B, 2>(residual));
+            let r = contiguous(prim::<Flex, B, D>(residual));
             let y = cpu::linear::forward(data(&x), data(&w), data(&b), Some(data(&r)));
-            wrap::<Flex, B, 2>(flex(y, vec![n, out]))
+            wrap::<Flex, B, D>(flex(y, with_last(&x, out)))
         }
-        Route::Reference => reference::linear(x, weight, Some(bias)) + residual,
+        Route::Reference => rows_linear(x, weight, Some(bias)) + residual,
     }
 }
+
+/// What a linear layer's backward pass keeps: its input and weight, and the keys of input,
+/// weight and bias.
+type LinearState = (FlexTensor, FlexTensor, [Key; 3]);
 
 #[derive(Debug)]
 struct LinearAddBackward;
 
 impl Backward<Flex, 4> for LinearAddBackward {
-    type State = (FlexTensor, FlexTensor);
+    type State = (LinearState, Key);
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b, node_r] = ops.parents;
+        let [px, pw, pb, pr] = ops.parents;
+        let ((x, w, [kx, kw, kb]), kr) = ops.state;
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        if let Some(node) = node_r {
-            // d(residual) = dy: the same buffer, shared (flex copies on write).
-            grads.register::<Flex>(node.id, dy.clone());
+        // d(residual) = dy: the same buffer, registered after `linear_grads` has let go of it.
+        let d_residual = pr.map(|_| dy.clone());
+        let targets = wanted([px, pw, pb], [kx, kw, kb]);
+        linear_grads((x, w), dy, targets, grads);
+        if let Some(dy) = d_residual {
+            register(grads, &kr, dy);
         }
-        let ids = [node_x, node_w, node_b].map(|n| n.map(|n| n.id));
-        linear_grads(ops.state, dy, ids, grads);
     }
 }
 
@@ -229,7 +307,7 @@ fn linear_add_ad(
     let rs = contiguous(r.primitive.clone());
     let out = bs.layout().shape().num_elements();
     let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), Some(data(&rs)));
-    let y = flex(y, vec![dims_of(&xs)[0], out]);
+    let y = flex(y, with_last(&xs, out));
     let nodes = [
         x.node.clone(),
         w.node.clone(),
@@ -241,16 +319,17 @@ fn linear_add_ad(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((xs, ws), y),
+        OpsKind::Tracked(prep) => prep.finish(((xs, ws, [key(&x), key(&w), key(&b)]), key(&r)), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 
-/// The input, weight and bias gradients of a linear layer from its output gradient.
+/// The input, weight and bias gradients of a linear layer from its output gradient, for the
+/// inputs that want one.
 fn linear_grads(
     (x, w): (FlexTensor, FlexTensor),
     dy: FlexTensor,
-    [node_x, node_w, node_b]: [Option<burn_autodiff::NodeId>; 3],
+    [kx, kw, kb]: [Option<Key>; 3],
     grads: &mut Gradients,
 ) {
     let [d_in, out] = [dims_of(&w)[0], dims_of(&w)[1]];
@@ -259,16 +338,16 @@ fn linear_grads(
         data(&w),
         data(&dy),
         (d_in, out),
-        (node_x.is_some(), node_w.is_some()),
+        (kx.is_some(), kw.is_some()),
     );
-    if let (Some(id), Some(dx)) = (node_x, dx) {
-        grads.register::<Flex>(id, flex(dx, dims_of(&x)));
+    if let (Some(k), Some(dx)) = (kx, dx) {
+        register(grads, &k, flex(dx, dims_of(&x)));
     }
-    if let (Some(id), Some(dw)) = (node_w, dw) {
-        grads.register::<Flex>(id, flex(dw, vec![d_in, out]));
+    if let (Some(k), Some(dw)) = (kw, dw) {
+        register(grads, &k, flex(dw, vec![d_in, out]));
     }
-    if let Some(id) = node_b {
-        grads.register::<Flex>(id, flex(db, vec![out]));
+    if let Some(k) = kb {
+        register(grads, &k, flex(db, vec![out]));
     }
 }
 
@@ -276,11 +355,12 @@ fn linear_grads(
 struct LinearBackward;
 
 impl Backward<Flex, 3> for LinearBackward {
-    type State = (FlexTensor, FlexTensor);
+    type State = LinearState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, w, keys) = ops.state;
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        linear_grads(ops.state, dy, ops.parents.map(|n| n.map(|n| n.id)), grads);
+        linear_grads((x, w), dy, wanted(ops.parents, keys), grads);
     }
 }
 
@@ -294,13 +374,13 @@ fn linear_ad(
     let bs = contiguous(b.primitive.clone());
     let out = bs.layout().shape().num_elements();
     let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), None);
-    let y = flex(y, vec![dims_of(&xs)[0], out]);
+    let y = flex(y, with_last(&xs, out));
     match LinearBackward
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((xs, ws), y),
+        OpsKind::Tracked(prep) => prep.finish((xs, ws, [key(&x), key(&w), key(&b)]), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
@@ -337,22 +417,22 @@ pub fn layer_norm<B: Backend, const D: usize>(
 struct LayerNormBackward;
 
 impl Backward<Flex, 3> for LayerNormBackward {
-    type State = (FlexTensor, FlexTensor, Arc<cpu::norm::Stats>);
+    type State = (FlexTensor, FlexTensor, Arc<cpu::norm::Stats>, [Key; 3]);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = owned(grads.consume::<Flex>(&ops.node));
-        let (x, gamma, stats) = ops.state;
+        let (x, gamma, stats, keys) = ops.state;
+        let [kx, kg, kb] = wanted(ops.parents, keys);
         let (dx, dgamma, dbeta) = cpu::norm::backward(data(&x), dy, &stats, data(&gamma));
         let w = dgamma.len();
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, flex(dx, dims_of(&x)));
+        if let Some(k) = kx {
+            register(grads, &k, flex(dx, dims_of(&x)));
         }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, flex(dgamma, vec![w]));
+        if let Some(k) = kg {
+            register(grads, &k, flex(dgamma, vec![w]));
         }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, flex(dbeta, vec![w]));
+        if let Some(k) = kb {
+            register(grads, &k, flex(dbeta, vec![w]));
         }
     }
 }
@@ -373,7 +453,10 @@ fn layer_norm_ad(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((xs, gs, Arc::new(stats)), out),
+        OpsKind::Tracked(prep) => {
+            let keys = [key(&x), key(&gamma), key(&beta)];
+            prep.finish((xs, gs, Arc::new(stats), keys), out)
+        }
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
@@ -397,15 +480,14 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 struct GeluBackward;
 
 impl Backward<Flex, 1> for GeluBackward {
-    type State = FlexTensor;
+    type State = (FlexTensor, Key);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        if let Some(node) = node_x {
+        let (x, kx) = ops.state;
+        if let [Some(k)] = wanted(ops.parents, [kx]) {
             let mut g = owned(grads.consume::<Flex>(&ops.node));
-            let x = ops.state;
             cpu::gelu::backward_in_place(data(&x), &mut g);
-            grads.register::<Flex>(node.id, flex(g, dims_of(&x)));
+            register(grads, &k, flex(g, dims_of(&x)));
         }
     }
 }
@@ -418,8 +500,135 @@ fn gelu_ad(x: FloatTensor<AdFlex>) -> FloatTensor<AdFlex> {
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(xs, out),
+        OpsKind::Tracked(prep) => prep.finish((xs, key(&x)), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions
+
+/// The first tokens of an encoder: `[prefix; x_b] + positions[..P + N]` for every sample `b`,
+/// with `x: [B, N, W]` the sample's own tokens, `prefix: [1, P, W]` tokens shared by every
+/// sample (ViT's CLS; none for text) and `positions: [1, L ≥ P + N, W]` a learned table of
+/// which the first `P + N` rows are used. Gives `[B, P + N, W]`.
+pub fn add_positions<B: Backend>(
+    x: Tensor<B, 3>,
+    prefix: Option<Tensor<B, 3>>,
+    positions: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [batch, tokens, width] = x.dims();
+    let prefix = prefix.unwrap_or_else(|| Tensor::zeros([1, 0, width], &x.device()));
+    let [one, p, pw] = prefix.dims();
+    let [one_pos, rows, pos_w] = positions.dims();
+    assert!(
+        one == 1 && pw == width,
+        "add_positions: prefix {:?} is not [1, P, {width}]",
+        prefix.dims()
+    );
+    assert!(
+        one_pos == 1 && pos_w == width && rows >= p + tokens,
+        "add_positions: positions {:?} is not [1, >= {}, {width}]",
+        positions.dims(),
+        p + tokens
+    );
+    let dims = cpu::embed::Dims {
+        batch,
+        prefix: p,
+        tokens,
+        positions: rows,
+        width,
+    };
+    match route(&x) {
+        Route::Autodiff => wrap::<AdFlex, B, 3>(add_positions_ad(
+            dims,
+            prim::<AdFlex, B, 3>(x),
+            prim::<AdFlex, B, 3>(prefix),
+            prim::<AdFlex, B, 3>(positions),
+        )),
+        Route::Flex => {
+            let x = contiguous(prim::<Flex, B, 3>(x));
+            let prefix = contiguous(prim::<Flex, B, 3>(prefix));
+            let pos = contiguous(prim::<Flex, B, 3>(positions));
+            let y = cpu::embed::forward(&dims, data(&x), data(&prefix), data(&pos));
+            wrap::<Flex, B, 3>(flex(y, vec![batch, dims.len(), width]))
+        }
+        Route::Reference => reference::add_positions(x, prefix, positions),
+    }
+}
+
+/// The patch matrix `[B·(H/p)·(W/p), C·p·p]` of `[B, C, H, W]` images, in the layout of a
+/// `[width, C, p, p]` convolution kernel reshaped to `[width, C·p·p]`: a stride-`p`, `p×p`
+/// convolution is this matrix times the reshaped kernel. The images are data, not parameters:
+/// when they require a gradient, burn's reshape and permute are used.
+pub fn patches<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 2> {
+    let [b, c, h, w] = images.dims();
+    assert!(
+        p > 0 && h % p == 0 && w % p == 0,
+        "patches: {h}×{w} images do not split into {p}×{p} patches"
+    );
+    let rows = b * (h / p) * (w / p);
+    let cut = |x: FlexTensor| {
+        flex(
+            cpu::embed::patches(data(&contiguous(x)), (b, c, h, w), p),
+            vec![rows, c * p * p],
+        )
+    };
+    match route(&images) {
+        Route::Autodiff => {
+            let x = prim::<AdFlex, B, 4>(images.clone());
+            if x.is_tracked() {
+                return reference::patches(images, p);
+            }
+            let inner = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(cut(x.primitive)));
+            same(Tensor::<AdFlex, 2>::from_inner(inner))
+        }
+        Route::Flex => wrap::<Flex, B, 2>(cut(prim::<Flex, B, 4>(images))),
+        Route::Reference => reference::patches(images, p),
+    }
+}
+
+#[derive(Debug)]
+struct PositionsBackward;
+
+impl Backward<Flex, 3> for PositionsBackward {
+    type State = (cpu::embed::Dims, [Key; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (d, keys) = ops.state;
+        let [kx, kp, kpos] = wanted(ops.parents, keys);
+        let dy = owned(grads.consume::<Flex>(&ops.node));
+        let (dx, dprefix, dpos) = cpu::embed::backward(&d, dy, kx.is_some());
+        if let (Some(k), Some(dx)) = (kx, dx) {
+            register(grads, &k, flex(dx, vec![d.batch, d.tokens, d.width]));
+        }
+        if let Some(k) = kp {
+            register(grads, &k, flex(dprefix, vec![1, d.prefix, d.width]));
+        }
+        if let Some(k) = kpos {
+            register(grads, &k, flex(dpos, vec![1, d.positions, d.width]));
+        }
+    }
+}
+
+fn add_positions_ad(
+    d: cpu::embed::Dims,
+    x: FloatTensor<AdFlex>,
+    prefix: FloatTensor<AdFlex>,
+    pos: FloatTensor<AdFlex>,
+) -> FloatTensor<AdFlex> {
+    let xs = contiguous(x.primitive.clone());
+    let ps = contiguous(prefix.primitive.clone());
+    let poss = contiguous(pos.primitive.clone());
+    let y = cpu::embed::forward(&d, data(&xs), data(&ps), data(&poss));
+    let y = flex(y, vec![d.batch, d.len(), d.width]);
+    match PositionsBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), prefix.node.clone(), pos.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((d, [key(&x), key(&prefix), key(&pos)]), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 
@@ -515,12 +724,12 @@ fn bias_view<'a>(b: &'a FlexTensor, dims: &cpu::attention::Dims) -> cpu::attenti
 struct AttentionBackward;
 
 impl Backward<Flex, 3> for AttentionBackward {
-    type State = (cpu::attention::Dims, [FlexTensor; 3], FlexTensor);
+    type State = (cpu::attention::Dims, [FlexTensor; 3], FlexTensor, [Key; 3]);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_q, node_k, node_v] = ops.parents;
         let dout = contiguous(grads.consume::<Flex>(&ops.node));
-        let (dims, [q, k, v], probs) = ops.state;
+        let (dims, [q, k, v], probs, keys) = ops.state;
+        let [kq, kk, kv] = wanted(ops.parents, keys);
         let (dq, dk, dv) = cpu::attention::backward(
             &dims,
             data(&q),
@@ -529,9 +738,9 @@ impl Backward<Flex, 3> for AttentionBackward {
             data(&probs),
             data(&dout),
         );
-        for (node, grad, like) in [(node_q, dq, &q), (node_k, dk, &k), (node_v, dv, &v)] {
-            if let Some(node) = node {
-                grads.register::<Flex>(node.id, flex(grad, dims_of(like)));
+        for (key, grad, like) in [(kq, dq, &q), (kk, dk, &k), (kv, dv, &v)] {
+            if let Some(key) = key {
+                register(grads, &key, flex(grad, dims_of(like)));
             }
         }
     }
@@ -562,7 +771,8 @@ fn attention_ad(
     {
         OpsKind::Tracked(prep) => {
             let probs = flex(probs, vec![dims.batch, dims.heads, dims.lq, dims.lk]);
-            prep.finish((dims, [qs, ks, vs], probs), out)
+            let keys = [key(&q), key(&k), key(&v)];
+            prep.finish((dims, [qs, ks, vs], probs, keys), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     }

@@ -1,4 +1,4 @@
-//! The same four operations composed from burn tensor ops: the path for every backend other
+//! The same operations composed from burn tensor ops: the path for every backend other
 //! than flex (CUDA), and the reference the fused kernels are tested against.
 
 use burn::tensor::activation::softmax;
@@ -6,11 +6,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 /// burn's own linear op (what `burn::nn::Linear` calls).
-pub fn linear<B: Backend>(
-    x: Tensor<B, 2>,
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
-) -> Tensor<B, 2> {
+) -> Tensor<B, D> {
     burn::tensor::module::linear(x, weight, bias)
 }
 
@@ -32,6 +32,32 @@ pub fn layer_norm<B: Backend, const D: usize>(
 /// burn's exact GELU.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     burn::tensor::activation::gelu(x)
+}
+
+/// `[prefix; x_b] + positions[..P + N]` as an expand, a cat and a broadcast add.
+pub fn add_positions<B: Backend>(
+    x: Tensor<B, 3>,
+    prefix: Tensor<B, 3>,
+    positions: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [b, n, w] = x.dims();
+    let p = prefix.dims()[1];
+    let x = if p == 0 {
+        x
+    } else {
+        Tensor::cat(vec![prefix.expand([b, p, w]), x], 1)
+    };
+    x + positions.narrow(1, 0, p + n)
+}
+
+/// The patch matrix of `[B, C, H, W]` images as a reshape, a permute and a reshape.
+pub fn patches<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 2> {
+    let [b, c, h, w] = images.dims();
+    let (gh, gw) = (h / p, w / p);
+    images
+        .reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b * gh * gw, c * p * p])
 }
 
 fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {

@@ -27,43 +27,27 @@ pub fn norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, x: Tensor<B, D>) -> T
     }
 }
 
-/// A [`Linear`] over `[B, L, W]` tokens as one `[B·L, W]` matrix product (weft-kernels'
-/// fused linear on the CPU).
+/// A [`Linear`] over `[..., W]` (every leading dimension a row) through weft-kernels' fused
+/// linear: one `[rows, W]` matrix product.
 ///
 /// burn's `Linear` on a rank-3 input runs a batched product against the broadcast weight, which
 /// flex splits into B small products (and B weight-gradient products in the backward pass);
 /// one large product is several times faster on CPU.
-pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, l, w] = x.dims();
-    let y = linear(layer, x.reshape([b * l, w]));
-    let out = y.dims()[1];
-    y.reshape([b, l, out])
-}
-
-/// `residual + layer(x)` over `[B, L, W]` tokens in one pass (weft-kernels' fused linear with
-/// the residual add of a pre-norm block folded in).
-pub fn linear_tokens_add<B: Backend>(
-    layer: &Linear<B>,
-    x: Tensor<B, 3>,
-    residual: Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    let Some(bias) = &layer.bias else {
-        return residual + linear_tokens(layer, x);
-    };
-    let [b, l, w] = x.dims();
-    let out = residual.dims()[2];
-    let y = weft_kernels::linear_add(
-        x.reshape([b * l, w]),
-        layer.weight.val(),
-        bias.val(),
-        residual.reshape([b * l, out]),
-    );
-    y.reshape([b, l, out])
-}
-
-/// A [`Linear`] over `[N, W]` rows through weft-kernels' fused linear.
-pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     weft_kernels::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `residual + layer(x)` in one pass (weft-kernels' fused linear with the residual add of a
+/// pre-norm block folded in).
+pub fn linear_add<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+    residual: Tensor<B, D>,
+) -> Tensor<B, D> {
+    match &layer.bias {
+        Some(bias) => weft_kernels::linear_add(x, layer.weight.val(), bias.val(), residual),
+        None => residual + linear(layer, x),
+    }
 }
 
 /// An additive attention bias, broadcast over heads: `[B or 1, 1, Lq or 1, Lk]`.
@@ -160,14 +144,14 @@ impl<B: Backend> SelfAttention<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        linear_tokens(&self.out, self.attend(x, bias))
+        linear(&self.out, self.attend(x, bias))
     }
 
     /// The merged heads, before the output projection.
     fn attend(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
-        let q = linear_tokens(&self.query, x.clone());
-        let k = linear_tokens(&self.key, x.clone());
-        let v = linear_tokens(&self.value, x);
+        let q = linear(&self.query, x.clone());
+        let k = linear(&self.key, x.clone());
+        let v = linear(&self.value, x);
         weft_kernels::attention(q, k, v, self.heads, bias.bias.clone())
     }
 
@@ -178,7 +162,7 @@ impl<B: Backend> SelfAttention<B> {
         bias: &AttentionBias<B>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        linear_tokens_add(&self.out, self.attend(x, bias), residual)
+        linear_add(&self.out, self.attend(x, bias), residual)
     }
 }
 
@@ -211,14 +195,14 @@ impl<B: Backend> CrossAttention<B> {
 
     /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_tokens(&self.out, self.attend(x, context))
+        linear(&self.out, self.attend(x, context))
     }
 
     /// The merged heads, before the output projection.
     fn attend(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        let q = linear_tokens(&self.query, x);
-        let k = linear_tokens(&self.key, context.clone());
-        let v = linear_tokens(&self.value, context);
+        let q = linear(&self.query, x);
+        let k = linear(&self.key, context.clone());
+        let v = linear(&self.value, context);
         weft_kernels::attention(q, k, v, self.heads, None)
     }
 
@@ -229,7 +213,7 @@ impl<B: Backend> CrossAttention<B> {
         context: Tensor<B, 3>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        linear_tokens_add(&self.out, self.attend(x, context), residual)
+        linear_add(&self.out, self.attend(x, context), residual)
     }
 }
 
@@ -253,13 +237,13 @@ impl<B: Backend> Mlp<B> {
 
     /// `[B, L, W] -> [B, L, W]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_tokens(&self.fc2, weft_kernels::gelu(linear_tokens(&self.fc1, x)))
+        linear(&self.fc2, weft_kernels::gelu(linear(&self.fc1, x)))
     }
 
     /// `residual + self.forward(x)`, with the add folded into the second layer.
     pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = weft_kernels::gelu(linear_tokens(&self.fc1, x));
-        linear_tokens_add(&self.fc2, h, residual)
+        let h = weft_kernels::gelu(linear(&self.fc1, x));
+        linear_add(&self.fc2, h, residual)
     }
 }
 

@@ -6,7 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, Linear, Linea
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::block::{layer_norm, linear_tokens, AttentionBias, CrossBlock, EncoderBlock};
+use crate::block::{layer_norm, linear, AttentionBias, CrossBlock, EncoderBlock};
 
 fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
@@ -32,8 +32,7 @@ fn embed<B: Backend>(
     positions: &Param<Tensor<B, 3>>,
     ids: Tensor<B, 2, Int>,
 ) -> Tensor<B, 3> {
-    let l = ids.dims()[1];
-    tokens.forward(ids) + positions.val().narrow(1, 0, l)
+    weft_kernels::add_positions(tokens.forward(ids), None, positions.val())
 }
 
 /// Shape of a [`TextEncoder`].
@@ -184,7 +183,7 @@ impl<B: Backend> TextDecoder<B> {
         }
         let h = crate::block::norm(&self.ln_final, x);
         match (&self.lm_head, &self.lm_bias) {
-            (Some(head), _) => linear_tokens(head, h),
+            (Some(head), _) => linear(head, h),
             (None, bias) => {
                 let [b, l, w] = h.dims();
                 let weight = self.token_embedding.weight.val(); // [V, W]

@@ -92,10 +92,7 @@ impl<B: Backend> VisionTransformer<B> {
         let [b, c, h, w] = images.dims();
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
-        let patches = images
-            .reshape([b, c, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b * gh * gw, c * p * p]);
+        let patches = weft_kernels::patches(images, p);
         let kernel = self.patch_embed.weight.val(); // [W, C, p, p]
         let width = kernel.dims()[0];
         let kernel = kernel.reshape([width, c * p * p]).transpose();
@@ -124,9 +121,11 @@ impl<B: Backend> VisionTransformer<B> {
     }
 
     fn encode(&self, patches: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, _, w] = patches.dims();
-        let cls = self.cls_token.val().expand([b, 1, w]);
-        let mut x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding.val();
+        let mut x = weft_kernels::add_positions(
+            patches,
+            Some(self.cls_token.val()),
+            self.position_embedding.val(),
+        );
         let bias = AttentionBias::none();
         for block in &self.blocks {
             x = block.forward(x, &bias);

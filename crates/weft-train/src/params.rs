@@ -8,7 +8,8 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
 
 /// One float parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,20 +163,41 @@ impl<B: Backend> FlatGrads<B> {
                 .collect(),
         }
     }
+}
 
-    /// Multiply every gradient by `factor`.
-    pub fn scale(self, factor: f64) -> Self {
-        Self {
-            buffer: self.buffer.mul_scalar(factor),
-            has_grad: self.has_grad,
-        }
-    }
+/// Elements per parallel block of [`global_norm`] and [`scale_in_place`]. Fixed, so that the
+/// norm's partial sums add up in the same order for any thread count.
+const BLOCK: usize = 64 * 1024;
 
-    /// The global L2 norm.
-    pub fn norm(&self) -> f64 {
-        let sq: f32 = self.buffer.clone().square().sum().into_scalar().elem();
-        f64::from(sq).sqrt()
-    }
+/// The global L2 norm of flat gradients, summed in f64 over fixed blocks, in parallel.
+pub fn global_norm(grads: &[f32]) -> f64 {
+    let partials: Vec<f64> = grads
+        .par_chunks(BLOCK)
+        .map(|block| {
+            // Eight independent lanes, so that the compiler can vectorise the sum.
+            let mut lanes = [0.0f64; 8];
+            let chunks = block.chunks_exact(8);
+            let rest: f64 = chunks
+                .remainder()
+                .iter()
+                .map(|&g| f64::from(g).powi(2))
+                .sum();
+            for c in chunks {
+                for (l, &g) in lanes.iter_mut().zip(c) {
+                    *l += f64::from(g) * f64::from(g);
+                }
+            }
+            lanes.iter().sum::<f64>() + rest
+        })
+        .collect();
+    partials.iter().sum::<f64>().sqrt()
+}
+
+/// Multiply every element by `factor`, in parallel.
+pub fn scale_in_place(values: &mut [f32], factor: f32) {
+    values
+        .par_chunks_mut(BLOCK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v *= factor));
 }
 
 struct Gather {
@@ -197,19 +219,17 @@ pub fn flat_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
     gather.out
 }
 
-struct Scatter<'a, B: AutodiffBackend> {
-    values: &'a [f32],
-    offset: usize,
+struct Scatter<B: AutodiffBackend> {
+    parts: std::vec::IntoIter<Vec<f32>>,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<'_, B> {
+impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
-        let n = shape.num_elements();
-        let values = self.values[self.offset..self.offset + n].to_vec();
-        self.offset += n;
+        let values = self.parts.next().expect("a value slice per parameter");
+        assert_eq!(values.len(), shape.num_elements(), "parameter size");
         let inner = Tensor::<B::InnerBackend, D>::from_data(
             burn::tensor::TensorData::new(values, shape),
             &self.device,
@@ -219,18 +239,23 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<'_, B> {
 }
 
 /// `module` with every float parameter replaced, in visit order, by the next values of
-/// `values` (the inverse of [`flat_params`]); ids and everything else stay.
+/// `values` (the inverse of [`flat_params`]); ids and everything else stay. The copies out of
+/// `values` run in parallel.
 pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
     module: M,
     values: &[f32],
     device: &B::Device,
 ) -> M {
-    let mut scatter = Scatter::<B> {
-        values,
-        offset: 0,
+    let mut ranges = Vec::new();
+    let mut offset = 0;
+    for p in params(&module) {
+        ranges.push(offset..offset + p.numel());
+        offset += p.numel();
+    }
+    assert_eq!(offset, values.len(), "flat parameter buffer size");
+    let parts: Vec<Vec<f32>> = ranges.into_par_iter().map(|r| values[r].to_vec()).collect();
+    module.map(&mut Scatter::<B> {
+        parts: parts.into_iter(),
         device: device.clone(),
-    };
-    let module = module.map(&mut scatter);
-    assert_eq!(scatter.offset, values.len(), "flat parameter buffer size");
-    module
+    })
 }

@@ -22,7 +22,10 @@ use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
 use crate::optim::FlatAdamW;
-use crate::params::{flat_params, params, set_flat_params, stable_ids, FlatGrads, ParamInfo};
+use crate::params::{
+    flat_params, global_norm, params, scale_in_place, set_flat_params, stable_ids, FlatGrads,
+    ParamInfo,
+};
 use crate::progress::Progress;
 use crate::schedule::WarmupCosine;
 
@@ -148,8 +151,10 @@ impl Batches {
 /// One optimizer step's machinery: the model, AdamW, the parameter layout and the rules of the
 /// `[train]` section. [`train`] and `weft bench train` run the same code.
 pub struct Engine<B: AutodiffBackend> {
-    /// The model being trained.
-    pub model: VlModel<B>,
+    model: VlModel<B>,
+    /// The model's parameter values, flat in `layout` order: the master copy that AdamW
+    /// updates (gathering them from the model's tensors every step cost a serial copy).
+    values: Vec<f32>,
     optim: FlatAdamW,
     layout: Vec<ParamInfo>,
     decays: Vec<bool>,
@@ -175,8 +180,10 @@ impl<B: AutodiffBackend> Engine<B> {
         let layout = params(&model);
         let decays = layout.iter().map(ParamInfo::decays).collect();
         let optim = FlatAdamW::new(&layout, t.betas, t.eps);
+        let values = flat_params(&model);
         Self {
             model,
+            values,
             optim,
             layout,
             decays,
@@ -184,6 +191,11 @@ impl<B: AutodiffBackend> Engine<B> {
             special,
             train: t.clone(),
         }
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &VlModel<B> {
+        &self.model
     }
 
     /// The parameters in visit order.
@@ -229,31 +241,26 @@ impl<B: AutodiffBackend> Engine<B> {
         let Some(flat) = summed else {
             return (f64::NAN, false);
         };
-        let flat = if accum > 1 {
-            flat.scale(1.0 / accum as f64)
-        } else {
-            flat
-        };
-        let norm = flat.norm();
-        if !norm.is_finite() {
-            return (norm, false);
-        }
-        let clip = self.train.grad_clip;
-        let flat = if clip > 0.0 && norm > clip {
-            flat.scale(clip / (norm + 1e-6))
-        } else {
-            flat
-        };
         let device = flat.buffer.device();
-        let has_grad = flat.has_grad.clone();
-        let grads = flat
+        let has_grad = flat.has_grad;
+        let mut grads = flat
             .buffer
             .into_data()
             .into_vec::<f32>()
             .expect("f32 gradients");
-        let mut values = flat_params(&self.model);
+        if accum > 1 {
+            scale_in_place(&mut grads, 1.0 / accum as f32);
+        }
+        let norm = global_norm(&grads);
+        if !norm.is_finite() {
+            return (norm, false);
+        }
+        let clip = self.train.grad_clip;
+        if clip > 0.0 && norm > clip {
+            scale_in_place(&mut grads, (clip / (norm + 1e-6)) as f32);
+        }
         self.optim.step(
-            &mut values,
+            &mut self.values,
             &grads,
             &self.layout,
             &has_grad,
@@ -261,7 +268,7 @@ impl<B: AutodiffBackend> Engine<B> {
             lr,
             self.train.weight_decay,
         );
-        self.model = set_flat_params(self.model.clone(), &values, &device);
+        self.model = set_flat_params(self.model.clone(), &self.values, &device);
         (norm, true)
     }
 }
@@ -302,7 +309,7 @@ pub fn train<B: AutodiffBackend>(
     log_param_counts(&counts);
     let mut engine = Engine::new(model, config, special);
 
-    let val_loader = if !config.data.val.is_empty() && engine.model.has_embeddings() {
+    let val_loader = if !config.data.val.is_empty() && engine.model().has_embeddings() {
         Some(weft_data::loader_from_config(
             config,
             Split::Val,
@@ -441,7 +448,7 @@ pub fn train<B: AutodiffBackend>(
 
         let periodic = t.eval_every > 0 && step.is_multiple_of(t.eval_every) && step != total;
         if let (true, Some(val)) = (periodic || step == total, &val_loader) {
-            let r = evaluate_retrieval(&engine.model.valid(), config, val, device)?;
+            let r = evaluate_retrieval(&engine.model().valid(), config, val, device)?;
             progress.eval(step, &r);
             evals.write(&EvalRecord {
                 step,
@@ -454,7 +461,7 @@ pub fn train<B: AutodiffBackend>(
     progress.finish();
 
     let model_path = run_dir.join(MODEL_FILE);
-    save_model(&engine.model, &model_path)?;
+    save_model(engine.model(), &model_path)?;
     tracing::info!("saved {}", model_path.display());
     Ok(TrainSummary {
         steps: total,

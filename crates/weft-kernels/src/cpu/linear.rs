@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::math::multiversion;
+use super::math::{add_assign, multiversion};
 use super::ROWS_PER_TASK;
 
 /// A new `[m, n]` matrix `lhs[m×k] · rhs[k×n]` (strides in elements), which `gemm` writes in
@@ -94,14 +94,6 @@ fn weight_grad(x: &[f32], dy: &[f32], (n, d_in, out): (usize, usize, usize)) -> 
             }
         });
     sum
-}
-
-multiversion! {
-    fn add_assign(acc: &mut [f32], x: &[f32]) {
-        for (a, &v) in acc.iter_mut().zip(x) {
-            *a += v;
-        }
-    }
 }
 
 multiversion! {

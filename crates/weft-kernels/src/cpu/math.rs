@@ -131,6 +131,15 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+multiversion! {
+    /// `acc += x`, element by element.
+    pub(crate) fn add_assign(acc: &mut [f32], x: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

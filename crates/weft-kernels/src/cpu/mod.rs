@@ -1,6 +1,7 @@
 //! The kernels over plain `f32` slices, row-major and contiguous. No burn types here.
 
 pub mod attention;
+pub mod embed;
 pub mod gelu;
 pub mod linear;
 pub(crate) mod math;
@@ -94,6 +95,14 @@ pub(crate) unsafe fn gemm_into(
             parallelism,
         )
     }
+}
+
+/// `acc += x`, in parallel over fixed chunks.
+pub fn add_into(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_into: lengths differ");
+    acc.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(x.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(a, x)| math::add_assign(a, x));
 }
 
 /// A vector of `n` floats written by `write`, which gets a pointer to `n` uninitialised floats

@@ -16,7 +16,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 use weft_config::LossConfig;
 
-use crate::block::{linear_tokens, AttentionBias};
+use crate::block::{linear, AttentionBias};
 use crate::heads::first_token;
 use crate::model::VlModel;
 
@@ -278,7 +278,7 @@ impl<B: Backend> VlModel<B> {
                 mask.clone().reshape([b, n, 1]),
                 mim.mask_token.val(),
             );
-            let prediction = linear_tokens(&mim.predictor, tokens.narrow(1, 1, n));
+            let prediction = linear(&mim.predictor, tokens.narrow(1, 1, n));
             let target = patch_targets(batch.images.clone().detach(), patch);
             parts.push(("mim", mim_loss(prediction, target, mask)));
         }
