@@ -103,9 +103,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Defines `fn $name(args) -> ret` that runs `$body` compiled for AVX2 where the CPU has it
-/// (checked once per call, a cached atomic load) and for the build's baseline otherwise.
-/// Everything the body calls must be `#[inline(always)]` to be compiled for AVX2 with it.
+/// Defines `fn $name(args) -> ret` that runs `$body` compiled for AVX-512 or AVX2 where the
+/// CPU has it (checked once per call, a cached atomic load) and for the build's baseline
+/// otherwise. Everything the body calls must be `#[inline(always)]` to be compiled for the
+/// wider instruction set with it. No fused multiply-adds are formed (Rust does not contract
+/// `a * b + c`), so every variant gives the same bits.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -115,9 +117,24 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(unsafe_code)]
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                #[allow(unsafe_code)]
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has these instruction sets, checked just above.
+                    #[allow(unsafe_code)]
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has AVX2, checked just above.
