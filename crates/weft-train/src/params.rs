@@ -259,3 +259,40 @@ pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
         device: device.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{global_norm, scale_in_place};
+
+    #[test]
+    fn global_norm_is_the_l2_norm_and_the_same_for_any_thread_count() {
+        // Longer than one block, not a multiple of the 8 lanes.
+        let v: Vec<f32> = (0..200_003)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let want = v
+            .iter()
+            .map(|&g| f64::from(g) * f64::from(g))
+            .sum::<f64>()
+            .sqrt();
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(|| global_norm(&v));
+        let three = pool(3).install(|| global_norm(&v));
+        assert!((one - want).abs() <= 1e-9 * want, "{one} vs {want}");
+        assert_eq!(one.to_bits(), three.to_bits());
+        assert_eq!(global_norm(&[3.0, 4.0]), 5.0);
+        assert!(global_norm(&[1.0, f32::NAN]).is_nan());
+    }
+
+    #[test]
+    fn scale_in_place_multiplies_every_element() {
+        let mut v: Vec<f32> = (0..70_000).map(|i| i as f32).collect();
+        scale_in_place(&mut v, 0.5);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32 * 0.5));
+    }
+}
