@@ -174,17 +174,14 @@ pub fn global_norm(grads: &[f32]) -> f64 {
     let partials: Vec<f64> = grads
         .par_chunks(BLOCK)
         .map(|block| {
+            let square = |g: f32| f64::from(g) * f64::from(g);
             // Eight independent lanes, so that the compiler can vectorise the sum.
             let mut lanes = [0.0f64; 8];
             let chunks = block.chunks_exact(8);
-            let rest: f64 = chunks
-                .remainder()
-                .iter()
-                .map(|&g| f64::from(g).powi(2))
-                .sum();
+            let rest: f64 = chunks.remainder().iter().map(|&g| square(g)).sum();
             for c in chunks {
                 for (l, &g) in lanes.iter_mut().zip(c) {
-                    *l += f64::from(g) * f64::from(g);
+                    *l += square(g);
                 }
             }
             lanes.iter().sum::<f64>() + rest
