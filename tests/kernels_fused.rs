@@ -248,6 +248,127 @@ fn attention_matches_burn_with_every_mask_shape() {
 }
 
 #[test]
+fn indexed_attention_matches_selected_keys_and_values() {
+    // 7 query samples over 4 key/value samples: sample 1 is used three times, sample 2 by
+    // nobody (its gradients must be zero), with padding that follows the query samples.
+    let index = [0usize, 1, 3, 1, 0, 1, 3];
+    let (batch, kv_batch, lq, lk, heads, d) = (index.len(), 4, 5, 6, 2, 3);
+    let w = heads * d;
+    let pads = [0usize, 1, 2, 3, 0, 1, 2];
+    let inputs = [
+        (20, vec![batch, lq, w], 2.0),
+        (21, vec![kv_batch, lk, w], 2.0),
+        (22, vec![kv_batch, lk, w], 1.0),
+    ];
+    let attend = |fused: bool| {
+        move |x: &[Tensor<Ad, 3>]| {
+            let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
+            let mask = Some(bias(batch, lq, lk, Some(&pads), false));
+            if fused {
+                weft_kernels::attention_indexed(q, k, v, heads, mask, Some(&index))
+            } else {
+                let i = reference::index_tensor::<Ad>(&index, &Default::default());
+                let (k, v) = (k.select(0, i.clone()), v.select(0, i));
+                reference::attention(q, k, v, heads, mask)
+            }
+        }
+    };
+    let (y, g) = run(&inputs, attend(true));
+    let (y_ref, g_ref) = run(&inputs, attend(false));
+    assert_close("indexed: out", &y, &y_ref, 1e-5);
+    for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+        assert_close(&format!("indexed: {what}"), &g[i], &g_ref[i], 1e-4);
+    }
+    let unused = 2 * lk * w..3 * lk * w;
+    assert!(
+        g[1][unused.clone()].iter().all(|&x| x == 0.0),
+        "dk of sample 2"
+    );
+    assert!(g[2][unused].iter().all(|&x| x == 0.0), "dv of sample 2");
+
+    // The flex (evaluation) path too.
+    let t = |seed, shape: [usize; 3], scale| tensor::<Flex, 3>(seed, shape, scale);
+    let flex = weft_kernels::attention_indexed(
+        t(20, [batch, lq, w], 2.0),
+        t(21, [kv_batch, lk, w], 2.0),
+        t(22, [kv_batch, lk, w], 1.0),
+        heads,
+        None,
+        Some(&index),
+    );
+    let i = reference::index_tensor::<Flex>(&index, &Default::default());
+    let want = reference::attention(
+        t(20, [batch, lq, w], 2.0),
+        t(21, [kv_batch, lk, w], 2.0).select(0, i.clone()),
+        t(22, [kv_batch, lk, w], 1.0).select(0, i),
+        heads,
+        None,
+    );
+    assert_close("indexed: flex out", &vec_of(flex), &vec_of(want), 1e-5);
+}
+
+#[test]
+fn attention_over_chosen_rows_matches_full_attention_then_select() {
+    // 5 query samples of 6 tokens over 3 key/value samples; each sample keeps some of its
+    // rows (sample 2 none, sample 4 all), as an encoder's last layer keeps the tokens its
+    // heads read.
+    let index = [2usize, 0, 1, 0, 2];
+    let keep: [&[usize]; 5] = [&[0], &[1, 3, 4], &[], &[0, 5], &[0, 1, 2, 3, 4, 5]];
+    let (batch, kv_batch, lq, lk, heads, d) = (index.len(), 3, 6, 7, 2, 4);
+    let w = heads * d;
+    let pads = [0usize, 2, 1, 3, 0];
+    let mut rows = vec![0usize];
+    let mut flat = Vec::new();
+    for (b, k) in keep.iter().enumerate() {
+        flat.extend(k.iter().map(|i| b * lq + i));
+        rows.push(flat.len());
+    }
+    let inputs = [
+        (30, vec![batch, lq, w], 2.0),
+        (31, vec![kv_batch, lk, w], 2.0),
+        (32, vec![kv_batch, lk, w], 1.0),
+    ];
+    for fused in [true, false] {
+        let attend = |x: &[Tensor<Ad, 3>]| {
+            let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
+            let mask = Some(bias(batch, lq, lk, Some(&pads), false));
+            let picked = reference::index_tensor::<Ad>(&flat, &Default::default());
+            let out = if fused {
+                let q = q.reshape([batch * lq, w]).select(0, picked);
+                weft_kernels::attention_rows(q, &rows, k, v, heads, mask, Some(&index))
+            } else {
+                let i = reference::index_tensor::<Ad>(&index, &Default::default());
+                let (k, v) = (k.select(0, i.clone()), v.select(0, i));
+                reference::attention(q, k, v, heads, mask)
+                    .reshape([batch * lq, w])
+                    .select(0, picked)
+            };
+            out.unsqueeze_dim::<3>(0)
+        };
+        let (y, g) = run(&inputs, attend);
+        let (y_ref, g_ref) = run(&inputs, |x: &[Tensor<Ad, 3>]| {
+            let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
+            let mask = Some(bias(batch, lq, lk, Some(&pads), false));
+            let picked = reference::index_tensor::<Ad>(&flat, &Default::default());
+            let q = q.reshape([batch * lq, w]).select(0, picked);
+            reference::attention_rows(q, &rows, k, v, heads, mask, Some(&index))
+                .unsqueeze_dim::<3>(0)
+        });
+        let name = if fused { "fused rows" } else { "full + select" };
+        assert_close(&format!("{name}: out"), &y, &y_ref, 1e-5);
+        for (i, what) in ["dq", "dk", "dv"].iter().enumerate() {
+            assert_close(&format!("{name}: {what}"), &g[i], &g_ref[i], 1e-4);
+        }
+        // The rows that were not kept get no gradient.
+        let dropped = (2 * lq * w)..(3 * lq * w);
+        assert!(
+            g[0][dropped].iter().all(|&x| x == 0.0),
+            "{name}: dq of sample 2"
+        );
+    }
+}
+
+#[test]
 fn positions_match_burn_forward_and_backward() {
     // With a CLS-like prefix of 2 tokens and without, from a table longer than needed.
     for prefix in [2usize, 0] {

@@ -96,3 +96,69 @@ fn weight_decay_skips_biases_norms_embeddings_and_temperature() {
         assert_eq!(p.decays(), expect, "{}", p.path);
     }
 }
+
+/// Each loss and the flat gradients of one step of `model`.
+fn step(
+    model: &weft_model::VlModel<B>,
+    config: &weft_config::Config,
+    b: &ObjectiveBatch<B>,
+) -> (Vec<(&'static str, f32)>, Vec<bool>, Vec<f32>) {
+    let dev = Default::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let out = model.losses(b, &config.loss, &train_common::special_tokens(), &mut rng);
+    let losses = out
+        .parts
+        .iter()
+        .map(|(n, l)| (*n, l.clone().into_scalar()))
+        .collect();
+    let grads = GradientsParams::from_grads(out.total.backward(), model);
+    let flat = FlatGrads::<Flex>::from_grads(&grads, &params(model), &dev);
+    (
+        losses,
+        flat.has_grad,
+        flat.buffer.into_data().to_vec().unwrap(),
+    )
+}
+
+#[test]
+fn pruning_unread_tokens_gives_the_same_losses_and_gradients() {
+    let objectives = [
+        [1.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0, 1.0, 1.0],
+    ];
+    for weights in objectives {
+        let mut config = train_common::small_train_config();
+        train_common::set_objectives(&mut config, weights);
+        config.model.vision.depth = 2;
+        config.model.text.depth = 2;
+        config.model.fusion.depth = 2;
+        let dev = Default::default();
+        let pruned = build_model::<B>(&config, 64, &dev);
+        assert!(pruned.prune_unread_tokens, "on by default");
+        let mut full = pruned.clone();
+        full.prune_unread_tokens = false;
+        let b = batch(6, config.model.text.context_length, config.data.image_size);
+        assert!(b.attention_mask.contains(&0), "the batch has padding");
+
+        let (loss_p, has_p, grad_p) = step(&pruned, &config, &b);
+        let (loss_f, has_f, grad_f) = step(&full, &config, &b);
+        assert_eq!(loss_p.len(), weights.iter().filter(|w| **w > 0.0).count());
+        for ((name, p), (_, f)) in loss_p.iter().zip(&loss_f) {
+            assert!(
+                (p - f).abs() <= 1e-5 * f.abs(),
+                "{weights:?} {name}: pruned {p} vs full {f}"
+            );
+        }
+        assert_eq!(has_p, has_f);
+        assert!(has_p.iter().all(|h| *h), "every parameter has a gradient");
+        let scale = grad_f.iter().fold(0f32, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0);
+        for (i, (p, f)) in grad_p.iter().zip(&grad_f).enumerate() {
+            assert!(
+                (p - f).abs() <= 1e-4 * scale,
+                "{weights:?} gradient {i}: pruned {p} vs full {f}"
+            );
+        }
+    }
+}

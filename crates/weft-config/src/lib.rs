@@ -193,6 +193,12 @@ pub struct ModelConfig {
     pub logit_scale_max: f64,
     /// Tie the MLM and LM output layers to their word embeddings.
     pub tie_word_embeddings: bool,
+    /// Compute the last layer of an encoder only at the tokens some head reads: the CLS token
+    /// of the image and text encoders when ITC is their only reader, the first token of each
+    /// ITM pair and the masked tokens of MLM in the fusion encoder. Every token still gives
+    /// keys and values. The same losses and gradients with fewer FLOPs (about a fifth of a
+    /// 4-block CLIP tower's); `false` computes every token, as open_clip and ALBEF do.
+    pub prune_unread_tokens: bool,
     /// `[model.vision]`: the ViT image encoder.
     pub vision: VisionConfig,
     /// `[model.text]`: the text encoder (and the tokenizer's context).
@@ -210,6 +216,7 @@ impl Default for ModelConfig {
             logit_scale_init: (1.0f64 / 0.07).ln(),
             logit_scale_max: 100f64.ln(),
             tie_word_embeddings: true,
+            prune_unread_tokens: true,
             vision: VisionConfig::default(),
             text: TextConfig::default(),
             fusion: FusionConfig::default(),

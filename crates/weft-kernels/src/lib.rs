@@ -12,7 +12,8 @@
 //! one thread.
 //!
 //! # Dispatch
-//! [`linear`], [`linear_add`], [`layer_norm`], [`gelu`], [`attention`] and [`add_positions`]
+//! [`linear`], [`linear_add`], [`layer_norm`], [`gelu`], [`attention`] (and
+//! [`attention_indexed`]) and [`add_positions`]
 //! take tensors of any burn backend:
 //! - `Autodiff<Flex>` (CPU training): the fused kernels, registered as burn-autodiff
 //!   [`Backward`] steps;
@@ -646,38 +647,148 @@ pub fn attention<B: Backend>(
     heads: usize,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 3> {
+    attention_indexed(q, k, v, heads, bias, None)
+}
+
+/// [`attention`] where query sample `b` attends to key/value sample `kv_index[b]`: `k` and `v`
+/// are `[Bkv, Lk, W]` and several query samples may share one of them (the re-paired pairs of
+/// ITM and the MLM pass over one batch's image tokens), with no per-pair copy; the gradients of
+/// a shared sample add up. `None` is [`attention`].
+pub fn attention_indexed<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    bias: Option<Tensor<B, 4>>,
+    kv_index: Option<&[usize]>,
+) -> Tensor<B, 3> {
     let [batch, lq, w] = q.dims();
-    let [kb, lk, kw] = k.dims();
-    assert_eq!(
-        (kb, kw),
-        (batch, w),
-        "attention: keys must match the queries' batch and width"
+    let rows = cpu::attention::uniform_rows(batch, lq);
+    let dims = attention_dims(batch, &rows, &k, &v, w, heads, kv_index);
+    check_bias(bias.as_ref(), batch, Some(lq), dims.lk);
+    match route(&q) {
+        Route::Reference => match kv_index {
+            None => reference::attention(q, k, v, heads, bias),
+            Some(index) => {
+                let index = reference::index_tensor::<B>(index, &q.device());
+                let (k, v) = (k.select(0, index.clone()), v.select(0, index));
+                reference::attention(q, k, v, heads, bias)
+            }
+        },
+        _ => attention_fused(q, k, v, bias, dims, rows, kv_index),
+    }
+}
+
+/// [`attention_indexed`] for a chosen set of query rows per sample: `q` is `[R, W]`, the
+/// queries of sample `b` being rows `query_rows[b]..query_rows[b + 1]` (`B + 1` increasing
+/// offsets from 0; a sample may have none), and so is the output. Keys and values are whole
+/// `[Bkv, Lk, W]` samples. For the last layer of an encoder whose heads read only some tokens
+/// (ITM the first, MLM the masked ones): the other rows' queries, output projections and MLPs
+/// are never computed. `bias` must be a key mask (`[B or 1, 1, 1, Lk]`).
+pub fn attention_rows<B: Backend>(
+    q: Tensor<B, 2>,
+    query_rows: &[usize],
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    bias: Option<Tensor<B, 4>>,
+    kv_index: Option<&[usize]>,
+) -> Tensor<B, 2> {
+    let [total, w] = q.dims();
+    assert!(
+        !query_rows.is_empty() && query_rows[0] == 0,
+        "attention: query rows must start at 0"
     );
+    let batch = query_rows.len() - 1;
+    assert_eq!(
+        query_rows[batch], total,
+        "attention: the query rows end at {} but q has {total} rows",
+        query_rows[batch]
+    );
+    let dims = attention_dims(batch, query_rows, &k, &v, w, heads, kv_index);
+    check_bias(bias.as_ref(), batch, None, dims.lk);
+    match route(&q) {
+        Route::Reference => reference::attention_rows(q, query_rows, k, v, heads, bias, kv_index),
+        _ => attention_fused(q, k, v, bias, dims, query_rows.to_vec(), kv_index),
+    }
+}
+
+/// The sizes of an attention call, after checking keys, values, rows and index.
+fn attention_dims<B: Backend>(
+    batch: usize,
+    rows: &[usize],
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
+    w: usize,
+    heads: usize,
+    kv_index: Option<&[usize]>,
+) -> cpu::attention::Dims {
+    let [kv_batch, lk, kw] = k.dims();
+    assert_eq!(kw, w, "attention: keys must match the queries' width");
     assert_eq!(
         k.dims(),
         v.dims(),
         "attention: keys and values differ in shape"
     );
-    assert_eq!(
-        w % heads,
-        0,
+    assert!(
+        rows.windows(2).all(|r| r[0] <= r[1]),
+        "attention: query rows must increase"
+    );
+    match kv_index {
+        None => assert_eq!(
+            kv_batch, batch,
+            "attention: keys must match the queries' batch"
+        ),
+        Some(index) => {
+            assert_eq!(
+                index.len(),
+                batch,
+                "attention: one key/value index per query sample"
+            );
+            assert!(
+                index.iter().all(|&j| j < kv_batch),
+                "attention: key/value index out of range ({kv_batch} samples)"
+            );
+        }
+    }
+    assert!(
+        heads > 0 && w.is_multiple_of(heads),
         "attention: width {w} is not a multiple of {heads} heads"
     );
-    let dims = cpu::attention::Dims {
+    cpu::attention::Dims {
         batch,
-        lq,
+        kv_batch,
         lk,
         heads,
         head_dim: w / heads,
-    };
-    if let Some(b) = &bias {
+    }
+}
+
+/// Checks that `bias` broadcasts to `[batch, 1, lq, lk]` (`lq: None`: to one row, a key
+/// mask).
+fn check_bias<B: Backend>(bias: Option<&Tensor<B, 4>>, batch: usize, lq: Option<usize>, lk: usize) {
+    if let Some(b) = bias {
         let [bb, one, bq, bk] = b.dims();
         assert!(
-            (bb == 1 || bb == batch) && one == 1 && (bq == 1 || bq == lq) && bk == lk,
-            "attention: bias {:?} does not broadcast to [{batch}, 1, {lq}, {lk}]",
-            b.dims()
+            (bb == 1 || bb == batch) && one == 1 && (bq == 1 || Some(bq) == lq) && bk == lk,
+            "attention: bias {:?} does not broadcast to [{batch}, 1, {}, {lk}]",
+            b.dims(),
+            lq.map_or("1".to_string(), |l| l.to_string())
         );
     }
+}
+
+/// The fused kernels' route of the attention functions (autodiff or forward-only flex).
+fn attention_fused<B: Backend, const D: usize>(
+    q: Tensor<B, D>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    bias: Option<Tensor<B, 4>>,
+    dims: cpu::attention::Dims,
+    rows: Vec<usize>,
+    kv_index: Option<&[usize]>,
+) -> Tensor<B, D> {
+    let shape = q.dims();
     match route(&q) {
         Route::Autodiff => {
             let bias = bias.map(|b| {
@@ -685,29 +796,39 @@ pub fn attention<B: Backend>(
                 assert!(!b.is_tracked(), "attention: the bias must be a constant");
                 contiguous(b.primitive)
             });
-            wrap::<AdFlex, B, 3>(attention_ad(
+            let layout = AttentionLayout {
+                rows: rows.into(),
+                kv_index: kv_index.map(Arc::from),
+            };
+            wrap::<AdFlex, B, D>(attention_ad(
                 dims,
-                prim::<AdFlex, B, 3>(q),
+                layout,
+                prim::<AdFlex, B, D>(q),
                 prim::<AdFlex, B, 3>(k),
                 prim::<AdFlex, B, 3>(v),
                 bias,
             ))
         }
         Route::Flex => {
-            let q = contiguous(prim::<Flex, B, 3>(q));
+            let q = contiguous(prim::<Flex, B, D>(q));
             let k = contiguous(prim::<Flex, B, 3>(k));
             let v = contiguous(prim::<Flex, B, 3>(v));
             let bias = bias.map(|b| contiguous(prim::<Flex, B, 4>(b)));
+            let layout = cpu::attention::Layout {
+                query_rows: &rows,
+                kv_index,
+            };
             let (out, _) = cpu::attention::forward(
                 &dims,
+                &layout,
                 data(&q),
                 data(&k),
                 data(&v),
                 bias.as_ref().map(|b| bias_view(b, &dims)),
             );
-            wrap::<Flex, B, 3>(flex(out, vec![batch, lq, w]))
+            wrap::<Flex, B, D>(flex(out, shape.to_vec()))
         }
-        Route::Reference => reference::attention(q, k, v, heads, bias),
+        Route::Reference => unreachable!("weft-kernels: the reference route is the caller's"),
     }
 }
 
@@ -720,18 +841,45 @@ fn bias_view<'a>(b: &'a FlexTensor, dims: &cpu::attention::Dims) -> cpu::attenti
     }
 }
 
+/// An owned [`cpu::attention::Layout`], kept for the backward pass.
+#[derive(Debug, Clone)]
+struct AttentionLayout {
+    rows: Arc<[usize]>,
+    kv_index: Option<Arc<[usize]>>,
+}
+
+impl AttentionLayout {
+    fn view(&self) -> cpu::attention::Layout<'_> {
+        cpu::attention::Layout {
+            query_rows: &self.rows,
+            kv_index: self.kv_index.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct AttentionBackward;
 
+/// What attention's backward pass keeps: sizes and layout, Q, K, V, the probabilities, and
+/// the keys of Q, K and V.
+type AttentionState = (
+    cpu::attention::Dims,
+    AttentionLayout,
+    [FlexTensor; 3],
+    FlexTensor,
+    [Key; 3],
+);
+
 impl Backward<Flex, 3> for AttentionBackward {
-    type State = (cpu::attention::Dims, [FlexTensor; 3], FlexTensor, [Key; 3]);
+    type State = AttentionState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dout = contiguous(grads.consume::<Flex>(&ops.node));
-        let (dims, [q, k, v], probs, keys) = ops.state;
+        let (dims, layout, [q, k, v], probs, keys) = ops.state;
         let [kq, kk, kv] = wanted(ops.parents, keys);
         let (dq, dk, dv) = cpu::attention::backward(
             &dims,
+            &layout.view(),
             data(&q),
             data(&k),
             data(&v),
@@ -748,6 +896,7 @@ impl Backward<Flex, 3> for AttentionBackward {
 
 fn attention_ad(
     dims: cpu::attention::Dims,
+    layout: AttentionLayout,
     q: FloatTensor<AdFlex>,
     k: FloatTensor<AdFlex>,
     v: FloatTensor<AdFlex>,
@@ -758,21 +907,23 @@ fn attention_ad(
     let vs = contiguous(v.primitive.clone());
     let (out, probs) = cpu::attention::forward(
         &dims,
+        &layout.view(),
         data(&qs),
         data(&ks),
         data(&vs),
         bias.as_ref().map(|b| bias_view(b, &dims)),
     );
-    let out = flex(out, vec![dims.batch, dims.lq, dims.width()]);
+    let out = flex(out, dims_of(&qs));
     match AttentionBackward
         .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let probs = flex(probs, vec![dims.batch, dims.heads, dims.lq, dims.lk]);
+            let n = probs.len();
+            let probs = flex(probs, vec![n]);
             let keys = [key(&q), key(&k), key(&v)];
-            prep.finish((dims, [qs, ks, vs], probs, keys), out)
+            prep.finish((dims, layout, [qs, ks, vs], probs, keys), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     }

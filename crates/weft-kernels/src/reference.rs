@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 /// burn's own linear op (what `burn::nn::Linear` calls).
 pub fn linear<B: Backend, const D: usize>(
@@ -90,4 +90,52 @@ pub fn attention<B: Backend>(
         scores = scores + b;
     }
     merge_heads(softmax(scores, 3).matmul(v))
+}
+
+/// Host indices as a `[N]` int tensor (for `select`).
+pub fn index_tensor<B: Backend>(index: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let v: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+/// [`attention`] over chosen query rows (see `weft_kernels::attention_rows`): the rows of each
+/// sample are gathered into a `[B, max rows, W]` batch (short samples padded with a zero
+/// row), attended with the keys and values of `kv_index` (selected), and the real rows
+/// gathered back.
+pub fn attention_rows<B: Backend>(
+    q: Tensor<B, 2>,
+    query_rows: &[usize],
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    bias: Option<Tensor<B, 4>>,
+    kv_index: Option<&[usize]>,
+) -> Tensor<B, 2> {
+    let [total, w] = q.dims();
+    let device = q.device();
+    let batch = query_rows.len() - 1;
+    let counts: Vec<usize> = query_rows.windows(2).map(|r| r[1] - r[0]).collect();
+    let lq = counts.iter().copied().max().unwrap_or(0).max(1);
+    let mut gather = Vec::with_capacity(batch * lq);
+    let mut back = Vec::with_capacity(total);
+    for (b, &n) in counts.iter().enumerate() {
+        for i in 0..lq {
+            gather.push(if i < n { query_rows[b] + i } else { total });
+        }
+        back.extend((0..n).map(|i| b * lq + i));
+    }
+    let padded = Tensor::cat(vec![q, Tensor::zeros([1, w], &device)], 0)
+        .select(0, index_tensor::<B>(&gather, &device))
+        .reshape([batch, lq, w]);
+    let (k, v) = match kv_index {
+        None => (k, v),
+        Some(index) => {
+            let index = index_tensor::<B>(index, &device);
+            (k.select(0, index.clone()), v.select(0, index))
+        }
+    };
+    attention(padded, k, v, heads, bias)
+        .reshape([batch * lq, w])
+        .select(0, index_tensor::<B>(&back, &device))
 }

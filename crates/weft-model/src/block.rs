@@ -164,6 +164,31 @@ impl<B: Backend> SelfAttention<B> {
     ) -> Tensor<B, 3> {
         linear_add(&self.out, self.attend(x, bias), residual)
     }
+
+    /// `residual + self.forward(x, bias)` at the chosen tokens only: `x` `[N, L, W]` gives
+    /// every key and value, the queries are its `rows`, and `residual` and the output are
+    /// `[R, W]`. `bias` must be a key mask.
+    pub fn forward_add_rows(
+        &self,
+        x: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        rows: &TokenRows,
+        residual: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let q = linear(&self.query, rows.pick(x.clone()));
+        let k = linear(&self.key, x.clone());
+        let v = linear(&self.value, x);
+        let heads = weft_kernels::attention_rows(
+            q,
+            &rows.offsets,
+            k,
+            v,
+            self.heads,
+            bias.bias.clone(),
+            None,
+        );
+        linear_add(&self.out, heads, residual)
+    }
 }
 
 /// Multi-head cross-attention from text queries to image keys/values.
@@ -195,25 +220,50 @@ impl<B: Backend> CrossAttention<B> {
 
     /// `[B, Lq, W]` over `[B, Lk, W_ctx]` -> `[B, Lq, W]`.
     pub fn forward(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear(&self.out, self.attend(x, context))
+        linear(&self.out, self.attend(x, context, None))
     }
 
-    /// The merged heads, before the output projection.
-    fn attend(&self, x: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// The merged heads, before the output projection. With `index`, `context` is
+    /// `[Bc, Lk, W_ctx]` and query sample `b` attends to context sample `index[b]`: each
+    /// context sample's keys and values are projected once, however many pairs share it.
+    fn attend(
+        &self,
+        x: Tensor<B, 3>,
+        context: Tensor<B, 3>,
+        index: Option<&[usize]>,
+    ) -> Tensor<B, 3> {
         let q = linear(&self.query, x);
         let k = linear(&self.key, context.clone());
         let v = linear(&self.value, context);
-        weft_kernels::attention(q, k, v, self.heads, None)
+        weft_kernels::attention_indexed(q, k, v, self.heads, None, index)
     }
 
-    /// `residual + self.forward(x, context)`, with the add folded into the output projection.
+    /// `residual + self.forward(x, context)`, with the add folded into the output projection;
+    /// `index` as in [`Self::attend`].
     pub fn forward_add(
         &self,
         x: Tensor<B, 3>,
         context: Tensor<B, 3>,
+        index: Option<&[usize]>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        linear_add(&self.out, self.attend(x, context), residual)
+        linear_add(&self.out, self.attend(x, context, index), residual)
+    }
+
+    /// [`Self::forward_add`] for the `[R, W]` chosen text tokens of [`TokenRows`] `offsets`.
+    pub fn forward_add_rows(
+        &self,
+        x: Tensor<B, 2>,
+        offsets: &[usize],
+        context: Tensor<B, 3>,
+        index: Option<&[usize]>,
+        residual: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let q = linear(&self.query, x);
+        let k = linear(&self.key, context.clone());
+        let v = linear(&self.value, context);
+        let heads = weft_kernels::attention_rows(q, offsets, k, v, self.heads, None, index);
+        linear_add(&self.out, heads, residual)
     }
 }
 
@@ -241,7 +291,11 @@ impl<B: Backend> Mlp<B> {
     }
 
     /// `residual + self.forward(x)`, with the add folded into the second layer.
-    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> Tensor<B, D> {
         let h = weft_kernels::gelu(linear(&self.fc1, x));
         linear_add(&self.fc2, h, residual)
     }
@@ -275,6 +329,103 @@ impl<B: Backend> EncoderBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, bias: &AttentionBias<B>) -> Tensor<B, 3> {
         let x = self.attn.forward_add(norm(&self.ln_1, x.clone()), bias, x);
         self.mlp.forward_add(norm(&self.ln_2, x.clone()), x)
+    }
+
+    /// The block's output at the chosen tokens only, `[N, L, W] -> [R, W]`: every token
+    /// still gives a key and a value, but the queries, the output projection and the MLP run
+    /// on the `rows` alone. For a last block whose other outputs nothing reads (the CLS token
+    /// of a CLIP tower); equal to picking `rows` of `forward(x, bias)`. `bias` must be a key
+    /// mask.
+    pub fn forward_rows(
+        &self,
+        x: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        rows: &TokenRows,
+    ) -> Tensor<B, 2> {
+        let h = norm(&self.ln_1, x.clone());
+        let x = self.attn.forward_add_rows(h, bias, rows, rows.pick(x));
+        self.mlp.forward_add(norm(&self.ln_2, x.clone()), x)
+    }
+}
+
+/// `blocks` in turn over `[B, L, W]` tokens; `first_only`: the last block for the first
+/// token alone (see [`EncoderBlock::forward_rows`]), giving `[B, 1, W]`.
+pub(crate) fn run_blocks<B: Backend>(
+    blocks: &[EncoderBlock<B>],
+    mut x: Tensor<B, 3>,
+    bias: &AttentionBias<B>,
+    first_only: bool,
+) -> Tensor<B, 3> {
+    let Some((last, rest)) = blocks.split_last().filter(|_| first_only) else {
+        for block in blocks {
+            x = block.forward(x, bias);
+        }
+        return x;
+    };
+    for block in rest {
+        x = block.forward(x, bias);
+    }
+    let [b, l, w] = x.dims();
+    let rows = TokenRows::first(b, l);
+    last.forward_rows(x, bias, &rows).reshape([b, 1, w])
+}
+
+/// Chosen tokens of a `[N, L, W]` batch: flat indices `n·L + t`, increasing, and the `N + 1`
+/// offsets of each sample's share, the layout of `weft_kernels::attention_rows`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRows {
+    /// Flat token indices, increasing.
+    pub flat: Vec<usize>,
+    /// Sample `n`'s tokens are `flat[offsets[n]..offsets[n + 1]]`.
+    pub offsets: Vec<usize>,
+    /// Tokens per sample `L`.
+    pub len: usize,
+}
+
+impl TokenRows {
+    /// The increasing flat indices `flat` of `samples` samples of `len` tokens.
+    ///
+    /// # Panics
+    /// When `flat` is not increasing or leaves the batch.
+    pub fn new(flat: Vec<usize>, samples: usize, len: usize) -> Self {
+        assert!(
+            flat.windows(2).all(|p| p[0] < p[1]),
+            "token rows must increase"
+        );
+        assert!(
+            flat.last().is_none_or(|&i| i < samples * len),
+            "token rows leave the batch of {samples} x {len}"
+        );
+        let mut offsets = vec![0; samples + 1];
+        for &i in &flat {
+            offsets[i / len + 1] += 1;
+        }
+        for n in 0..samples {
+            offsets[n + 1] += offsets[n];
+        }
+        Self { flat, offsets, len }
+    }
+
+    /// The first token of each of `samples` samples.
+    pub fn first(samples: usize, len: usize) -> Self {
+        Self::new((0..samples).map(|n| n * len).collect(), samples, len)
+    }
+
+    /// Tokens chosen.
+    pub fn count(&self) -> usize {
+        self.flat.len()
+    }
+
+    /// The chosen rows `[R, W]` of `[N, L, W]` tokens.
+    pub fn pick<B: Backend>(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, l, w] = x.dims();
+        assert_eq!(
+            l, self.len,
+            "token rows of {} tokens, tensor of {l}",
+            self.len
+        );
+        let index = weft_kernels::reference::index_tensor::<B>(&self.flat, &x.device());
+        x.reshape([n * l, w]).select(0, index)
     }
 }
 
@@ -315,17 +466,43 @@ impl<B: Backend> CrossBlock<B> {
         }
     }
 
-    /// `[B, L, W]` with `[B, Li, W_ctx]` image tokens -> `[B, L, W]`.
+    /// `[B, L, W]` with `[B, Li, W_ctx]` image tokens -> `[B, L, W]`. With `image_index`, the
+    /// image tokens are `[Bi, Li, W_ctx]` and text `b` is paired with image `image_index[b]`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         bias: &AttentionBias<B>,
         image: Tensor<B, 3>,
+        image_index: Option<&[usize]>,
     ) -> Tensor<B, 3> {
         let x = self.attn.forward_add(norm(&self.ln_1, x.clone()), bias, x);
         let x = self
             .cross
-            .forward_add(norm(&self.ln_2, x.clone()), image, x);
+            .forward_add(norm(&self.ln_2, x.clone()), image, image_index, x);
+        self.mlp.forward_add(norm(&self.ln_3, x.clone()), x)
+    }
+
+    /// [`Self::forward`] at the chosen tokens only, `[N, L, W] -> [R, W]`: every token gives
+    /// self-attention keys and values; queries, cross-attention and MLP run on the `rows`
+    /// alone (the tokens the heads read: ITM's first, MLM's masked). `bias` must be a key
+    /// mask.
+    pub fn forward_rows(
+        &self,
+        x: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        image: Tensor<B, 3>,
+        image_index: Option<&[usize]>,
+        rows: &TokenRows,
+    ) -> Tensor<B, 2> {
+        let h = norm(&self.ln_1, x.clone());
+        let x = self.attn.forward_add_rows(h, bias, rows, rows.pick(x));
+        let x = self.cross.forward_add_rows(
+            norm(&self.ln_2, x.clone()),
+            &rows.offsets,
+            image,
+            image_index,
+            x,
+        );
         self.mlp.forward_add(norm(&self.ln_3, x.clone()), x)
     }
 }

@@ -5,7 +5,7 @@ use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::block::{layer_norm, AttentionBias, CrossBlock};
+use crate::block::{layer_norm, AttentionBias, CrossBlock, TokenRows};
 
 /// Layers that fuse text tokens with image tokens; the output at position 0 (CLS) is the pair's
 /// joint representation (ITM), the others feed the MLM head.
@@ -42,10 +42,45 @@ impl<B: Backend> FusionEncoder<B> {
         bias: &AttentionBias<B>,
         image: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
+        self.forward_pairs(text, bias, image, None)
+    }
+
+    /// Fuse `[N, L, W]` text tokens with `[Bi, Li, Wi]` image tokens, text `n` paired with
+    /// image `image_index[n]` (image `n` when `None`). The images' keys and values are
+    /// projected once per image, not once per pair: ITM's re-paired negatives and the MLM
+    /// pass all reuse one batch's images.
+    pub fn forward_pairs(
+        &self,
+        text: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        image: Tensor<B, 3>,
+        image_index: Option<&[usize]>,
+    ) -> Tensor<B, 3> {
         let mut x = text;
         for block in &self.blocks {
-            x = block.forward(x, bias, image.clone());
+            x = block.forward(x, bias, image.clone(), image_index);
         }
+        crate::block::norm(&self.ln_final, x)
+    }
+
+    /// [`Self::forward_pairs`] at the chosen tokens only, `[R, W]`: the last layer computes
+    /// the `rows` alone (see [`CrossBlock::forward_rows`]), the ones the heads read.
+    pub fn forward_rows(
+        &self,
+        text: Tensor<B, 3>,
+        bias: &AttentionBias<B>,
+        image: Tensor<B, 3>,
+        image_index: Option<&[usize]>,
+        rows: &TokenRows,
+    ) -> Tensor<B, 2> {
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return crate::block::norm(&self.ln_final, rows.pick(text));
+        };
+        let mut x = text;
+        for block in rest {
+            x = block.forward(x, bias, image.clone(), image_index);
+        }
+        let x = last.forward_rows(x, bias, image, image_index, rows);
         crate::block::norm(&self.ln_final, x)
     }
 }

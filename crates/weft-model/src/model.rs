@@ -70,6 +70,10 @@ pub struct VlModelConfig {
     pub tie_word_embeddings: bool,
     /// Enabled objectives.
     pub objectives: Objectives,
+    /// Compute the last layer of each encoder only at the tokens a head reads (see
+    /// [`crate::block::EncoderBlock::forward_rows`] and [`crate::block::CrossBlock::forward_rows`]).
+    #[config(default = true)]
+    pub prune_unread_tokens: bool,
 }
 
 impl VlModelConfig {
@@ -121,6 +125,7 @@ impl VlModelConfig {
                 lm: l.lm > 0.0,
                 mim: l.mim > 0.0,
             },
+            prune_unread_tokens: m.prune_unread_tokens,
         }
     }
 
@@ -173,6 +178,7 @@ impl VlModelConfig {
             mim: o
                 .mim
                 .then(|| MimHead::new(vw, self.vision.patch_size, self.vision.channels, device)),
+            prune_unread_tokens: self.prune_unread_tokens,
         }
     }
 }
@@ -199,6 +205,8 @@ pub struct VlModel<B: Backend> {
     pub decoder: Option<TextDecoder<B>>,
     /// MIM mask token and pixel predictor.
     pub mim: Option<MimHead<B>>,
+    /// See [`VlModelConfig::prune_unread_tokens`]; not a parameter.
+    pub prune_unread_tokens: bool,
 }
 
 impl<B: Backend> VlModel<B> {
@@ -228,7 +236,7 @@ impl<B: Backend> VlModel<B> {
     /// L2-normalised image embeddings `[B, E]`; None without an ITC head.
     pub fn image_embedding(&self, images: Tensor<B, 4>) -> Option<Tensor<B, 2>> {
         let itc = self.itc.as_ref()?;
-        Some(itc.image_embedding(self.vision.forward(images)))
+        Some(itc.image_embedding(self.image_cls(images)))
     }
 
     /// L2-normalised text embeddings `[B, E]`; None without a text encoder and ITC head.
@@ -238,6 +246,29 @@ impl<B: Backend> VlModel<B> {
         padding: Option<Tensor<B, 2, Bool>>,
     ) -> Option<Tensor<B, 2>> {
         let (text, itc) = (self.text.as_ref()?, self.itc.as_ref()?);
-        Some(itc.text_embedding(text.forward(ids, padding)))
+        Some(itc.text_embedding(self.text_cls(text, ids, padding)))
+    }
+
+    /// The image encoder's CLS output `[B, 1, W]` (see [`VlModelConfig::prune_unread_tokens`]).
+    pub(crate) fn image_cls(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        if self.prune_unread_tokens {
+            self.vision.forward_cls(images)
+        } else {
+            self.vision.forward(images).narrow(1, 0, 1)
+        }
+    }
+
+    /// The text encoder's CLS output `[B, 1, W]` (see [`VlModelConfig::prune_unread_tokens`]).
+    pub(crate) fn text_cls(
+        &self,
+        text: &TextEncoder<B>,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        if self.prune_unread_tokens {
+            text.forward_cls(ids, padding)
+        } else {
+            text.forward(ids, padding).narrow(1, 0, 1)
+        }
     }
 }

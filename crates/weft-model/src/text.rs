@@ -89,11 +89,28 @@ impl<B: Backend> TextEncoder<B> {
         ids: Tensor<B, 2, Int>,
         padding: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
+        self.encode(ids, padding, false)
+    }
+
+    /// The first (CLS) token alone, `[B, 1, W]`: equal to `forward(..).narrow(1, 0, 1)`, with
+    /// the last block computed for that row only (see [`EncoderBlock::forward_first`]).
+    pub fn forward_cls(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        self.encode(ids, padding, true)
+    }
+
+    fn encode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+        first_only: bool,
+    ) -> Tensor<B, 3> {
         let bias = AttentionBias::new(padding, None, &ids.device());
-        let mut x = embed(&self.token_embedding, &self.position_embedding, ids);
-        for block in &self.blocks {
-            x = block.forward(x, &bias);
-        }
+        let x = embed(&self.token_embedding, &self.position_embedding, ids);
+        let x = crate::block::run_blocks(&self.blocks, x, &bias, first_only);
         crate::block::norm(&self.ln_final, x)
     }
 }
@@ -179,7 +196,7 @@ impl<B: Backend> TextDecoder<B> {
         let bias = AttentionBias::new(padding, Some(ids.dims()[1]), &ids.device());
         let mut x = embed(&self.token_embedding, &self.position_embedding, ids);
         for block in &self.blocks {
-            x = block.forward(x, &bias, image.clone());
+            x = block.forward(x, &bias, image.clone(), None);
         }
         let h = crate::block::norm(&self.ln_final, x);
         match (&self.lm_head, &self.lm_bias) {

@@ -106,6 +106,13 @@ impl<B: Backend> VisionTransformer<B> {
         self.encode(patches)
     }
 
+    /// The CLS token alone, `[B, 1, W]`: equal to `forward(images).narrow(1, 0, 1)`, with the
+    /// last block computed for the CLS row only (see [`EncoderBlock::forward_first`]).
+    pub fn forward_cls(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let patches = self.embed_patches(images);
+        self.encode_with(patches, true)
+    }
+
     /// Encode images whose patches marked in `mask` (`[B, N, 1]`, 1 = masked) are replaced by
     /// `mask_token` (`[1, 1, W]`) before the encoder (SimMIM-style masked image modelling).
     pub fn forward_masked(
@@ -121,15 +128,18 @@ impl<B: Backend> VisionTransformer<B> {
     }
 
     fn encode(&self, patches: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.encode_with(patches, false)
+    }
+
+    /// The encoder over patch tokens; `first_only`: the CLS output alone.
+    fn encode_with(&self, patches: Tensor<B, 3>, first_only: bool) -> Tensor<B, 3> {
         let mut x = weft_kernels::add_positions(
             patches,
             Some(self.cls_token.val()),
             self.position_embedding.val(),
         );
         let bias = AttentionBias::none();
-        for block in &self.blocks {
-            x = block.forward(x, &bias);
-        }
+        x = crate::block::run_blocks(&self.blocks, x, &bias, first_only);
         crate::block::norm(&self.ln_final, x)
     }
 }

@@ -12,10 +12,11 @@ use super::math::{dot, exp, multiversion};
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dims {
-    /// Samples.
+    /// Query samples.
     pub batch: usize,
-    /// Query tokens per sample.
-    pub lq: usize,
+    /// Key/value samples: `batch`, or fewer when several query samples attend to the same
+    /// keys and values (see [`Layout::kv_index`]).
+    pub kv_batch: usize,
     /// Key/value tokens per sample.
     pub lk: usize,
     /// Heads.
@@ -33,6 +34,43 @@ impl Dims {
     fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
     }
+}
+
+/// Which query rows belong to which sample, and which keys and values each sample reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout<'a> {
+    /// `batch + 1` increasing offsets from 0: the queries of sample `b` are rows
+    /// `query_rows[b]..query_rows[b + 1]` of `q` (`[R, W]`). `b·Lq` for a `[B, Lq, W]` batch;
+    /// fewer (even none) for a sample when only some of its tokens are wanted, as the last
+    /// layer of an encoder whose heads read one token, or the masked ones.
+    pub query_rows: &'a [usize],
+    /// The key/value sample of each query sample (`None`: sample `b` for query `b`). Several
+    /// query samples may share one set of keys and values, as the re-paired image-text pairs
+    /// of ITM and the MLM pass share the image tokens of one batch, without a copy per pair.
+    /// Their gradients add up.
+    pub kv_index: Option<&'a [usize]>,
+}
+
+impl Layout<'_> {
+    fn kv(&self, b: usize) -> usize {
+        self.kv_index.map_or(b, |i| i[b])
+    }
+
+    /// The query rows of sample `b`: (first, count).
+    fn rows(&self, b: usize) -> (usize, usize) {
+        let r = self.query_rows;
+        (r[b], r[b + 1] - r[b])
+    }
+
+    /// Query rows in all.
+    fn total(&self) -> usize {
+        self.query_rows.last().copied().unwrap_or(0)
+    }
+}
+
+/// `batch + 1` offsets of `lq` query rows per sample (a `[batch, lq, W]` batch).
+pub fn uniform_rows(batch: usize, lq: usize) -> Vec<usize> {
+    (0..=batch).map(|b| b * lq).collect()
 }
 
 /// An additive score bias (a mask), the same for every head: element `(b, i, j)` is
@@ -85,6 +123,38 @@ unsafe fn matmul(
 ) {
     // SAFETY: the caller's contract.
     unsafe {
+        matmul_acc(
+            dims,
+            dst,
+            dst_rs,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            scale,
+            false,
+        )
+    }
+}
+
+/// [`matmul`], adding to `dst` when `accumulate`.
+///
+/// # Safety
+/// As for [`super::gemm_into`]; with `accumulate`, `dst` must be initialised.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn matmul_acc(
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    scale: f32,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
         super::gemm_into(
             dims,
             dst,
@@ -94,6 +164,7 @@ unsafe fn matmul(
             rhs,
             rhs_strides,
             scale,
+            accumulate,
             gemm::Parallelism::None,
         )
     }
@@ -139,106 +210,136 @@ multiversion! {
     }
 }
 
-/// Checks that the slices hold what `dims` says.
-fn check(dims: &Dims, q: &[f32], k: &[f32], v: &[f32]) {
+/// Checks that the slices and the layout hold what `dims` says.
+fn check(dims: &Dims, layout: &Layout<'_>, q: &[f32], k: &[f32], v: &[f32]) {
     assert!(
-        dims.lq > 0 && dims.lk > 0 && dims.head_dim > 0,
-        "attention: empty queries, keys or heads: {dims:?}"
+        dims.lk > 0 && dims.head_dim > 0,
+        "attention: empty keys or heads: {dims:?}"
     );
     let w = dims.width();
-    assert_eq!(q.len(), dims.batch * dims.lq * w, "attention: query size");
-    assert_eq!(k.len(), dims.batch * dims.lk * w, "attention: key size");
-    assert_eq!(v.len(), dims.batch * dims.lk * w, "attention: value size");
+    let rows = layout.query_rows;
+    assert!(
+        rows.len() == dims.batch + 1 && rows[0] == 0 && rows.windows(2).all(|r| r[0] <= r[1]),
+        "attention: query rows must be {} increasing offsets from 0",
+        dims.batch + 1
+    );
+    assert_eq!(q.len(), layout.total() * w, "attention: query size");
+    assert_eq!(k.len(), dims.kv_batch * dims.lk * w, "attention: key size");
+    assert_eq!(
+        v.len(),
+        dims.kv_batch * dims.lk * w,
+        "attention: value size"
+    );
+    match layout.kv_index {
+        None => assert_eq!(dims.kv_batch, dims.batch, "attention: no key/value index"),
+        Some(i) => {
+            assert_eq!(i.len(), dims.batch, "attention: key/value index length");
+            assert!(
+                i.iter().all(|&j| j < dims.kv_batch),
+                "attention: key/value index out of range (kv_batch {})",
+                dims.kv_batch
+            );
+        }
+    }
 }
 
-/// `softmax(Q_h·K_hᵀ/√D + bias)·V_h` for every head, written back as `[B, Lq, W]`.
-/// Also returns the probabilities `[B, H, Lq, Lk]`, which the backward pass needs.
+/// `softmax(Q_h·K_hᵀ/√D + bias)·V_h` for every head, written back as `[R, W]` (the rows of
+/// `q`). Also returns the probabilities, which the backward pass needs: for each sample its
+/// heads' `rows × Lk` blocks in turn, `heads · R · Lk` in all.
+///
+/// A bias row `i` of sample `b` is the `i`-th query row of that sample; a layout that leaves
+/// some of a sample's rows out needs a bias with `row_stride` 0 (a key mask).
 pub fn forward(
     dims: &Dims,
+    layout: &Layout<'_>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     bias: Option<Bias<'_>>,
 ) -> (Vec<f32>, Vec<f32>) {
-    check(dims, q, k, v);
+    check(dims, layout, q, k, v);
     let Dims {
         batch,
-        lq,
         lk,
         heads,
         head_dim: d,
+        ..
     } = *dims;
     let w = dims.width();
-    if let Some(b) = bias {
-        let need = (batch - 1) * b.batch_stride + (lq - 1) * b.row_stride + lk;
-        assert!(b.data.len() >= need, "attention: bias too small");
+    let total = layout.total();
+    if let Some(bb) = bias {
+        let lq_max = (0..batch).map(|b| layout.rows(b).1).max().unwrap_or(0);
+        if batch > 0 && lq_max > 0 {
+            let need = (batch - 1) * bb.batch_stride + (lq_max - 1) * bb.row_stride + lk;
+            assert!(bb.data.len() >= need, "attention: bias too small");
+        }
     }
-    let mut out: Vec<f32> = Vec::with_capacity(batch * lq * w);
-    let mut probs: Vec<f32> = Vec::with_capacity(batch * heads * lq * lk);
-    let dst = Out(out.as_mut_ptr());
-    probs.spare_capacity_mut()[..batch * heads * lq * lk]
-        .par_chunks_mut(lq * lk)
-        .enumerate()
-        .for_each(|(t, p)| {
-            let p = super::zeroed(p);
-            let (b, h) = (t / heads, t % heads);
-            let qh = q[b * lq * w + h * d..].as_ptr();
-            let kh = k[b * lk * w + h * d..].as_ptr();
-            let vh = v[b * lk * w + h * d..].as_ptr();
-            // SAFETY: Q_h is lq×d with row stride w inside q; K_hᵀ is d×lk read with row
-            // stride 1 and column stride w inside k; p is this task's own lq×lk block.
-            #[allow(unsafe_code)]
-            unsafe {
-                matmul(
-                    (lq, lk, d),
-                    p.as_mut_ptr(),
-                    lk,
-                    qh,
-                    (w, 1),
-                    kh,
-                    (1, w),
-                    dims.scale(),
-                );
-            }
-            for (i, row) in p.chunks_exact_mut(lk).enumerate() {
-                let bias_row = bias.map(|bb| {
-                    let at = b * bb.batch_stride + i * bb.row_stride;
-                    &bb.data[at..at + lk]
-                });
-                softmax_row(row, bias_row);
-            }
-            // SAFETY: P is lq×lk; V_h is lk×d with row stride w inside v; the destination
-            // is this task's (sample, head) block of `out`, lq×d with row stride w.
-            #[allow(unsafe_code)]
-            unsafe {
-                let o = dst.at(b * lq * w + h * d);
-                matmul((lq, d, lk), o, w, p.as_ptr(), (lk, 1), vh, (w, 1), 1.0);
-            }
-        });
+    let mut out: Vec<f32> = Vec::with_capacity(total * w);
+    let mut probs: Vec<f32> = Vec::with_capacity(heads * total * lk);
+    let (dst, pdst) = (Out(out.as_mut_ptr()), Out(probs.as_mut_ptr()));
+    (0..batch * heads).into_par_iter().for_each(|t| {
+        let (b, h) = (t / heads, t % heads);
+        let (r0, lq) = layout.rows(b);
+        if lq == 0 {
+            return;
+        }
+        let ko = layout.kv(b) * lk * w + h * d;
+        let qh = q[r0 * w + h * d..].as_ptr();
+        let kh = k[ko..].as_ptr();
+        let vh = v[ko..].as_ptr();
+        #[allow(unsafe_code)]
+        // SAFETY: Q_h is lq×d with row stride w inside q; K_hᵀ is d×lk read with row stride 1
+        // and column stride w inside k; the destination is this task's own lq×lk block of
+        // probs, which gemm (k = d > 0) writes in full before it is read as a slice.
+        let p = unsafe {
+            let p = pdst.at((heads * r0 + h * lq) * lk);
+            matmul((lq, lk, d), p, lk, qh, (w, 1), kh, (1, w), dims.scale());
+            std::slice::from_raw_parts_mut(p, lq * lk)
+        };
+        for (i, row) in p.chunks_exact_mut(lk).enumerate() {
+            let bias_row = bias.map(|bb| {
+                let at = b * bb.batch_stride + i * bb.row_stride;
+                &bb.data[at..at + lk]
+            });
+            softmax_row(row, bias_row);
+        }
+        // SAFETY: P is lq×lk; V_h is lk×d with row stride w inside v; the destination is
+        // this task's (sample, head) block of `out`, lq×d with row stride w.
+        #[allow(unsafe_code)]
+        unsafe {
+            let o = dst.at(r0 * w + h * d);
+            matmul((lq, d, lk), o, w, p.as_ptr(), (lk, 1), vh, (w, 1), 1.0);
+        }
+    });
     #[allow(unsafe_code)]
-    // SAFETY: the (sample, head) blocks cover `out` and each was written in full by gemm
-    // (read_dst = false); `probs` chunks were all initialised by `zeroed`.
+    // SAFETY: the (sample, head) blocks cover `out` and `probs` (samples without rows have
+    // none), and gemm (read_dst = false, k > 0) wrote each in full.
     unsafe {
-        out.set_len(batch * lq * w);
-        probs.set_len(batch * heads * lq * lk);
+        out.set_len(total * w);
+        probs.set_len(heads * total * lk);
     }
     (out, probs)
 }
 
 /// Gradients of [`forward`] with respect to the queries, keys and values, from the gradient of
-/// its output `dout` (`[B, Lq, W]`) and the probabilities it returned. The bias is a constant.
+/// its output `dout` (`[R, W]`) and the probabilities it returned. The bias is a constant.
+///
+/// One parallel task per (key/value sample, head): it goes through the query samples that
+/// attend to that sample in increasing order, writes their query gradients and adds up the key
+/// and value gradients, so the sums have a fixed order whatever the number of threads.
 pub fn backward(
     dims: &Dims,
+    layout: &Layout<'_>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     probs: &[f32],
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    check(dims, q, k, v);
+    check(dims, layout, q, k, v);
     let Dims {
         batch,
-        lq,
+        kv_batch,
         lk,
         heads,
         head_dim: d,
@@ -246,10 +347,17 @@ pub fn backward(
     let w = dims.width();
     assert_eq!(
         probs.len(),
-        batch * heads * lq * lk,
+        heads * layout.total() * lk,
         "attention backward: probs"
     );
     assert_eq!(dout.len(), q.len(), "attention backward: output gradient");
+    // The query samples (with query rows) of each key/value sample, in increasing order.
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); kv_batch];
+    for b in 0..batch {
+        if layout.rows(b).1 > 0 {
+            users[layout.kv(b)].push(b);
+        }
+    }
     let mut dq: Vec<f32> = Vec::with_capacity(q.len());
     let mut dk: Vec<f32> = Vec::with_capacity(k.len());
     let mut dv: Vec<f32> = Vec::with_capacity(v.len());
@@ -259,78 +367,101 @@ pub fn backward(
         Out(dv.as_mut_ptr()),
     );
     let scale = dims.scale();
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0.0f32; lq * lk],
-        |ds, t| {
-            let (b, h) = (t / heads, t % heads);
-            let p = &probs[t * lq * lk..(t + 1) * lq * lk];
-            let (qo, ko) = (b * lq * w + h * d, b * lk * w + h * d);
-            #[allow(unsafe_code)]
-            // SAFETY: (this block and the next) every operand is a block inside its buffer
-            // read with the strides of its layout (see `forward`); ds is this task's scratch;
-            // the destinations are this task's own (sample, head) blocks of dq, dk and dv.
-            unsafe {
-                // dV_h = Pᵀ·dO_h
-                let dvh = dvp.at(ko);
-                matmul(
-                    (lk, d, lq),
-                    dvh,
-                    w,
-                    p.as_ptr(),
-                    (1, lk),
-                    dout[qo..].as_ptr(),
-                    (w, 1),
-                    1.0,
-                );
-                // dP = dO_h·V_hᵀ
-                let voh = v[ko..].as_ptr();
-                matmul(
-                    (lq, lk, d),
-                    ds.as_mut_ptr(),
-                    lk,
-                    dout[qo..].as_ptr(),
-                    (w, 1),
-                    voh,
-                    (1, w),
-                    1.0,
-                );
+    let lq_max = (0..batch).map(|b| layout.rows(b).1).max().unwrap_or(0);
+    (0..kv_batch * heads).into_par_iter().for_each_init(
+        || vec![0.0f32; lq_max * lk],
+        |scratch, t| {
+            let (j, h) = (t / heads, t % heads);
+            let ko = j * lk * w + h * d;
+            if users[j].is_empty() {
+                // Keys and values nobody attends to: zero gradients.
+                for r in 0..lk {
+                    #[allow(unsafe_code)]
+                    // SAFETY: row r of this task's own (sample, head) block of dk and dv.
+                    unsafe {
+                        std::ptr::write_bytes(dkp.at(ko + r * w), 0, d);
+                        std::ptr::write_bytes(dvp.at(ko + r * w), 0, d);
+                    }
+                }
+                return;
             }
-            for (g, pr) in ds.chunks_exact_mut(lk).zip(p.chunks_exact(lk)) {
-                softmax_backward_row(g, pr);
-            }
-            #[allow(unsafe_code)]
-            // SAFETY: as above.
-            unsafe {
-                // dQ_h = scale·dS·K_h
-                let dqh = dqp.at(qo);
-                matmul(
-                    (lq, d, lk),
-                    dqh,
-                    w,
-                    ds.as_ptr(),
-                    (lk, 1),
-                    k[ko..].as_ptr(),
-                    (w, 1),
-                    scale,
-                );
-                // dK_h = scale·dSᵀ·Q_h
-                let dkh = dkp.at(ko);
-                matmul(
-                    (lk, d, lq),
-                    dkh,
-                    w,
-                    ds.as_ptr(),
-                    (1, lk),
-                    q[qo..].as_ptr(),
-                    (w, 1),
-                    scale,
-                );
+            for (n, &b) in users[j].iter().enumerate() {
+                let acc = n > 0;
+                let (r0, lq) = layout.rows(b);
+                let at = (heads * r0 + h * lq) * lk;
+                let p = &probs[at..at + lq * lk];
+                let ds = &mut scratch[..lq * lk];
+                let qo = r0 * w + h * d;
+                #[allow(unsafe_code)]
+                // SAFETY: (this block and the next) every operand is a block inside its buffer
+                // read with the strides of its layout (see `forward`); ds is this task's
+                // scratch; the destinations are this task's own blocks: its (key/value
+                // sample, head) block of dk and dv (written by its first query sample, added
+                // to by the others), and the (query sample, head) block of dq of a query
+                // sample that no other task has.
+                unsafe {
+                    // dV_h (+)= Pᵀ·dO_h
+                    matmul_acc(
+                        (lk, d, lq),
+                        dvp.at(ko),
+                        w,
+                        p.as_ptr(),
+                        (1, lk),
+                        dout[qo..].as_ptr(),
+                        (w, 1),
+                        1.0,
+                        acc,
+                    );
+                    // dP = dO_h·V_hᵀ
+                    matmul(
+                        (lq, lk, d),
+                        ds.as_mut_ptr(),
+                        lk,
+                        dout[qo..].as_ptr(),
+                        (w, 1),
+                        v[ko..].as_ptr(),
+                        (1, w),
+                        1.0,
+                    );
+                }
+                for (g, pr) in ds.chunks_exact_mut(lk).zip(p.chunks_exact(lk)) {
+                    softmax_backward_row(g, pr);
+                }
+                #[allow(unsafe_code)]
+                // SAFETY: as above.
+                unsafe {
+                    // dQ_h = scale·dS·K_h
+                    matmul(
+                        (lq, d, lk),
+                        dqp.at(qo),
+                        w,
+                        ds.as_ptr(),
+                        (lk, 1),
+                        k[ko..].as_ptr(),
+                        (w, 1),
+                        scale,
+                    );
+                    // dK_h (+)= scale·dSᵀ·Q_h
+                    matmul_acc(
+                        (lk, d, lq),
+                        dkp.at(ko),
+                        w,
+                        ds.as_ptr(),
+                        (1, lk),
+                        q[qo..].as_ptr(),
+                        (w, 1),
+                        scale,
+                        acc,
+                    );
+                }
             }
         },
     );
     #[allow(unsafe_code)]
-    // SAFETY: the (sample, head) blocks cover dq, dk and dv, and gemm (read_dst = false)
-    // wrote each in full.
+    // SAFETY: every query row belongs to a sample with rows, whose task wrote its dq blocks
+    // in full (gemm, read_dst = false, k = lk > 0); every key/value sample's dk and dv blocks
+    // were written by its first query sample's products (k = lq > 0) or zeroed when it has
+    // none.
     unsafe {
         dq.set_len(q.len());
         dk.set_len(k.len());

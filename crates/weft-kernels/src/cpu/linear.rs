@@ -51,6 +51,7 @@ fn matmul(
                 rhs.as_ptr(),
                 (rhs_rs, rhs_cs),
                 1.0,
+                false,
                 parallelism,
             )
         })

@@ -52,9 +52,10 @@ pub(crate) fn par_filled(
     v
 }
 
-/// `dst[m×n] = scale · lhs[m×k] · rhs[k×n]`, all three given by pointer and (row, column)
-/// strides in elements; gemm writes every element of `dst` (`read_dst = false`) when `k > 0`.
-/// The one place the crate calls `gemm::gemm`.
+/// `dst[m×n] = scale · lhs[m×k] · rhs[k×n]` (or `dst += …` when `accumulate`), all three given
+/// by pointer and (row, column) strides in elements; without `accumulate` gemm writes every
+/// element of `dst` (`read_dst = false`) when `k > 0`. The one place the crate calls
+/// `gemm::gemm`.
 ///
 /// # Safety
 /// Every element addressed through the pointers and strides must lie inside a live buffer,
@@ -69,6 +70,7 @@ pub(crate) unsafe fn gemm_into(
     rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
     scale: f32,
+    accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
     // SAFETY: the caller's contract.
@@ -80,14 +82,14 @@ pub(crate) unsafe fn gemm_into(
             dst,
             1,
             dst_rs as isize,
-            false,
+            accumulate,
             lhs,
             lhs_cs as isize,
             lhs_rs as isize,
             rhs,
             rhs_cs as isize,
             rhs_rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,

@@ -16,8 +16,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 use weft_config::LossConfig;
 
-use crate::block::{linear, AttentionBias};
-use crate::heads::first_token;
+use crate::block::{linear, AttentionBias, TokenRows};
 use crate::model::VlModel;
 
 pub use ce::cross_entropy;
@@ -104,6 +103,37 @@ fn bools<B: Backend>(
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
 }
 
+/// Text sequences for the fusion encoder, each paired with one of the batch's images.
+struct Pairs<B: Backend> {
+    /// `[N, L, W]` text tokens.
+    text: Tensor<B, 3>,
+    /// Their key padding.
+    bias: AttentionBias<B>,
+    /// The image of each sequence.
+    image_index: Vec<usize>,
+}
+
+impl<B: Backend> Pairs<B> {
+    fn cat(parts: Vec<Self>) -> Self {
+        if parts.len() == 1 {
+            return parts.into_iter().next().expect("one part");
+        }
+        let mut text = Vec::new();
+        let mut bias = Vec::new();
+        let mut image_index = Vec::new();
+        for p in parts {
+            text.push(p.text);
+            bias.push(p.bias);
+            image_index.extend(p.image_index);
+        }
+        Self {
+            text: Tensor::cat(text, 0),
+            bias: AttentionBias::cat(bias),
+            image_index,
+        }
+    }
+}
+
 /// The losses of one batch: the weighted total and every enabled component on its own.
 #[derive(Debug, Clone)]
 pub struct LossOutput<B: Backend> {
@@ -132,7 +162,10 @@ impl<B: Backend> VlModel<B> {
         let b = batch.batch_size();
         let l = batch.len;
         let needs_text = w.itc > 0.0 || w.itm > 0.0 || w.mlm > 0.0;
-        let needs_image_tokens = needs_text || w.lm > 0.0;
+        // Every image token: cross-attention reads them (ITM, MLM, LM); every text token: ITM
+        // fuses them. With ITC alone only the CLS tokens are read.
+        let needs_image_tokens = w.itm > 0.0 || w.mlm > 0.0 || w.lm > 0.0;
+        let needs_text_tokens = w.itm > 0.0;
         let mut parts = Vec::new();
 
         let image_tokens = needs_image_tokens.then(|| self.vision.forward(batch.images.clone()));
@@ -143,7 +176,9 @@ impl<B: Backend> VlModel<B> {
                 .as_ref()
                 .expect("text encoder is built when loss.itc, itm or mlm > 0")
         });
-        let text_tokens = text.map(|t| t.forward(batch.ids_tensor(), Some(padding.clone())));
+        let text_tokens = text
+            .filter(|_| needs_text_tokens)
+            .map(|t| t.forward(batch.ids_tensor(), Some(padding.clone())));
 
         // MLM masks are drawn first so that the RNG stream does not depend on the ITC values.
         let mlm_mask = (w.mlm > 0.0).then(|| {
@@ -159,16 +194,27 @@ impl<B: Backend> VlModel<B> {
             )
         });
 
+        let mut itm_pairs = None;
         if w.itc > 0.0 || w.itm > 0.0 {
             let itc = self
                 .itc
                 .as_ref()
                 .expect("ITC head is built when loss.itc or itm > 0");
-            let image_tokens = image_tokens.clone().expect("image tokens");
-            let text_tokens = text_tokens.clone().expect("text tokens");
+            let image_cls = match &image_tokens {
+                Some(tokens) => tokens.clone(),
+                None => self.image_cls(batch.images.clone()),
+            };
+            let text_cls = match &text_tokens {
+                Some(tokens) => tokens.clone(),
+                None => self.text_cls(
+                    text.expect("text encoder"),
+                    batch.ids_tensor(),
+                    Some(padding.clone()),
+                ),
+            };
             let (loss, logits) = itc_loss(
-                itc.image_embedding(image_tokens.clone()),
-                itc.text_embedding(text_tokens.clone()),
+                itc.image_embedding(image_cls),
+                itc.text_embedding(text_cls),
                 itc.scale(),
                 w.itc_label_smoothing,
             );
@@ -176,14 +222,6 @@ impl<B: Backend> VlModel<B> {
                 parts.push(("itc", loss));
             }
             if w.itm > 0.0 && b >= 2 {
-                let fusion = self
-                    .fusion
-                    .as_ref()
-                    .expect("fusion is built when loss.itm > 0");
-                let head = self
-                    .itm
-                    .as_ref()
-                    .expect("ITM head is built when loss.itm > 0");
                 let host: Vec<f32> = logits
                     .detach()
                     .into_data()
@@ -191,8 +229,10 @@ impl<B: Backend> VlModel<B> {
                     .to_vec()
                     .expect("f32 logits");
                 let neg = sample_hard_negatives(&host, b, |i, j| batch.same_caption(i, j), rng);
-                let neg_image = indices::<B>(&neg.image_for_text, &device);
+                let text_tokens = text_tokens.clone().expect("text tokens");
                 let neg_text = indices::<B>(&neg.text_for_image, &device);
+                // 3B pairs: (text i, image i), (text i, its negative image), (image i's
+                // negative text, image i).
                 let text_all = Tensor::cat(
                     vec![
                         text_tokens.clone(),
@@ -206,38 +246,94 @@ impl<B: Backend> VlModel<B> {
                     text_bias.clone(),
                     text_bias.select(neg_text),
                 ]);
-                let image_all = Tensor::cat(
-                    vec![
-                        image_tokens.clone(),
-                        image_tokens.clone().select(0, neg_image),
-                        image_tokens,
-                    ],
-                    0,
-                );
-                let fused = fusion.forward(text_all, &bias_all, image_all);
-                let logits = head.forward(first_token(fused));
-                let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
-                parts.push(("itm", cross_entropy(logits, &targets, None, 0.0)));
+                let image_index = (0..b)
+                    .chain(neg.image_for_text.iter().copied())
+                    .chain(0..b)
+                    .collect();
+                itm_pairs = Some(Pairs {
+                    text: text_all,
+                    bias: bias_all,
+                    image_index,
+                });
             }
         }
 
-        if let Some(mask) = mlm_mask.filter(|m| !m.positions.is_empty()) {
-            let text = text.expect("text encoder");
+        let mlm = mlm_mask.filter(|m| !m.positions.is_empty()).map(|mask| {
+            let masked = ints::<B>(&mask.input_ids, b, l, &device);
+            let h = text
+                .expect("text encoder")
+                .forward(masked, Some(padding.clone()));
+            let pairs = Pairs {
+                text: h,
+                bias: text_bias.clone(),
+                image_index: (0..b).collect(),
+            };
+            (pairs, mask)
+        });
+
+        // ITM's pairs and MLM's masked captions go through the fusion encoder in one pass
+        // over the batch's image tokens, each image projected to keys and values once.
+        let (mlm_pairs, mlm_mask) = match mlm {
+            Some((pairs, mask)) => (Some(pairs), Some(mask)),
+            None => (None, None),
+        };
+        let fusion_pairs: Vec<Pairs<B>> = itm_pairs.into_iter().chain(mlm_pairs).collect();
+        let mut fused = if fusion_pairs.is_empty() {
+            None
+        } else {
             let fusion = self
                 .fusion
                 .as_ref()
-                .expect("fusion is built when loss.mlm > 0");
+                .expect("fusion is built when loss.itm or mlm > 0");
+            let pairs = Pairs::cat(fusion_pairs);
+            // The tokens the heads read: the first of each ITM pair, the masked ones of MLM.
+            let mut flat: Vec<usize> = Vec::new();
+            let itm_rows = if w.itm > 0.0 && b >= 2 {
+                flat.extend((0..3 * b).map(|n| n * l));
+                3 * b
+            } else {
+                0
+            };
+            if let Some(mask) = &mlm_mask {
+                flat.extend(mask.positions.iter().map(|p| itm_rows * l + p));
+            }
+            let rows = TokenRows::new(flat, pairs.image_index.len(), l);
+            let image = image_tokens.clone().expect("image tokens");
+            let out = if self.prune_unread_tokens {
+                fusion.forward_rows(
+                    pairs.text,
+                    &pairs.bias,
+                    image,
+                    Some(&pairs.image_index),
+                    &rows,
+                )
+            } else {
+                let all =
+                    fusion.forward_pairs(pairs.text, &pairs.bias, image, Some(&pairs.image_index));
+                rows.pick(all)
+            };
+            Some((out, itm_rows, rows.count()))
+        };
+
+        if w.itm > 0.0 && b >= 2 {
+            let head = self
+                .itm
+                .as_ref()
+                .expect("ITM head is built when loss.itm > 0");
+            let (fused, n, _) = fused.as_ref().expect("the ITM pairs");
+            let logits = head.forward(fused.clone().narrow(0, 0, *n));
+            let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
+            parts.push(("itm", cross_entropy(logits, &targets, None, 0.0)));
+        }
+
+        if let Some(mask) = mlm_mask {
+            let text = text.expect("text encoder");
             let head = self
                 .mlm
                 .as_ref()
                 .expect("MLM head is built when loss.mlm > 0");
-            let masked = ints::<B>(&mask.input_ids, b, l, &device);
-            let h = text.forward(masked, Some(padding.clone()));
-            let fused = fusion.forward(h, &text_bias, image_tokens.clone().expect("image tokens"));
-            let width = fused.dims()[2];
-            let picked = fused
-                .reshape([b * l, width])
-                .select(0, indices::<B>(&mask.positions, &device));
+            let (fused, start, end) = fused.take().expect("the MLM pairs");
+            let picked = fused.narrow(0, start, end - start);
             let logits = head.forward(picked, text.token_embedding.weight.val());
             parts.push(("mlm", cross_entropy(logits, &mask.targets, None, 0.0)));
         }
