@@ -1,9 +1,12 @@
-//! Multi-head scaled dot-product attention over `[B, L, H·D]` tokens, heads split by strides.
+//! Multi-head scaled dot-product attention over `[R, H·D]` query rows and `[Bkv, Lk, H·D]`
+//! keys and values, heads split by strides.
 //!
-//! Queries, keys and values stay in the `[B, L, W]` layout the projections write; head `h` is
+//! Queries, keys and values stay in the row-major layout the projections write; head `h` is
 //! the column block `h·D..(h+1)·D`, read and written through `gemm`'s row and column strides,
-//! so there is no split-heads or merge-heads copy. One parallel task per (sample, head): the
-//! products are small (tens of rows), so tasks, not the products, are what runs in parallel.
+//! so there is no split-heads or merge-heads copy. A [`Layout`] says which query rows belong to
+//! which sample (all `Lq` of a `[B, Lq, W]` batch, or a chosen few) and which key/value sample
+//! each attends to. One parallel task per (sample, head): the products are small (tens of
+//! rows), so tasks, not the products, are what runs in parallel.
 
 use rayon::prelude::*;
 
