@@ -1,0 +1,11 @@
+//! Coordination of a multi-process job.
+//!
+//! - [`env`]: which process this is (rank, world size, local rank, coordinator address, job
+//!   id), read from weft's own launcher, torchrun or Slurm variables, in that order.
+//! - [`hostlist`]: Slurm's compressed host lists (`node[01-04,07],gpu3`) expanded.
+
+pub mod env;
+pub mod hostlist;
+
+pub use env::{EnvError, LaunchEnv, Launcher};
+pub use hostlist::{expand_hostlist, HostlistError};
