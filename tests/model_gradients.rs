@@ -162,3 +162,101 @@ fn pruning_unread_tokens_gives_the_same_losses_and_gradients() {
         }
     }
 }
+
+/// A job of `world` ranks as seen by one rank: the gathered embeddings are known in advance.
+struct Gathered {
+    rank: usize,
+    world: usize,
+    all: Vec<f32>,
+}
+
+impl weft_model::FeatureGather for Gathered {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_gather(&mut self, local: &[f32]) -> Vec<f32> {
+        let n = local.len();
+        assert_eq!(
+            local,
+            &self.all[self.rank * n..(self.rank + 1) * n],
+            "this rank's slice"
+        );
+        self.all.clone()
+    }
+}
+
+/// Rows `rows` of a batch.
+fn slice_batch(b: &ObjectiveBatch<B>, rows: std::ops::Range<usize>) -> ObjectiveBatch<B> {
+    let l = b.len;
+    ObjectiveBatch {
+        images: b.images.clone().narrow(0, rows.start, rows.len()),
+        ids: b.ids[rows.start * l..rows.end * l].to_vec(),
+        attention_mask: b.attention_mask[rows.start * l..rows.end * l].to_vec(),
+        len: l,
+    }
+}
+
+#[test]
+fn itc_over_the_global_batch_matches_one_process() {
+    let mut config = train_common::small_train_config();
+    train_common::set_objectives(&mut config, [1.0, 0.0, 0.0, 0.0, 0.0]);
+    config.loss.itc_label_smoothing = 0.1;
+    let dev = Default::default();
+    let model = build_model::<B>(&config, 64, &dev);
+    let world = 2;
+    let full = batch(8, config.model.text.context_length, config.data.image_size);
+    let (single_loss, _, single_grad) = step(&model, &config, &full);
+
+    let halves: Vec<_> = (0..world)
+        .map(|r| slice_batch(&full, r * 4..(r + 1) * 4))
+        .collect();
+    let values = |t: Tensor<B, 2>| -> Vec<f32> { t.into_data().to_vec().unwrap() };
+    let mut all = Vec::new();
+    for h in &halves {
+        all.extend(values(model.image_embedding(h.images.clone()).unwrap()));
+        all.extend(values(
+            model
+                .text_embedding(h.ids_tensor(), Some(h.padding_tensor()))
+                .unwrap(),
+        ));
+    }
+    let mut mean = vec![0.0f32; single_grad.len()];
+    for (rank, half) in halves.iter().enumerate() {
+        let mut gather = Gathered {
+            rank,
+            world,
+            all: all.clone(),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let out = model.losses_with(
+            half,
+            &config.loss,
+            &train_common::special_tokens(),
+            &mut rng,
+            Some(&mut gather),
+        );
+        let loss: f32 = out.parts[0].1.clone().into_scalar();
+        let want = single_loss[0].1;
+        assert!(
+            (loss - want).abs() <= 1e-6 * want.abs(),
+            "rank {rank}: {loss} vs one process {want}"
+        );
+        let grads = GradientsParams::from_grads(out.total.backward(), &model);
+        let flat = FlatGrads::<Flex>::from_grads(&grads, &params(&model), &dev);
+        let g: Vec<f32> = flat.buffer.into_data().to_vec().unwrap();
+        for (m, g) in mean.iter_mut().zip(g) {
+            *m += g / world as f32;
+        }
+    }
+    let scale = single_grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+    assert!(scale > 0.0);
+    for (i, (m, s)) in mean.iter().zip(&single_grad).enumerate() {
+        assert!(
+            (m - s).abs() <= 1e-5 * scale,
+            "gradient {i}: mean over ranks {m} vs one process {s}"
+        );
+    }
+}

@@ -19,4 +19,4 @@ pub mod text;
 pub mod vision;
 
 pub use model::{Objectives, VlModel, VlModelConfig};
-pub use objectives::{LossOutput, ObjectiveBatch, SpecialTokens};
+pub use objectives::{FeatureGather, LossOutput, ObjectiveBatch, SpecialTokens};

@@ -1,7 +1,8 @@
-//! Image-text contrastive loss: symmetric InfoNCE over the batch (CLIP).
+//! Image-text contrastive loss: symmetric InfoNCE over the batch (CLIP), and over the global
+//! batch of a data-parallel job.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use super::ce::cross_entropy;
 
@@ -20,4 +21,85 @@ pub fn itc_loss<B: Backend>(
     let i2t = cross_entropy(logits.clone(), &targets, None, label_smoothing);
     let t2i = cross_entropy(logits.clone().transpose(), &targets, None, label_smoothing);
     ((i2t + t2i).div_scalar(2.0), logits)
+}
+
+/// The all-gather that ITC over the global batch needs from a data-parallel job: every rank's
+/// `local` values (all of one length), concatenated in rank order. The trainer implements it
+/// over its collective; weft-model knows no network.
+pub trait FeatureGather {
+    /// This rank.
+    fn rank(&self) -> usize;
+    /// Ranks in the job.
+    fn world_size(&self) -> usize;
+    /// Every rank's `local`, in rank order.
+    fn all_gather(&mut self, local: &[f32]) -> Vec<f32>;
+}
+
+/// ITC with the negatives of the whole global batch (open_clip's `gather_with_grad=False`):
+/// every rank's `[b, E]` embeddings are gathered, the `[N·b, N·b]` logits are computed on every
+/// rank with this rank's slice carrying the gradient and the others constant.
+///
+/// The value is the single-process ITC loss of the global batch on every rank. The gradients
+/// are scaled so that their mean over the ranks (the trainer's gradient all-reduce) is the
+/// single-process gradient: this rank's embeddings get `N` times theirs (each rank's
+/// embeddings feed the loss through that rank alone), the logit scale `1/N` of `N` (every rank
+/// sees all of it). Also returns this rank's `[b, b]` block of the image-to-text logits (for
+/// ITM's local hard negatives).
+pub fn itc_loss_global<B: Backend>(
+    image: Tensor<B, 2>,
+    text: Tensor<B, 2>,
+    scale: Tensor<B, 1>,
+    label_smoothing: f64,
+    gather: &mut dyn FeatureGather,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let (rank, world) = (gather.rank(), gather.world_size());
+    if world == 1 {
+        return itc_loss(image, text, scale, label_smoothing);
+    }
+    let [b, e] = image.dims();
+    let device = image.device();
+    // One gather for both: [image | text] of this rank.
+    let mut local: Vec<f32> = image
+        .clone()
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32");
+    local.extend(
+        text.clone()
+            .detach()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32"),
+    );
+    let all = gather.all_gather(&local);
+    assert_eq!(
+        all.len(),
+        world * 2 * b * e,
+        "ITC gather: every rank must have {b} rows"
+    );
+    let global = |which: usize, mine: Tensor<B, 2>| -> Tensor<B, 2> {
+        let parts: Vec<Tensor<B, 2>> = (0..world)
+            .map(|r| {
+                if r == rank {
+                    mine.clone()
+                } else {
+                    let at = r * 2 * b * e + which * b * e;
+                    let v = all[at..at + b * e].to_vec();
+                    Tensor::from_data(TensorData::new(v, [b, e]), &device)
+                }
+            })
+            .collect();
+        Tensor::cat(parts, 0)
+    };
+    let (image_all, text_all) = (global(0, image), global(1, text));
+    // The same value; 1/N of the gradient into the logit scale.
+    let scale = scale.clone().detach() + (scale.clone() - scale.detach()).div_scalar(world as f64);
+    let (loss, logits) = itc_loss(image_all, text_all, scale, label_smoothing);
+    // The same value; N times the gradient into this rank's embeddings.
+    let loss = loss.clone() + (loss.clone() - loss.detach()).mul_scalar((world - 1) as f64);
+    let local_logits = logits.narrow(0, rank * b, b).narrow(1, rank * b, b);
+    (loss, local_logits)
 }

@@ -20,7 +20,7 @@ use crate::block::{linear, AttentionBias, TokenRows};
 use crate::model::VlModel;
 
 pub use ce::cross_entropy;
-pub use itc::itc_loss;
+pub use itc::{itc_loss, itc_loss_global, FeatureGather};
 pub use itm::{sample_hard_negatives, HardNegatives};
 pub use lm::{shift_for_lm, LmInputs};
 pub use mim::{mim_loss, patch_mask, patch_targets};
@@ -158,6 +158,19 @@ impl<B: Backend> VlModel<B> {
         special: &SpecialTokens,
         rng: &mut R,
     ) -> LossOutput<B> {
+        self.losses_with(batch, w, special, rng, None)
+    }
+
+    /// [`Self::losses`] on one rank of a data-parallel job: with `gather`, ITC takes the
+    /// negatives of the global batch ([`itc_loss_global`]); ITM, MLM, LM and MIM stay local.
+    pub fn losses_with<R: Rng>(
+        &self,
+        batch: &ObjectiveBatch<B>,
+        w: &LossConfig,
+        special: &SpecialTokens,
+        rng: &mut R,
+        gather: Option<&mut dyn FeatureGather>,
+    ) -> LossOutput<B> {
         let device = batch.images.device();
         let b = batch.batch_size();
         let l = batch.len;
@@ -212,12 +225,14 @@ impl<B: Backend> VlModel<B> {
                     Some(padding.clone()),
                 ),
             };
-            let (loss, logits) = itc_loss(
-                itc.image_embedding(image_cls),
-                itc.text_embedding(text_cls),
-                itc.scale(),
-                w.itc_label_smoothing,
-            );
+            let (image_emb, text_emb) =
+                (itc.image_embedding(image_cls), itc.text_embedding(text_cls));
+            let (loss, logits) = match gather {
+                Some(g) => {
+                    itc_loss_global(image_emb, text_emb, itc.scale(), w.itc_label_smoothing, g)
+                }
+                None => itc_loss(image_emb, text_emb, itc.scale(), w.itc_label_smoothing),
+            };
             if w.itc > 0.0 {
                 parts.push(("itc", loss));
             }
