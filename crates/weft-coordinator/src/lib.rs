@@ -3,9 +3,12 @@
 //! - [`env`]: which process this is (rank, world size, local rank, coordinator address, job
 //!   id), read from weft's own launcher, torchrun or Slurm variables, in that order.
 //! - [`hostlist`]: Slurm's compressed host lists (`node[01-04,07],gpu3`) expanded.
+//! - [`rendezvous`]: the coordinator (tokio) that gathers the ranks, hands out the rank table
+//!   and watches heartbeats, and each worker's [`rendezvous::Session`] with it.
 
 pub mod env;
 pub mod hostlist;
+pub mod rendezvous;
 
 pub use env::{EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};

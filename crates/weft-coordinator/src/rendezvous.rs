@@ -1,0 +1,533 @@
+//! Rendezvous and heartbeats: the coordinator (a tokio server) and the worker's side of it.
+//!
+//! Every message is a JSON [`Message`] after its length (4 bytes, little-endian), at most
+//! [`MAX_MESSAGE`] bytes. A worker sends [`Message::Join`] with the job token; once every rank
+//! of the world has joined, the coordinator answers each with [`Message::Welcome`] and the rank
+//! table. Workers then send [`Message::Heartbeat`]s; a rank silent for longer than the
+//! heartbeat timeout, or whose connection drops before it says [`Message::Leave`], is dead: the
+//! coordinator sends [`Message::Abort`] naming it to every other rank and returns an error. A
+//! wrong token, a duplicate or out-of-range rank, or a malformed or oversized message closes
+//! that connection only (with [`Message::Refused`] where it can) and is logged.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The largest message accepted, in bytes.
+pub const MAX_MESSAGE: usize = 64 << 10;
+
+/// A rank as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Global rank.
+    pub rank: usize,
+    /// Host name.
+    pub host: String,
+    /// Rank on its node.
+    pub local_rank: usize,
+    /// Where its collective ring listens (`host:port`).
+    pub ring_addr: String,
+}
+
+/// What coordinator and workers say to each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// A worker asks to join.
+    Join {
+        /// The job token.
+        token: String,
+        /// The world size the worker expects.
+        world_size: usize,
+        /// Its description.
+        peer: Peer,
+    },
+    /// Everyone has joined: the rank table, by rank.
+    Welcome {
+        /// Every rank.
+        peers: Vec<Peer>,
+    },
+    /// The join is refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A worker is alive.
+    Heartbeat {
+        /// Its rank.
+        rank: usize,
+    },
+    /// A worker is done and leaves cleanly.
+    Leave {
+        /// Its rank.
+        rank: usize,
+    },
+    /// The job is over: stop.
+    Abort {
+        /// The rank that died, when one did.
+        dead_rank: Option<usize>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What went wrong at the coordinator or in a worker's session with it.
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousError {
+    /// A rank died or went silent.
+    #[error("rank {rank} is dead: {reason}")]
+    RankDead {
+        /// The rank.
+        rank: usize,
+        /// How it was noticed.
+        reason: String,
+    },
+    /// Not every rank joined in time.
+    #[error("only {joined} of {world_size} ranks joined within {timeout:?}")]
+    JoinTimeout {
+        /// Ranks that did.
+        joined: usize,
+        /// Ranks expected.
+        world_size: usize,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The coordinator refused this worker.
+    #[error("the coordinator at {addr} refused rank {rank}: {reason}")]
+    Refused {
+        /// The coordinator.
+        addr: String,
+        /// This rank.
+        rank: usize,
+        /// Its reason.
+        reason: String,
+    },
+    /// The coordinator could not be reached or went away.
+    #[error("coordinator at {addr}: {reason}")]
+    Coordinator {
+        /// Its address.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A socket error of the coordinator itself.
+    #[error("coordinator: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Ranks in the job.
+    pub world_size: usize,
+    /// The job token every worker must present.
+    pub token: String,
+    /// A rank silent for longer is dead.
+    pub heartbeat_timeout: Duration,
+    /// Every rank must have joined within this.
+    pub join_timeout: Duration,
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    let body = serde_json::to_vec(m).expect("messages serialise");
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+fn decode(body: &[u8]) -> Result<Message, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed message: {e}"))
+}
+
+/// Writes one framed message (blocking).
+pub fn write_message(s: &mut TcpStream, m: &Message) -> std::io::Result<()> {
+    s.write_all(&encode(m))
+}
+
+/// Reads one framed message (blocking); the error says what was wrong with it.
+pub fn read_message(s: &mut TcpStream) -> Result<Message, String> {
+    read_sync(s)
+}
+
+fn check_len(len: usize) -> Result<(), String> {
+    if len > MAX_MESSAGE {
+        return Err(format!("a message of {len} bytes exceeds {MAX_MESSAGE}"));
+    }
+    Ok(())
+}
+
+async fn read_async(s: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Message, String> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(len) as usize;
+    check_len(len)?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    decode(&body)
+}
+
+fn read_sync(s: &mut TcpStream) -> Result<Message, String> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(len) as usize;
+    check_len(len)?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).map_err(|e| e.to_string())?;
+    decode(&body)
+}
+
+/// What the coordinator knows of the ranks.
+#[derive(Default)]
+struct State {
+    /// Joined ranks: description, outbox, last heard from, left cleanly.
+    ranks: BTreeMap<usize, Rank>,
+    welcomed: bool,
+}
+
+struct Rank {
+    peer: Peer,
+    outbox: mpsc::UnboundedSender<Message>,
+    last_seen: Instant,
+    left: bool,
+    gone: Option<String>,
+}
+
+/// Runs the coordinator on `listener` until every rank has left (Ok) or one died or the join
+/// timed out (Err, after telling every other rank to abort).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: CoordinatorConfig,
+) -> Result<(), RendezvousError> {
+    let state = Arc::new(Mutex::new(State::default()));
+    let started = Instant::now();
+    let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, addr) = accepted?;
+                let (state, config) = (state.clone(), config.clone());
+                tokio::spawn(async move {
+                    if let Err(reason) = connection(stream, &state, &config).await {
+                        tracing::warn!("coordinator: connection from {addr}: {reason}");
+                    }
+                });
+            }
+            () = tokio::time::sleep(tick) => {
+                if let Some(result) = check(&state, &config, started) {
+                    if result.is_err() {
+                        // Give the writers a moment to deliver the aborts.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+/// The job's state at a tick: `Some(Ok)` when every rank has left, `Some(Err)` (after telling
+/// the other ranks to abort) when the join timed out or a rank is dead, `None` to go on.
+fn check(
+    state: &Mutex<State>,
+    config: &CoordinatorConfig,
+    started: Instant,
+) -> Option<Result<(), RendezvousError>> {
+    let mut st = state.lock().expect("coordinator state");
+    let n = config.world_size;
+    if st.ranks.len() == n && st.ranks.values().all(|r| r.left) {
+        return Some(Ok(()));
+    }
+    if !st.welcomed && started.elapsed() > config.join_timeout {
+        let joined = st.ranks.len();
+        abort_all(
+            &mut st,
+            None,
+            &format!("only {joined} of {n} ranks joined in time"),
+        );
+        return Some(Err(RendezvousError::JoinTimeout {
+            joined,
+            world_size: n,
+            timeout: config.join_timeout,
+        }));
+    }
+    let dead = st.ranks.iter().find_map(|(&rank, r)| {
+        if r.left {
+            None
+        } else if let Some(why) = &r.gone {
+            Some((rank, why.clone()))
+        } else if r.last_seen.elapsed() > config.heartbeat_timeout {
+            Some((
+                rank,
+                format!("no heartbeat for {:?}", config.heartbeat_timeout),
+            ))
+        } else {
+            None
+        }
+    });
+    let (rank, reason) = dead?;
+    tracing::error!("coordinator: rank {rank} is dead ({reason}); aborting the job");
+    abort_all(
+        &mut st,
+        Some(rank),
+        &format!("rank {rank} is dead: {reason}"),
+    );
+    Some(Err(RendezvousError::RankDead { rank, reason }))
+}
+
+fn abort_all(st: &mut State, dead: Option<usize>, reason: &str) {
+    for (&rank, r) in &st.ranks {
+        if Some(rank) != dead {
+            let _ = r.outbox.send(Message::Abort {
+                dead_rank: dead,
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+/// Answers a join with a refusal; the connection then closes.
+async fn refuse(wr: &mut tokio::net::tcp::OwnedWriteHalf, reason: String) -> Result<(), String> {
+    let _ = wr
+        .write_all(&encode(&Message::Refused {
+            reason: reason.clone(),
+        }))
+        .await;
+    Err(format!("refused: {reason}"))
+}
+
+/// One worker's connection: its join, then its heartbeats.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    state: &Mutex<State>,
+    config: &CoordinatorConfig,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let first = tokio::time::timeout(config.join_timeout, read_async(&mut rd))
+        .await
+        .map_err(|_| "no join message in time".to_string())??;
+    let Message::Join {
+        token,
+        world_size,
+        peer,
+    } = first
+    else {
+        return refuse(&mut wr, "the first message must be a join".into()).await;
+    };
+    if token != config.token {
+        return refuse(&mut wr, format!("rank {}: wrong job token", peer.rank)).await;
+    }
+    if world_size != config.world_size || peer.rank >= config.world_size {
+        return refuse(
+            &mut wr,
+            format!(
+                "rank {} of {world_size} does not fit this job of {} ranks",
+                peer.rank, config.world_size
+            ),
+        )
+        .await;
+    }
+    let rank = peer.rank;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let joined = {
+        let mut st = state.lock().expect("coordinator state");
+        if st.ranks.contains_key(&rank) || st.welcomed {
+            false
+        } else {
+            st.ranks.insert(
+                rank,
+                Rank {
+                    peer,
+                    outbox: tx,
+                    last_seen: Instant::now(),
+                    left: false,
+                    gone: None,
+                },
+            );
+            if st.ranks.len() == config.world_size {
+                st.welcomed = true;
+                let peers: Vec<Peer> = st.ranks.values().map(|r| r.peer.clone()).collect();
+                for r in st.ranks.values() {
+                    let _ = r.outbox.send(Message::Welcome {
+                        peers: peers.clone(),
+                    });
+                }
+            }
+            true
+        }
+    };
+    if !joined {
+        return refuse(&mut wr, format!("rank {rank} has already joined")).await;
+    }
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if wr.write_all(&encode(&m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let m = read_async(&mut rd).await;
+        let mut st = state.lock().expect("coordinator state");
+        let Some(r) = st.ranks.get_mut(&rank) else {
+            return Ok(());
+        };
+        match m {
+            Ok(Message::Heartbeat { .. }) => r.last_seen = Instant::now(),
+            Ok(Message::Leave { .. }) => {
+                r.left = true;
+                return Ok(());
+            }
+            Ok(other) => {
+                r.gone = Some(format!("sent an unexpected {other:?}"));
+                return Err(format!("rank {rank}: unexpected message"));
+            }
+            Err(e) => {
+                r.gone = Some(format!("its connection dropped ({e})"));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A worker's session with the coordinator: the rank table, and a heartbeat thread that also
+/// watches for aborts.
+pub struct Session {
+    /// Every rank of the job, by rank.
+    pub peers: Vec<Peer>,
+    rank: usize,
+    stream: TcpStream,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a worker does when the job ends under it: the coordinator's abort (naming the dead rank
+/// when there is one), or the coordinator gone. `weft` logs it and exits non-zero.
+pub type OnAbort = Box<dyn Fn(&str) + Send + Sync>;
+
+impl Session {
+    /// Joins the job at `addr` as `peer`, waiting up to `timeout` for the coordinator and for
+    /// every other rank, then heartbeats every `interval` until [`Session::leave`]. `on_abort`
+    /// runs (once) when the coordinator aborts the job or disappears.
+    pub fn join(
+        addr: &str,
+        token: &str,
+        world_size: usize,
+        peer: Peer,
+        timeout: Duration,
+        interval: Duration,
+        on_abort: OnAbort,
+    ) -> Result<Self, RendezvousError> {
+        let rank = peer.rank;
+        let err = |reason: String| RendezvousError::Coordinator {
+            addr: addr.to_string(),
+            reason,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("coordinator at {addr} not up yet: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(err(format!("unreachable for {timeout:?}: {e}"))),
+            }
+        };
+        stream
+            .write_all(&encode(&Message::Join {
+                token: token.to_string(),
+                world_size,
+                peer,
+            }))
+            .map_err(|e| err(format!("cannot send the join: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(|e| err(e.to_string()))?;
+        let peers = match read_sync(&mut stream) {
+            Ok(Message::Welcome { peers }) => peers,
+            Ok(Message::Refused { reason }) => {
+                return Err(RendezvousError::Refused {
+                    addr: addr.to_string(),
+                    rank,
+                    reason,
+                })
+            }
+            Ok(Message::Abort { reason, .. }) => return Err(err(format!("aborted: {reason}"))),
+            Ok(other) => return Err(err(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(err(format!("no welcome within {timeout:?}: {e}"))),
+        };
+        stream
+            .set_read_timeout(None)
+            .map_err(|e| err(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let on_abort = Arc::new(on_abort);
+        let mut reader = stream.try_clone().map_err(|e| err(e.to_string()))?;
+        let mut writer = stream.try_clone().map_err(|e| err(e.to_string()))?;
+        let (stop_r, stop_w) = (stop.clone(), stop.clone());
+        let watch = std::thread::spawn(move || {
+            let why = match read_sync(&mut reader) {
+                Ok(Message::Abort { reason, .. }) => reason,
+                Ok(other) => format!("the coordinator sent an unexpected {other:?}"),
+                Err(e) => format!("the coordinator went away ({e})"),
+            };
+            if !stop_r.load(Ordering::SeqCst) {
+                on_abort(&why);
+            }
+        });
+        let beat = std::thread::spawn(move || {
+            while !stop_w.load(Ordering::SeqCst) {
+                if writer
+                    .write_all(&encode(&Message::Heartbeat { rank }))
+                    .is_err()
+                {
+                    break;
+                }
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop_w.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10).min(interval));
+                }
+            }
+        });
+        Ok(Self {
+            peers,
+            rank,
+            stream,
+            stop,
+            threads: vec![watch, beat],
+        })
+    }
+
+    /// Says goodbye: the coordinator stops watching this rank.
+    pub fn leave(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self
+            .stream
+            .write_all(&encode(&Message::Leave { rank: self.rank }));
+        self.close();
+    }
+
+    fn close(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Shutting the socket down also ends the watcher's blocking read.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A session dropped without [`Session::leave`] stops heartbeating and closes its connection:
+/// the coordinator takes the rank for dead.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
