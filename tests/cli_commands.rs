@@ -183,3 +183,41 @@ fn config_errors_and_print_config() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("error: no Parquet files found for missing-dir"));
 }
+
+#[test]
+fn bench_allreduce_between_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&weft(
+        dir.path(),
+        &[
+            "bench",
+            "allreduce",
+            "--nproc",
+            "3",
+            "--sizes",
+            "4K,1M",
+            "--iters",
+            "2",
+            "--json",
+        ],
+    ));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["nproc"], 3);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["bytes"], 4096);
+    assert_eq!(rows[1]["bytes"], 1 << 20);
+    for r in rows {
+        let (alg, bus) = (
+            r["algbw_gbps"].as_f64().unwrap(),
+            r["busbw_gbps"].as_f64().unwrap(),
+        );
+        assert!(
+            alg > 0.0 && (bus - alg * 4.0 / 3.0).abs() < 1e-9 * bus.max(1.0),
+            "{r}"
+        );
+    }
+    let bad = weft(dir.path(), &["bench", "allreduce", "--sizes", "1Q"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--sizes"));
+}

@@ -1,8 +1,9 @@
 //! `weft`: the one binary of the weft vision-language pretraining framework.
 //!
 //! Commands: `weft train`, `weft eval`, `weft data inspect|synth|tokenizer`,
-//! `weft bench data|train`, `weft config`.
+//! `weft bench data|train|allreduce`, `weft config`.
 
+mod allreduce;
 mod bench;
 mod train;
 
@@ -135,6 +136,8 @@ enum BenchCommand {
     Data(bench::BenchDataArgs),
     /// Time of one optimizer step of the config's model on a synthetic batch.
     Train(train::BenchTrainArgs),
+    /// Bandwidth of the TCP ring's all-reduce between processes on 127.0.0.1.
+    Allreduce(allreduce::BenchAllreduceArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -203,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data(cmd, &config),
         Command::Bench(BenchCommand::Data(args)) => bench::data(args, &config),
         Command::Bench(BenchCommand::Train(args)) => train::bench_train(args, &config),
+        Command::Bench(BenchCommand::Allreduce(args)) => allreduce::run(args),
         Command::Train(args) => train::train(args, &config),
         Command::Params { json } => train::params(&config, json),
         Command::Eval(args) => train::eval(args, cli.config.config.clone(), &cli.config.sets),

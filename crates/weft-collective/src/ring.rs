@@ -83,6 +83,9 @@ pub struct TcpRing {
     timeout: Duration,
     segment: usize,
     broken: Option<String>,
+    /// Segment buffers kept from one transfer to the next (a fresh one is a fresh mapping,
+    /// page-faulted in again).
+    spare: Vec<Vec<u8>>,
 }
 
 /// One receive of a transfer plan.
@@ -194,6 +197,7 @@ impl TcpRing {
             timeout,
             segment: (segment_bytes / 4).max(1),
             broken: None,
+            spare: Vec::new(),
         })
     }
 
@@ -237,6 +241,7 @@ impl TcpRing {
         let (rank, timeout, seg) = (self.rank, self.timeout, self.segment);
         let (next_rank, prev_rank) = (self.next_rank(), self.prev_rank());
         let (next, prev) = (&mut self.next, &mut self.prev);
+        let spare = std::cell::RefCell::new(std::mem::take(&mut self.spare));
         let segments = |r: Range<usize>| {
             (r.start..r.end)
                 .step_by(seg)
@@ -261,7 +266,7 @@ impl TcpRing {
                         in_flight.set(in_flight.get() - 1);
                         b
                     }
-                    Err(_) => Vec::new(),
+                    Err(_) => spare.borrow_mut().pop().unwrap_or_default(),
                 };
                 in_flight.set(in_flight.get() + 1);
                 bytes.clear();
@@ -333,12 +338,14 @@ impl TcpRing {
             let sent = sender
                 .join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the sender thread panicked")));
+            spare.borrow_mut().extend(back_rx.try_iter());
             match (sent, received) {
                 (Err(e), _) => Err(CollectiveError::from_io(rank, next_rank, op, timeout, e)),
                 (Ok(()), Err(e)) => Err(CollectiveError::from_io(rank, prev_rank, op, timeout, e)),
                 (Ok(()), Ok(())) => Ok(()),
             }
         });
+        self.spare = spare.into_inner();
         if let Err(e) = &result {
             self.broken = Some(e.to_string());
         }
