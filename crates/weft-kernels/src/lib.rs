@@ -667,14 +667,7 @@ pub fn attention_indexed<B: Backend>(
     let dims = attention_dims(batch, &rows, &k, &v, w, heads, kv_index);
     check_bias(bias.as_ref(), batch, Some(lq), dims.lk);
     match route(&q) {
-        Route::Reference => match kv_index {
-            None => reference::attention(q, k, v, heads, bias),
-            Some(index) => {
-                let index = reference::index_tensor::<B>(index, &q.device());
-                let (k, v) = (k.select(0, index.clone()), v.select(0, index));
-                reference::attention(q, k, v, heads, bias)
-            }
-        },
+        Route::Reference => reference::attention_indexed(q, k, v, heads, bias, kv_index),
         _ => attention_fused(q, k, v, bias, dims, rows, kv_index),
     }
 }

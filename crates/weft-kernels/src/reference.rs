@@ -99,6 +99,26 @@ pub fn index_tensor<B: Backend>(index: &[usize], device: &B::Device) -> Tensor<B
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
+/// [`attention`] with query sample `b` attending to key/value sample `kv_index[b]`: the keys
+/// and values selected per query sample (a copy per pair), then attended.
+pub fn attention_indexed<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    bias: Option<Tensor<B, 4>>,
+    kv_index: Option<&[usize]>,
+) -> Tensor<B, 3> {
+    match kv_index {
+        None => attention(q, k, v, heads, bias),
+        Some(index) => {
+            let index = index_tensor::<B>(index, &q.device());
+            let (k, v) = (k.select(0, index.clone()), v.select(0, index));
+            attention(q, k, v, heads, bias)
+        }
+    }
+}
+
 /// [`attention`] over chosen query rows (see `weft_kernels::attention_rows`): the rows of each
 /// sample are gathered into a `[B, max rows, W]` batch (short samples padded with a zero
 /// row), attended with the keys and values of `kv_index` (selected), and the real rows
@@ -128,14 +148,7 @@ pub fn attention_rows<B: Backend>(
     let padded = Tensor::cat(vec![q, Tensor::zeros([1, w], &device)], 0)
         .select(0, index_tensor::<B>(&gather, &device))
         .reshape([batch, lq, w]);
-    let (k, v) = match kv_index {
-        None => (k, v),
-        Some(index) => {
-            let index = index_tensor::<B>(index, &device);
-            (k.select(0, index.clone()), v.select(0, index))
-        }
-    };
-    attention(padded, k, v, heads, bias)
+    attention_indexed(padded, k, v, heads, bias, kv_index)
         .reshape([batch * lq, w])
         .select(0, index_tensor::<B>(&back, &device))
 }

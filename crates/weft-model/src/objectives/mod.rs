@@ -88,12 +88,6 @@ pub(crate) fn ints<B: Backend>(
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
 }
 
-fn indices<B: Backend>(v: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
-    let n = v.len();
-    Tensor::from_data(TensorData::new(v, [n]), device)
-}
-
 fn bools<B: Backend>(
     v: Vec<bool>,
     rows: usize,
@@ -245,7 +239,8 @@ impl<B: Backend> VlModel<B> {
                     .expect("f32 logits");
                 let neg = sample_hard_negatives(&host, b, |i, j| batch.same_caption(i, j), rng);
                 let text_tokens = text_tokens.clone().expect("text tokens");
-                let neg_text = indices::<B>(&neg.text_for_image, &device);
+                let neg_text =
+                    weft_kernels::reference::index_tensor::<B>(&neg.text_for_image, &device);
                 // 3B pairs: (text i, image i), (text i, its negative image), (image i's
                 // negative text, image i).
                 let text_all = Tensor::cat(
