@@ -41,7 +41,7 @@ fn a_tiny_model_overfits_8_pairs_to_recall_1() {
     let mut first = None;
     let mut last = 0.0;
     for step in 0..150 {
-        let micro = engine.micro(&batch, &mut objective_rng(0, step), false, &dev);
+        let micro = engine.micro(&batch, &mut objective_rng(0, step, 0), false, &dev);
         first.get_or_insert(micro.loss);
         last = micro.loss;
         engine.apply(micro.grads, 1, 3e-3);
@@ -214,7 +214,7 @@ fn gradient_accumulation_averages() {
         special.clone(),
     );
     let mut two = Engine::new(build_model::<B>(&config, 64, &dev), &config, special);
-    let seed_rng = || objective_rng(0, 0);
+    let seed_rng = || objective_rng(0, 0, 0);
     let g = one.micro(&full, &mut seed_rng(), false, &dev).grads;
     let (full_norm, applied) = one.apply(g, 1, 1e-2);
     assert!(applied);

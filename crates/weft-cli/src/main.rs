@@ -1,10 +1,11 @@
 //! `weft`: the one binary of the weft vision-language pretraining framework.
 //!
-//! Commands: `weft train`, `weft eval`, `weft data inspect|synth|tokenizer`,
+//! Commands: `weft train`, `weft launch`, `weft coordinator`, `weft eval`, `weft data inspect|synth|tokenizer`,
 //! `weft bench data|train|allreduce`, `weft config`.
 
 mod allreduce;
 mod bench;
+mod launch;
 mod train;
 
 use std::io::IsTerminal;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft_config::{Config, ConfigLoader, TokenizerModel};
+use weft_coordinator::LaunchEnv;
 use weft_data::synth::{SynthFormat, SynthOptions};
 
 /// weft: distributed vision-language pretraining on Parquet image-text shards.
@@ -43,8 +45,14 @@ struct ConfigArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model on one process (default config: configs/tiny.toml).
+    /// Train a model: one process, or one rank of a job started by `weft launch`, torchrun
+    /// or srun (default config: configs/tiny.toml).
     Train(train::TrainArgs),
+    /// Start N workers on this node with their ranks and a coordinator (torchrun-style):
+    /// `weft launch --nproc-per-node 2 -- train`.
+    Launch(launch::LaunchArgs),
+    /// Run a job's coordinator on its own (jobs of several nodes without `weft launch`).
+    Coordinator(launch::CoordinatorArgs),
     /// Retrieval Recall@1/5/10 of saved weights on any image-caption data.
     Eval(train::EvalArgs),
     /// Parameter count of each module of the config's model.
@@ -154,26 +162,131 @@ enum ModelArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    // `weft train` logs into RUN_DIR/logs/rank-N.log as well; errors about the environment or
+    // the run directory are reported by `train` itself.
+    let (env, log) = match &cli.command {
+        Command::Train(args) => match LaunchEnv::from_env() {
+            Ok(env) => {
+                let log = train::run_dir(args, &env)
+                    .ok()
+                    .map(|d| train::log_file(&d, env.rank));
+                (Some(env), log)
+            }
+            Err(_) => (None, None),
+        },
+        _ => (None, None),
+    };
+    let rank = env.as_ref().map_or(0, |e| e.rank);
+    let prefix = env.as_ref().filter(|e| e.world_size > 1).map(|e| e.rank);
+    let log_error = init_logging(log.as_deref(), prefix);
+    if let Some(e) = log_error {
+        tracing::warn!("no log file: {e}");
+    }
+    match run(cli, env) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            if log.is_some() {
+                // Into the rank's log file too (stderr gets the plain line below).
+                tracing::error!("{message}");
+            }
+            let prefix = if prefix.is_some() {
+                format!("[rank {rank}] ")
+            } else {
+                String::new()
+            };
+            eprintln!("{prefix}error: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs to stderr (ranks other than 0 of a job: warnings and errors only, prefixed with the
+/// rank) and, when given, to `file` in full. Returns why the file could not be opened.
+fn init_logging(file: Option<&std::path::Path>, rank: Option<usize>) -> Option<String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+            .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let stderr_filter = match rank {
+        Some(r) if r > 0 && std::env::var_os("WEFT_LOG").is_none() => {
+            tracing_subscriber::EnvFilter::new("warn")
+        }
+        _ => filter(),
+    };
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
+        .with_target(false);
+    let stderr = match rank {
+        Some(r) => stderr
+            .event_format(
+                tracing_subscriber::fmt::format()
+                    .with_target(false)
+                    .with_thread_names(false),
+            )
+            .map_event_format(move |f| RankPrefix { rank: r, inner: f })
+            .with_filter(stderr_filter)
+            .boxed(),
+        None => stderr.with_filter(stderr_filter).boxed(),
+    };
+    let mut problem = None;
+    let file_layer = file.and_then(|path| {
+        let opened = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            });
+        match opened {
+            Ok(f) => Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_filter(filter()),
+            ),
+            Err(e) => {
+                problem = Some(format!("{}: {e}", path.display()));
+                None
+            }
+        }
+    });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file_layer)
         .init();
+    problem
+}
+
+/// `[rank N] ` before every stderr line of a job's worker.
+struct RankPrefix<F> {
+    rank: usize,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for RankPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "[rank {}] ", self.rank)?;
+        self.inner.format_event(ctx, writer, event)
+    }
 }
 
 fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
@@ -183,16 +296,61 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
         .load()?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, env: Option<LaunchEnv>) -> anyhow::Result<ExitCode> {
     let config = match &cli.command {
         Command::Train(_) => train::train_config(cli.config.config.clone(), &cli.config.sets)?,
+        Command::Launch(args) => launch_worker_config(args.worker_command())?,
         _ => load_config(&cli.config)?,
     };
     if cli.config.print_config {
         print!("{}", config.to_toml());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     match cli.command {
+        Command::Launch(args) => launch::launch(args, &config),
+        Command::Coordinator(args) => {
+            launch::coordinator(args, &config).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            let env = match env {
+                Some(env) => env,
+                None => LaunchEnv::from_env()?,
+            };
+            train::train(args, &config, &env).map(|()| ExitCode::SUCCESS)
+        }
+        command => run_simple(command, &cli.config, &config).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The config of the command `weft launch` starts (its `[dist]` section times the
+/// coordinator); a command that does not parse fails here, before any process starts.
+fn launch_worker_config(command: &[String]) -> anyhow::Result<Config> {
+    if command.is_empty() {
+        return Ok(Config::default());
+    }
+    let worker =
+        Cli::try_parse_from(std::iter::once("weft".to_string()).chain(command.iter().cloned()))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the worker command `{}` does not parse:\n{e}",
+                    command.join(" ")
+                )
+            })?;
+    match worker.command {
+        Command::Train(_) => Ok(train::train_config(
+            worker.config.config.clone(),
+            &worker.config.sets,
+        )?),
+        Command::Launch(_) | Command::Coordinator(_) => {
+            bail!("weft launch starts workers: the command after -- cannot be `launch` or `coordinator`")
+        }
+        _ => load_config(&worker.config),
+    }
+}
+
+fn run_simple(command: Command, cfg_args: &ConfigArgs, config: &Config) -> anyhow::Result<()> {
+    let config = config.clone();
+    match command {
         Command::Config { run_dir } => {
             match run_dir {
                 Some(dir) => {
@@ -207,9 +365,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Data(args)) => bench::data(args, &config),
         Command::Bench(BenchCommand::Train(args)) => train::bench_train(args, &config),
         Command::Bench(BenchCommand::Allreduce(args)) => allreduce::run(args),
-        Command::Train(args) => train::train(args, &config),
         Command::Params { json } => train::params(&config, json),
-        Command::Eval(args) => train::eval(args, cli.config.config.clone(), &cli.config.sets),
+        Command::Eval(args) => train::eval(args, cfg_args.config.clone(), &cfg_args.sets),
+        Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) => {
+            unreachable!("handled by run")
+        }
     }
 }
 

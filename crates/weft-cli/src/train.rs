@@ -2,11 +2,12 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use weft_config::{Config, ConfigLoader};
+use weft_coordinator::{job_token, Job, JobOptions, LaunchEnv, Launcher};
 use weft_data::{Split, TextEncoder};
 use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
 use weft_train::{CpuBackend, TrainOptions};
@@ -75,17 +76,88 @@ pub fn train_config(file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<Co
         .load()?)
 }
 
-/// `weft train`.
-pub fn train(args: TrainArgs, config: &Config) -> anyhow::Result<()> {
-    weft_train::init_threads(config.train.threads);
-    let run_dir = args.run_dir.unwrap_or_else(default_run_dir);
+/// The run directory of `weft train`: `--run-dir`, else `WEFT_RUN_DIR` (set by `weft launch`
+/// so that every rank agrees), else `runs/slurm-<job id>` under Slurm, else (one process)
+/// `runs/<UTC date-time>`. Ranks started by torchrun must be given one.
+pub fn run_dir(args: &TrainArgs, env: &LaunchEnv) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &args.run_dir {
+        return Ok(d.clone());
+    }
+    if let Some(d) = std::env::var_os("WEFT_RUN_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    match (&env.job_id, env.world_size) {
+        (Some(id), _) if env.launcher == Launcher::Slurm => {
+            Ok(PathBuf::from(format!("runs/slurm-{id}")))
+        }
+        (_, 1) => Ok(default_run_dir()),
+        _ => bail!(
+            "rank {} of {}: give --run-dir (every rank must write into the same run directory)",
+            env.rank,
+            env.world_size
+        ),
+    }
+}
+
+/// The log file of this rank in `run_dir`.
+pub fn log_file(run_dir: &Path, rank: usize) -> PathBuf {
+    run_dir.join("logs").join(format!("rank-{rank}.log"))
+}
+
+/// `weft train`, on one process or as one rank of the job `env` describes.
+pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<()> {
+    // Ranks sharing a node share its cores.
+    let threads = match (config.train.threads, env.local_world_size) {
+        (0, Some(n)) if n > 1 => std::thread::available_parallelism()
+            .map(|c| (c.get() / n).max(1))
+            .unwrap_or(1),
+        (t, _) => t,
+    };
+    weft_train::init_threads(threads);
+    let run_dir = run_dir(&args, env)?;
     let options = TrainOptions {
         run_dir: run_dir.clone(),
-        progress: std::io::stderr().is_terminal(),
+        progress: env.rank == 0 && std::io::stderr().is_terminal(),
         nonfinite_loss_at: Vec::new(),
     };
     let device = Default::default();
-    let summary = weft_train::train::<CpuBackend>(config, &options, &device)?;
+    let summary = if env.world_size > 1 {
+        let d = &config.dist;
+        let job_options = JobOptions {
+            token: job_token(env),
+            heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
+            heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
+            rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
+            collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
+        };
+        let rank = env.rank;
+        let mut job = Job::join(
+            env.clone(),
+            &job_options,
+            Box::new(move |why| {
+                tracing::error!("rank {rank}: the job was aborted: {why}");
+                eprintln!("error: rank {rank}: the job was aborted: {why}");
+                std::process::exit(1);
+            }),
+        )?;
+        tracing::info!(
+            "rank {rank} of {} joined (coordinator {}, threads {})",
+            env.world_size,
+            env.coordinator.as_deref().unwrap_or("?"),
+            weft_train::current_threads()
+        );
+        // An error drops the job: the coordinator sees this rank go and aborts the others.
+        let summary =
+            weft_train::train_with::<CpuBackend>(config, &options, &device, &mut job.ring)
+                .with_context(|| format!("rank {rank}"))?;
+        job.finish(job_options.heartbeat_timeout)?;
+        summary
+    } else {
+        weft_train::train::<CpuBackend>(config, &options, &device)?
+    };
+    if env.rank != 0 {
+        return Ok(());
+    }
     if let Some(r) = &summary.eval {
         println!(
             "final eval: text->image R@1 {:.2} (chance {:.2}), image->text R@1 {:.2}; R@5 {:.2}/{:.2}; R@10 {:.2}/{:.2}",
@@ -226,7 +298,7 @@ pub fn bench_train(args: BenchTrainArgs, config: &Config) -> anyhow::Result<()> 
 }
 
 /// `runs/YYYYMMDD-HHMMSS` in UTC.
-fn default_run_dir() -> PathBuf {
+pub(crate) fn default_run_dir() -> PathBuf {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -81,6 +81,8 @@ pub struct Config {
     pub loss: LossConfig,
     /// `[train]`: optimiser, schedule, length and logging of a training run.
     pub train: TrainConfig,
+    /// `[dist]`: data-parallel jobs of several processes.
+    pub dist: DistConfig,
 }
 
 /// What to do with the rows that do not fill a last global batch.
@@ -399,6 +401,35 @@ impl Default for TrainConfig {
     }
 }
 
+/// `[dist]`: how the processes of a data-parallel job meet, watch each other and reduce
+/// their gradients. `data.batch_size` is per rank: the global batch is `world_size` times it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// Gradients are all-reduced in buckets of this many MiB.
+    pub bucket_mb: f64,
+    /// A rank silent for this long is declared dead and the job aborts.
+    pub heartbeat_timeout_s: f64,
+    /// Seconds between two heartbeats of a worker.
+    pub heartbeat_interval_s: f64,
+    /// How long the coordinator waits for every rank to join, and a worker for the coordinator.
+    pub rendezvous_timeout_s: f64,
+    /// Bound of every collective operation (a step's all-reduce, a gather).
+    pub collective_timeout_s: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self {
+            bucket_mb: 25.0,
+            heartbeat_timeout_s: 30.0,
+            heartbeat_interval_s: 1.0,
+            rendezvous_timeout_s: 300.0,
+            collective_timeout_s: 600.0,
+        }
+    }
+}
+
 /// Reads a config file, applies overrides, validates.
 #[derive(Debug, Default, Clone)]
 pub struct ConfigLoader {
@@ -574,6 +605,7 @@ impl Config {
         }
         self.validate_model()?;
         self.validate_train()?;
+        self.validate_dist()?;
         if self.model.text.context_length < 2 {
             return err(
                 "model.text.context_length",
@@ -675,6 +707,32 @@ impl Config {
                 let range = if open { "0 < x < 1" } else { "0 <= x < 1" };
                 return err(key, format!("expected {range}, found {p}"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_dist(&self) -> Result<(), (String, String)> {
+        let d = &self.dist;
+        let positive = [
+            ("dist.bucket_mb", d.bucket_mb),
+            ("dist.heartbeat_timeout_s", d.heartbeat_timeout_s),
+            ("dist.heartbeat_interval_s", d.heartbeat_interval_s),
+            ("dist.rendezvous_timeout_s", d.rendezvous_timeout_s),
+            ("dist.collective_timeout_s", d.collective_timeout_s),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((key.into(), format!("must be positive, found {v}")));
+            }
+        }
+        if d.heartbeat_interval_s >= d.heartbeat_timeout_s {
+            return Err((
+                "dist.heartbeat_interval_s".into(),
+                format!(
+                    "must be shorter than dist.heartbeat_timeout_s ({}), found {}",
+                    d.heartbeat_timeout_s, d.heartbeat_interval_s
+                ),
+            ));
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! 1. weft's launcher (`weft launch`): `WEFT_RANK`, `WEFT_WORLD_SIZE`, `WEFT_LOCAL_RANK`,
 //!    `WEFT_LOCAL_WORLD_SIZE`, `WEFT_COORDINATOR` (`host:port`);
 //! 2. torchrun: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
-//!    `MASTER_PORT`;
+//!    `MASTER_PORT`. torchrun's agent holds `MASTER_PORT` itself, so the coordinator is
+//!    `WEFT_COORDINATOR` when set, else `MASTER_ADDR`:`MASTER_PORT + 1`;
 //! 3. Slurm (`srun`): `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_JOB_NODELIST`
 //!    (expanded by [`crate::hostlist`]), `SLURM_JOB_ID`. The coordinator is `WEFT_COORDINATOR`
 //!    when set, else `MASTER_ADDR`:`MASTER_PORT` when set, else the first node of the job on
@@ -12,6 +13,10 @@
 //!    pick different ports.
 //!
 //! With none of them this is the only process: rank 0 of 1.
+//!
+//! Under torchrun and Slurm nobody else starts a coordinator, so rank 0 hosts it
+//! ([`LaunchEnv::host_coordinator`]) unless `WEFT_COORDINATOR` names one started on its own
+//! (`weft coordinator`).
 
 use std::fmt;
 
@@ -74,6 +79,9 @@ pub struct LaunchEnv {
     pub job_id: Option<String>,
     /// The job's hosts (Slurm's node list, expanded), when known.
     pub nodes: Vec<String>,
+    /// This process must start the coordinator (rank 0 of a torchrun or Slurm job whose
+    /// `WEFT_COORDINATOR` is not set).
+    pub host_coordinator: bool,
 }
 
 impl LaunchEnv {
@@ -107,7 +115,13 @@ impl LaunchEnv {
                 launcher: Launcher::Torchrun,
                 get: &get,
             };
-            let coordinator = r.master()?;
+            let coordinator = match get("WEFT_COORDINATOR") {
+                Some(c) => Some(c),
+                None => r.master()?.map(|m| {
+                    let (host, port) = m.rsplit_once(':').expect("host:port");
+                    format!("{host}:{}", port.parse::<u32>().unwrap_or(0) + 1)
+                }),
+            };
             return r.finish(
                 ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"],
                 coordinator,
@@ -166,6 +180,7 @@ impl LaunchEnv {
             coordinator: None,
             job_id: None,
             nodes: Vec::new(),
+            host_coordinator: false,
         })
     }
 
@@ -173,7 +188,7 @@ impl LaunchEnv {
     pub fn describe(&self) -> String {
         let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "(unknown)".into());
         format!(
-            "launcher: {}\nrank: {}\nworld_size: {}\nlocal_rank: {}\nlocal_world_size: {}\ncoordinator: {}\njob_id: {}\nnodes: {}\n",
+            "launcher: {}\nrank: {}\nworld_size: {}\nlocal_rank: {}\nlocal_world_size: {}\ncoordinator: {}\njob_id: {}\nnodes: {}\nhosts the coordinator: {}\n",
             self.launcher,
             self.rank,
             self.world_size,
@@ -186,6 +201,7 @@ impl LaunchEnv {
             } else {
                 self.nodes.join(" ")
             },
+            if self.host_coordinator { "yes (rank 0)" } else { "no" },
         )
     }
 }
@@ -283,7 +299,12 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
                 });
             }
         }
+        let host_coordinator = rank == 0
+            && world_size > 1
+            && self.launcher != Launcher::Weft
+            && (self.get)("WEFT_COORDINATOR").is_none();
         Ok(LaunchEnv {
+            host_coordinator,
             launcher: self.launcher,
             rank,
             world_size,
@@ -347,7 +368,8 @@ mod tests {
         .unwrap();
         assert_eq!(e.launcher, Launcher::Torchrun);
         assert_eq!((e.rank, e.world_size, e.local_rank), (5, 8, 1));
-        assert_eq!(e.coordinator.as_deref(), Some("head:29501"));
+        assert_eq!(e.coordinator.as_deref(), Some("head:29502"));
+        assert!(!e.host_coordinator, "rank 5 does not host it");
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! - [`hostlist`]: Slurm's compressed host lists (`node[01-04,07],gpu3`) expanded.
 //! - [`rendezvous`]: the coordinator (tokio) that gathers the ranks, hands out the rank table
 //!   and watches heartbeats, and each worker's [`rendezvous::Session`] with it.
+//! - [`worker`]: a worker's way into its job: host the coordinator when it must, join, and
+//!   form the TCP ring ([`worker::Job`]); [`worker::spawn_coordinator`] for launchers.
 
 pub mod env;
 pub mod hostlist;
 pub mod rendezvous;
+pub mod worker;
 
 pub use env::{EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
+pub use worker::{job_token, spawn_coordinator, HostedCoordinator, Job, JobError, JobOptions};

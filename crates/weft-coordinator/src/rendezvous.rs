@@ -196,7 +196,8 @@ struct Rank {
     outbox: mpsc::UnboundedSender<Message>,
     last_seen: Instant,
     left: bool,
-    gone: Option<String>,
+    /// Why and when its connection ended without a leave.
+    gone: Option<(String, Instant)>,
 }
 
 /// Runs the coordinator on `listener` until every rank has left (Ok) or one died or the join
@@ -257,21 +258,26 @@ fn check(
             timeout: config.join_timeout,
         }));
     }
-    let dead = st.ranks.iter().find_map(|(&rank, r)| {
-        if r.left {
-            None
-        } else if let Some(why) = &r.gone {
-            Some((rank, why.clone()))
-        } else if r.last_seen.elapsed() > config.heartbeat_timeout {
-            Some((
-                rank,
-                format!("no heartbeat for {:?}", config.heartbeat_timeout),
-            ))
-        } else {
-            None
-        }
-    });
-    let (rank, reason) = dead?;
+    // The first rank to go is the one to blame: the others often fail because of it.
+    let dead = st
+        .ranks
+        .iter()
+        .filter(|(_, r)| !r.left)
+        .filter_map(|(&rank, r)| {
+            if let Some((why, at)) = &r.gone {
+                Some((*at, rank, why.clone()))
+            } else if r.last_seen.elapsed() > config.heartbeat_timeout {
+                Some((
+                    r.last_seen + config.heartbeat_timeout,
+                    rank,
+                    format!("no heartbeat for {:?}", config.heartbeat_timeout),
+                ))
+            } else {
+                None
+            }
+        })
+        .min_by_key(|(at, rank, _)| (*at, *rank));
+    let (_, rank, reason) = dead?;
     tracing::error!("coordinator: rank {rank} is dead ({reason}); aborting the job");
     abort_all(
         &mut st,
@@ -385,11 +391,11 @@ async fn connection(
                 return Ok(());
             }
             Ok(other) => {
-                r.gone = Some(format!("sent an unexpected {other:?}"));
+                r.gone = Some((format!("sent an unexpected {other:?}"), Instant::now()));
                 return Err(format!("rank {rank}: unexpected message"));
             }
             Err(e) => {
-                r.gone = Some(format!("its connection dropped ({e})"));
+                r.gone = Some((format!("its connection dropped ({e})"), Instant::now()));
                 return Ok(());
             }
         }

@@ -58,6 +58,12 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// A collective operation with the other ranks failed (a peer died, timed out or closed).
+    #[error(transparent)]
+    Collective(#[from] weft_collective::CollectiveError),
+    /// The ranks of a data-parallel job disagree.
+    #[error("{0}")]
+    Distributed(String),
     /// A config problem found by the trainer.
     #[error(transparent)]
     Config(#[from] weft_config::ConfigError),

@@ -6,11 +6,14 @@
 //! - [`trainer`]: [`train`], the single-process loop: AdamW with decoupled weight decay,
 //!   global-norm clipping, gradient accumulation, non-finite step skipping, metrics, periodic
 //!   retrieval evaluation and the final safetensors weights.
+//! - [`dist`]: the data-parallel parts of a step: bucketed gradient all-reduce, the ITC
+//!   feature gather over a collective, the step statistics every rank agrees on.
 //! - [`eval`]: Recall@K image-to-text and text-to-image from ITC embeddings.
 //! - [`metrics`], [`progress`]: `metrics.jsonl` / `eval.jsonl` and the terminal output.
 //! - [`bench`]: step timing for `weft bench train`.
 
 pub mod bench;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod metrics;
@@ -22,7 +25,7 @@ pub mod trainer;
 
 pub use error::TrainError;
 pub use eval::{evaluate_retrieval, Retrieval};
-pub use trainer::{train, TrainOptions, TrainSummary};
+pub use trainer::{train, train_with, TrainOptions, TrainSummary};
 
 /// The CPU training backend: burn's `flex` with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;

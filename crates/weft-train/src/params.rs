@@ -151,6 +151,17 @@ impl<B: Backend> FlatGrads<B> {
         }
     }
 
+    /// The gradients as host values, and the mask.
+    pub fn into_vec(self) -> (Vec<f32>, Vec<bool>) {
+        let values = self
+            .buffer
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 gradients");
+        (values, self.has_grad)
+    }
+
     /// Add another buffer of the same layout.
     pub fn accumulate(self, other: Self) -> Self {
         Self {

@@ -1,4 +1,9 @@
-//! The single-process training loop.
+//! The training loop, on one process or on one rank of a data-parallel job.
+//!
+//! Every rank builds the same model from the same seed, reads its own share of each global
+//! batch (the data plan for `world_size` ranks), computes its local losses with ITC over the
+//! global batch, averages the gradients with the other ranks ([`crate::dist`]) and applies the
+//! identical update. Rank 0 writes the run directory's files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,12 +17,14 @@ use burn::tensor::ElementConversion;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::{Config, LossConfig, TrainConfig};
 use weft_data::plan::derive_seed;
 use weft_data::text::SPECIAL_TOKENS;
 use weft_data::{Batch, BatchStream, DataCursor, Loader, Split};
-use weft_model::{ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
+use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
+use crate::dist::{all_reduce_mean, bucket_elems, check_same_dataset, CollectiveGather};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
@@ -122,6 +129,7 @@ pub fn human(n: usize) -> String {
 /// The stream of training micro-batches across epochs, with the data cursor.
 struct Batches {
     loader: Loader,
+    rank: usize,
     cursor: DataCursor,
     stream: Option<BatchStream>,
 }
@@ -130,11 +138,12 @@ impl Batches {
     fn next(&mut self) -> Result<Batch, TrainError> {
         for _ in 0..2 {
             if self.stream.is_none() {
-                self.stream = Some(self.loader.stream(&self.cursor, 0)?);
+                self.stream = Some(self.loader.stream(&self.cursor, self.rank)?);
             }
             if let Some(batch) = self.stream.as_mut().and_then(Iterator::next) {
                 let batch = batch?;
-                self.cursor.record(0, batch.consumed, batch.step + 1);
+                self.cursor
+                    .record(self.rank, batch.consumed, batch.step + 1);
                 return Ok(batch);
             }
             self.stream = None;
@@ -212,7 +221,22 @@ impl<B: AutodiffBackend> Engine<B> {
         poison: bool,
         device: &B::Device,
     ) -> Micro<B> {
-        let mut out = self.model.losses(batch, &self.weights, &self.special, rng);
+        self.micro_with(batch, rng, poison, device, None)
+    }
+
+    /// [`Self::micro`] on one rank of a data-parallel job: `gather` gives ITC the features of
+    /// every rank.
+    pub fn micro_with(
+        &self,
+        batch: &ObjectiveBatch<B>,
+        rng: &mut ChaCha8Rng,
+        poison: bool,
+        device: &B::Device,
+        gather: Option<&mut dyn FeatureGather>,
+    ) -> Micro<B> {
+        let mut out = self
+            .model
+            .losses_with(batch, &self.weights, &self.special, rng, gather);
         if poison {
             out.total = out.total.mul_scalar(f64::NAN);
         }
@@ -242,15 +266,27 @@ impl<B: AutodiffBackend> Engine<B> {
             return (f64::NAN, false);
         };
         let device = flat.buffer.device();
-        let has_grad = flat.has_grad;
-        let mut grads = flat
-            .buffer
-            .into_data()
-            .into_vec::<f32>()
-            .expect("f32 gradients");
+        let (mut grads, has_grad) = flat.into_vec();
         if accum > 1 {
             scale_in_place(&mut grads, 1.0 / accum as f32);
         }
+        self.update(grads, &has_grad, lr, &device)
+    }
+
+    /// Total elements of the parameters.
+    pub fn numel(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Clip the averaged flat `grads` to the global norm, decay and step. Returns the norm
+    /// before clipping and whether the update was applied (not when the norm is not finite).
+    pub fn update(
+        &mut self,
+        mut grads: Vec<f32>,
+        has_grad: &[bool],
+        lr: f64,
+        device: &B::Device,
+    ) -> (f64, bool) {
         let norm = global_norm(&grads);
         if !norm.is_finite() {
             return (norm, false);
@@ -263,19 +299,22 @@ impl<B: AutodiffBackend> Engine<B> {
             &mut self.values,
             &grads,
             &self.layout,
-            &has_grad,
+            has_grad,
             &self.decays,
             lr,
             self.train.weight_decay,
         );
-        self.model = set_flat_params(self.model.clone(), &self.values, &device);
+        self.model = set_flat_params(self.model.clone(), &self.values, device);
         (norm, true)
     }
 }
 
-/// The RNG of the objectives' sampling for one micro-batch.
-pub fn objective_rng(seed: u64, micro_index: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(derive_seed(&[seed, OBJECTIVE_STREAM, micro_index]))
+/// The RNG of the objectives' sampling for one micro-batch of one rank.
+pub fn objective_rng(seed: u64, micro_index: u64, rank: usize) -> ChaCha8Rng {
+    let parts = [seed, OBJECTIVE_STREAM, micro_index, rank as u64];
+    // Rank 0 keeps the stream of a one-process run.
+    let parts = if rank == 0 { &parts[..3] } else { &parts[..] };
+    ChaCha8Rng::seed_from_u64(derive_seed(parts))
 }
 
 /// Train `config` on one process with the backend `B` on `device`.
@@ -284,7 +323,91 @@ pub fn train<B: AutodiffBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
+    train_with::<B>(config, options, device, &mut SingleRank)
+}
+
+/// The objectives in the order of the step statistics.
+const OBJECTIVES: [&str; 5] = ["itc", "itm", "mlm", "lm", "mim"];
+
+/// What one rank's micro-batches of a step gave, before the ranks agree on it.
+#[derive(Default)]
+struct LocalStep {
+    bad: bool,
+    samples: u64,
+    loss_sum: f64,
+    part_sums: BTreeMap<&'static str, f64>,
+    part_counts: BTreeMap<&'static str, u64>,
+}
+
+/// The step as every rank sees it after one small all-reduce: any rank's bad micro-batch
+/// makes the step bad everywhere, losses are means over ranks and micro-batches, samples the
+/// global count.
+struct GlobalStep {
+    bad: bool,
+    samples: u64,
+    loss: f64,
+    parts: BTreeMap<String, f64>,
+}
+
+impl LocalStep {
+    fn reduce(
+        &self,
+        collective: &mut dyn Collective,
+        accum: u64,
+    ) -> Result<GlobalStep, TrainError> {
+        let mut v = vec![
+            f32::from(u8::from(self.bad)),
+            self.samples as f32,
+            self.loss_sum as f32,
+        ];
+        for name in OBJECTIVES {
+            v.push(self.part_sums.get(name).copied().unwrap_or(0.0) as f32);
+            v.push(self.part_counts.get(name).copied().unwrap_or(0) as f32);
+        }
+        // f64 sums survive a one-rank job unrounded.
+        let world = collective.world_size();
+        if world > 1 {
+            collective.all_reduce(&mut v, ReduceOp::Sum)?;
+        }
+        let exact = world == 1;
+        let mut parts = BTreeMap::new();
+        for (i, name) in OBJECTIVES.iter().enumerate() {
+            let count = v[4 + 2 * i];
+            if count > 0.0 {
+                let sum = if exact {
+                    self.part_sums[name]
+                } else {
+                    f64::from(v[3 + 2 * i])
+                };
+                parts.insert((*name).to_string(), sum / f64::from(count));
+            }
+        }
+        let loss_sum = if exact {
+            self.loss_sum
+        } else {
+            f64::from(v[2])
+        };
+        Ok(GlobalStep {
+            bad: v[0] > 0.0,
+            samples: v[1] as u64,
+            loss: loss_sum / (accum * world as u64) as f64,
+            parts,
+        })
+    }
+}
+
+/// Train `config` as rank `collective.rank()` of `collective.world_size()` ranks with the
+/// backend `B` on `device`. `data.batch_size` is per rank. Rank 0 writes the run directory's
+/// config, metrics, evaluations and weights; every rank must be given the same config.
+pub fn train_with<B: AutodiffBackend>(
+    config: &Config,
+    options: &TrainOptions,
+    device: &B::Device,
+    collective: &mut dyn Collective,
+) -> Result<TrainSummary, TrainError> {
     let run_dir = &options.run_dir;
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let lead = rank == 0;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let t = &config.train;
 
@@ -294,34 +417,41 @@ pub fn train<B: AutodiffBackend>(
     let special = special_tokens(&train_loader, config)?;
 
     // The run directory describes the run on its own: resolved config and tokenizer.
-    let mut resolved = config.clone();
-    resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
-    resolved.write_to_run_dir(run_dir)?;
-    if let Some(tok) = &config.data.tokenizer {
-        let dst = run_dir.join(TOKENIZER_FILE);
-        if Path::new(tok) != dst {
-            std::fs::copy(tok, &dst).map_err(io(&dst))?;
+    if lead {
+        let mut resolved = config.clone();
+        resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
+        resolved.write_to_run_dir(run_dir)?;
+        if let Some(tok) = &config.data.tokenizer {
+            let dst = run_dir.join(TOKENIZER_FILE);
+            if Path::new(tok) != dst {
+                std::fs::copy(tok, &dst).map_err(io(&dst))?;
+            }
         }
     }
 
     let model = build_model::<B>(config, vocab, device);
     let counts = model.param_counts();
-    log_param_counts(&counts);
+    if lead {
+        log_param_counts(&counts);
+    }
     let mut engine = Engine::new(model, config, special);
 
-    let val_loader = if !config.data.val.is_empty() && engine.model().has_embeddings() {
+    let val_loader = if lead && !config.data.val.is_empty() && engine.model().has_embeddings() {
         Some(weft_data::loader_from_config(
             config,
             Split::Val,
             &config.data.val,
         )?)
     } else {
-        tracing::info!("no retrieval evaluation (no data.val or no ITC head)");
+        if lead {
+            tracing::info!("no retrieval evaluation (no data.val or no ITC head)");
+        }
         None
     };
 
     let catalog = Arc::clone(train_loader.catalog());
-    let plan = weft_data::plan_options(config, Split::Train, 1);
+    check_same_dataset(collective, &catalog.fingerprint())?;
+    let plan = weft_data::plan_options(config, Split::Train, world);
     let cursor = DataCursor::new(&catalog, plan, 0);
     let micro_per_epoch = cursor.steps(&catalog)?;
     let steps_per_epoch = micro_per_epoch / t.grad_accum;
@@ -333,7 +463,7 @@ pub fn train<B: AutodiffBackend>(
     if micro_per_epoch == 0 || total == 0 {
         return Err(TrainError::NoSteps {
             rows: catalog.total_rows(),
-            batch: config.data.batch_size,
+            batch: config.data.batch_size * world,
             accum: t.grad_accum,
         });
     }
@@ -343,21 +473,29 @@ pub fn train<B: AutodiffBackend>(
         warmup: t.warmup_steps,
         total,
     };
-    tracing::info!(
-        "training {total} steps ({steps_per_epoch} per epoch, batch {} x accum {}), run dir {}",
-        config.data.batch_size,
-        t.grad_accum,
-        run_dir.display()
-    );
+    if lead {
+        tracing::info!(
+            "training {total} steps ({steps_per_epoch} per epoch, batch {} x {world} ranks x accum {}), run dir {}",
+            config.data.batch_size,
+            t.grad_accum,
+            run_dir.display()
+        );
+    }
 
-    let mut metrics = JsonLines::append(&run_dir.join("metrics.jsonl"))?;
-    let mut evals = JsonLines::append(&run_dir.join("eval.jsonl"))?;
-    let mut progress = Progress::new(total, options.progress, t.log_every);
+    let mut metrics = lead
+        .then(|| JsonLines::append(&run_dir.join("metrics.jsonl")))
+        .transpose()?;
+    let mut evals = lead
+        .then(|| JsonLines::append(&run_dir.join("eval.jsonl")))
+        .transpose()?;
+    let mut progress = Progress::new(total, options.progress && lead, t.log_every);
     let mut batches = Batches {
         loader: train_loader,
+        rank,
         cursor,
         stream: None,
     };
+    let bucket = bucket_elems(config.dist.bucket_mb);
 
     let mut summary_losses = Vec::with_capacity(total as usize);
     let mut samples_seen = 0u64;
@@ -370,10 +508,7 @@ pub fn train<B: AutodiffBackend>(
         let started = Instant::now();
         let mut wait = 0.0f64;
         let mut acc: Option<FlatGrads<B::InnerBackend>> = None;
-        let mut bad = false;
-        let mut loss_sum = 0.0;
-        let mut part_sums: BTreeMap<String, f64> = BTreeMap::new();
-        let mut step_samples = 0u64;
+        let mut local = LocalStep::default();
         let mut epoch = 0;
         for _ in 0..t.grad_accum {
             let waited = Instant::now();
@@ -383,41 +518,67 @@ pub fn train<B: AutodiffBackend>(
             let Some(ob) = training_batch::<B>(&batch, device)? else {
                 continue;
             };
-            step_samples += ob.batch_size() as u64;
-            let mut rng = objective_rng(config.seed, micro_index);
+            local.samples += ob.batch_size() as u64;
+            let mut rng = objective_rng(config.seed, micro_index, rank);
             micro_index += 1;
             let poison = options.nonfinite_loss_at.contains(&step);
-            let micro = engine.micro(&ob, &mut rng, poison, device);
-            loss_sum += micro.loss;
+            let micro = if world > 1 {
+                let mut gather = CollectiveGather::new(&mut *collective);
+                let micro = engine.micro_with(&ob, &mut rng, poison, device, Some(&mut gather));
+                gather.finish()?;
+                micro
+            } else {
+                engine.micro(&ob, &mut rng, poison, device)
+            };
+            local.loss_sum += micro.loss;
             for (name, v) in micro.parts {
-                *part_sums.entry(name.to_string()).or_default() += v;
+                *local.part_sums.entry(name).or_default() += v;
+                *local.part_counts.entry(name).or_default() += 1;
             }
             match micro.grads {
-                Some(flat) if !bad => {
+                Some(flat) if !local.bad => {
                     acc = Some(match acc {
                         Some(a) => a.accumulate(flat),
                         None => flat,
                     })
                 }
-                _ => bad = true,
+                _ => local.bad = true,
             }
         }
-        samples_seen += step_samples;
-        let accum = t.grad_accum as f64;
+        let global = local.reduce(collective, t.grad_accum)?;
+        samples_seen += global.samples;
         let lr = schedule.lr(step - 1);
-        let (grad_norm, applied) = if bad {
+        let (grad_norm, applied) = if global.bad {
             (f64::NAN, false)
         } else {
-            engine.apply(acc, t.grad_accum, lr)
+            let (mut grads, has_grad) = match acc {
+                Some(flat) => flat.into_vec(),
+                None => (
+                    vec![0.0; engine.numel()],
+                    vec![false; engine.layout().len()],
+                ),
+            };
+            if t.grad_accum > 1 {
+                scale_in_place(&mut grads, 1.0 / t.grad_accum as f32);
+            }
+            all_reduce_mean(collective, &mut grads, bucket)?;
+            let mut flags: Vec<f32> = has_grad.iter().map(|&h| f32::from(u8::from(h))).collect();
+            if world > 1 {
+                collective.all_reduce(&mut flags, ReduceOp::Max)?;
+            }
+            let has_grad: Vec<bool> = flags.iter().map(|&f| f > 0.0).collect();
+            engine.update(grads, &has_grad, lr, device)
         };
         let bad = !applied;
-        let loss = loss_sum / accum;
+        let loss = global.loss;
         if bad {
             skipped += 1;
             consecutive_bad += 1;
-            tracing::warn!(
-                "step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); update skipped ({consecutive_bad} in a row)"
-            );
+            if lead {
+                tracing::warn!(
+                    "step {step}: non-finite loss ({loss}) or gradient norm ({grad_norm}); update skipped ({consecutive_bad} in a row)"
+                );
+            }
         } else {
             consecutive_bad = 0;
         }
@@ -427,15 +588,17 @@ pub fn train<B: AutodiffBackend>(
             epoch,
             samples_seen,
             loss,
-            parts: part_sums.into_iter().map(|(k, v)| (k, v / accum)).collect(),
+            parts: global.parts,
             lr,
             grad_norm,
             skipped: bad,
-            samples_per_s: step_samples as f64 / step_time,
+            samples_per_s: global.samples as f64 / step_time,
             step_time_s: step_time,
             data_wait_fraction: wait / step_time,
         };
-        metrics.write(&record)?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(&record)?;
+        }
         progress.step(&record);
         summary_losses.push(loss);
         if consecutive_bad >= t.max_nonfinite_steps {
@@ -450,19 +613,25 @@ pub fn train<B: AutodiffBackend>(
         if let (true, Some(val)) = (periodic || step == total, &val_loader) {
             let r = evaluate_retrieval(&engine.model().valid(), config, val, device)?;
             progress.eval(step, &r);
-            evals.write(&EvalRecord {
-                step,
-                samples_seen,
-                retrieval: r.clone(),
-            })?;
+            if let Some(e) = evals.as_mut() {
+                e.write(&EvalRecord {
+                    step,
+                    samples_seen,
+                    retrieval: r.clone(),
+                })?;
+            }
             last_eval = Some(r);
         }
     }
     progress.finish();
 
     let model_path = run_dir.join(MODEL_FILE);
-    save_model(engine.model(), &model_path)?;
-    tracing::info!("saved {}", model_path.display());
+    if lead {
+        save_model(engine.model(), &model_path)?;
+        tracing::info!("saved {}", model_path.display());
+    }
+    // Every rank returns once the weights are written.
+    collective.barrier()?;
     Ok(TrainSummary {
         steps: total,
         skipped,

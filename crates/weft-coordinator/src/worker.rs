@@ -1,0 +1,270 @@
+//! A worker's way into its job: start the coordinator when this process must host it, join,
+//! and form the TCP ring with the rank table the coordinator hands out.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use weft_collective::{RingConfig, TcpRing};
+
+use crate::env::{LaunchEnv, Launcher};
+use crate::rendezvous::{serve, CoordinatorConfig, OnAbort, Peer, RendezvousError, Session};
+
+/// Why a worker could not join its job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The launch environment names no coordinator.
+    #[error("rank {rank} of {world_size}: no coordinator address (set WEFT_COORDINATOR=host:port, or MASTER_ADDR and MASTER_PORT)")]
+    NoCoordinator {
+        /// This rank.
+        rank: usize,
+        /// Ranks in the job.
+        world_size: usize,
+    },
+    /// The coordinator address does not resolve.
+    #[error("coordinator address {addr}: {reason}")]
+    Address {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Rendezvous with the coordinator failed.
+    #[error(transparent)]
+    Rendezvous(#[from] RendezvousError),
+    /// The ring could not be formed.
+    #[error(transparent)]
+    Collective(#[from] weft_collective::CollectiveError),
+}
+
+/// Bounds of a job's waits.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// The job token every rank presents.
+    pub token: String,
+    /// A rank silent for this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// Between two heartbeats.
+    pub heartbeat_interval: Duration,
+    /// For the coordinator to be reachable and every rank to join.
+    pub rendezvous_timeout: Duration,
+    /// Of every collective operation.
+    pub collective_timeout: Duration,
+}
+
+/// The job token: `WEFT_JOB_TOKEN`, set by `weft launch`; otherwise one derived from the
+/// scheduler's job id or the coordinator address, which every rank of the job computes alike
+/// (it keeps other jobs out, not attackers: set `WEFT_JOB_TOKEN` for that).
+pub fn job_token(env: &LaunchEnv) -> String {
+    if let Ok(t) = std::env::var("WEFT_JOB_TOKEN") {
+        if !t.is_empty() {
+            return t;
+        }
+    }
+    match (&env.job_id, &env.coordinator) {
+        (Some(id), _) => format!("slurm-job-{id}"),
+        (None, Some(c)) => format!("job-at-{c}"),
+        (None, None) => "single".into(),
+    }
+}
+
+/// A coordinator running on a thread of this process.
+pub struct HostedCoordinator {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    handle: std::thread::JoinHandle<Result<(), RendezvousError>>,
+}
+
+impl HostedCoordinator {
+    /// Whether it has stopped (every rank left, or the job was aborted).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Its result, waiting at most `timeout`; `None` when it is still running then.
+    pub fn wait(self, timeout: Duration) -> Option<Result<(), RendezvousError>> {
+        let deadline = Instant::now() + timeout;
+        while !self.handle.is_finished() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(self.handle.join().unwrap_or_else(|_| {
+            Err(RendezvousError::Io(std::io::Error::other(
+                "the coordinator thread panicked",
+            )))
+        }))
+    }
+}
+
+/// Starts a coordinator on its own thread (a current-thread tokio runtime), listening on
+/// `bind` (`host:port`; port 0 picks a free one).
+pub fn spawn_coordinator(
+    bind: &str,
+    config: CoordinatorConfig,
+) -> Result<HostedCoordinator, RendezvousError> {
+    let listener = std::net::TcpListener::bind(bind).map_err(|e| {
+        RendezvousError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {bind}: {e}"),
+        ))
+    })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = std::thread::Builder::new()
+        .name("weft-coordinator".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, config).await
+            })
+        })?;
+    tracing::info!("coordinator listening on {addr}");
+    Ok(HostedCoordinator { addr, handle })
+}
+
+/// This process's part of a multi-process job: its session with the coordinator (heartbeats,
+/// aborts), the ring to its peers, and the coordinator when it hosts it.
+pub struct Job {
+    /// Where this process stands.
+    pub env: LaunchEnv,
+    /// The collective ring of all ranks.
+    pub ring: TcpRing,
+    session: Session,
+    hosted: Option<HostedCoordinator>,
+}
+
+impl Job {
+    /// Joins the job `env` describes (world size at least 2): hosts the coordinator when
+    /// `env.host_coordinator`, joins it within the rendezvous timeout, then connects the ring.
+    /// `on_abort` runs when the coordinator aborts the job or goes away.
+    pub fn join(env: LaunchEnv, options: &JobOptions, on_abort: OnAbort) -> Result<Self, JobError> {
+        let (rank, world) = (env.rank, env.world_size);
+        let coordinator = env.coordinator.clone().ok_or(JobError::NoCoordinator {
+            rank,
+            world_size: world,
+        })?;
+        let target = resolve(&coordinator)?;
+        let hosted = if env.host_coordinator {
+            let bind = if target.ip().is_loopback() {
+                target.to_string()
+            } else {
+                format!("0.0.0.0:{}", target.port())
+            };
+            Some(spawn_coordinator(
+                &bind,
+                CoordinatorConfig {
+                    world_size: world,
+                    token: options.token.clone(),
+                    heartbeat_timeout: options.heartbeat_timeout,
+                    join_timeout: options.rendezvous_timeout,
+                },
+            )?)
+        } else {
+            None
+        };
+        // The ring listens on the address this host reaches the coordinator from.
+        let ip = local_ip_towards(target);
+        let listener = TcpListener::bind((ip, 0)).map_err(|e| JobError::Address {
+            addr: ip.to_string(),
+            reason: format!("cannot listen for the ring: {e}"),
+        })?;
+        let ring_addr = listener
+            .local_addr()
+            .map_err(|e| JobError::Address {
+                addr: ip.to_string(),
+                reason: e.to_string(),
+            })?
+            .to_string();
+        let session = Session::join(
+            &coordinator,
+            &options.token,
+            world,
+            Peer {
+                rank,
+                host: hostname(),
+                local_rank: env.local_rank,
+                ring_addr,
+            },
+            options.rendezvous_timeout,
+            options.heartbeat_interval,
+            on_abort,
+        )?;
+        let next = &session.peers[(rank + 1) % world];
+        let next_addr: SocketAddr = next.ring_addr.parse().map_err(|_| JobError::Address {
+            addr: next.ring_addr.clone(),
+            reason: format!("rank {}'s ring address is not ip:port", next.rank),
+        })?;
+        let config = RingConfig::new(rank, world, next_addr, options.token.clone())
+            .with_timeout(options.collective_timeout);
+        let ring = TcpRing::connect(config, &listener)?;
+        if env.launcher != Launcher::None {
+            tracing::debug!("rank {rank}: ring formed");
+        }
+        Ok(Self {
+            env,
+            ring,
+            session,
+            hosted,
+        })
+    }
+
+    /// Leaves the job cleanly; the hosting rank waits (up to `timeout`) for the others to
+    /// leave too, so that its coordinator outlives every worker.
+    pub fn finish(self, timeout: Duration) -> Result<(), JobError> {
+        self.session.leave();
+        drop(self.ring);
+        if let Some(h) = self.hosted {
+            if let Some(result) = h.wait(timeout) {
+                result?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, JobError> {
+    addr.to_socket_addrs()
+        .map_err(|e| JobError::Address {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| JobError::Address {
+            addr: addr.to_string(),
+            reason: "resolves to no address".into(),
+        })
+}
+
+/// The local address of the route to `target` (no packet is sent); loopback for a loopback
+/// target.
+fn local_ip_towards(target: SocketAddr) -> IpAddr {
+    if target.ip().is_loopback() {
+        return target.ip();
+    }
+    let unspecified: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    UdpSocket::bind(unspecified)
+        .and_then(|s| s.connect(target).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(unspecified.ip())
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,135 @@
+//! The data-parallel parts of a training step: the gradient all-reduce in buckets, the
+//! feature all-gather of ITC over the global batch, the step statistics every rank agrees on,
+//! and the check that every rank reads the same dataset.
+//!
+//! Every rank runs the same code in the same order; a one-process run goes through it with
+//! [`weft_collective::SingleRank`], where every operation is the identity.
+
+use weft_collective::{Collective, CollectiveError, ReduceOp};
+use weft_model::FeatureGather;
+
+use crate::error::TrainError;
+
+/// Elements of one all-reduce bucket of `bucket_mb` MiB of `f32`.
+pub fn bucket_elems(bucket_mb: f64) -> usize {
+    ((bucket_mb * (1u64 << 20) as f64) / 4.0).max(1.0) as usize
+}
+
+/// Average `grads` over the ranks, in buckets of `bucket` elements (one all-reduce each, in
+/// parameter order). burn gives the gradients only after the whole backward pass, so the
+/// buckets bound the size of one transfer rather than overlap it with the backward pass.
+pub fn all_reduce_mean(
+    collective: &mut dyn Collective,
+    grads: &mut [f32],
+    bucket: usize,
+) -> Result<(), CollectiveError> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    for chunk in grads.chunks_mut(bucket.max(1)) {
+        collective.all_reduce(chunk, ReduceOp::Mean)?;
+    }
+    Ok(())
+}
+
+/// [`FeatureGather`] over a collective. The gather cannot fail inside the model's loss code,
+/// so a failure is kept, the gather returns zeros, and the trainer reads the failure with
+/// [`CollectiveGather::finish`] right after the forward pass.
+pub struct CollectiveGather<'a> {
+    collective: &'a mut dyn Collective,
+    error: Option<CollectiveError>,
+}
+
+impl<'a> CollectiveGather<'a> {
+    /// Gather over `collective`.
+    pub fn new(collective: &'a mut dyn Collective) -> Self {
+        Self {
+            collective,
+            error: None,
+        }
+    }
+
+    /// The first failure of a gather, if any.
+    pub fn finish(self) -> Result<(), CollectiveError> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl FeatureGather for CollectiveGather<'_> {
+    fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    fn all_gather(&mut self, local: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; local.len() * self.collective.world_size()];
+        if self.error.is_none() {
+            if let Err(e) = self.collective.all_gather(local, &mut out) {
+                self.error = Some(e);
+            }
+        }
+        out
+    }
+}
+
+/// Fail unless every rank reads the dataset `fingerprint` (a rank with other files, or files
+/// that changed, would train on another plan).
+pub fn check_same_dataset(
+    collective: &mut dyn Collective,
+    fingerprint: &str,
+) -> Result<(), TrainError> {
+    let world = collective.world_size();
+    if world == 1 {
+        return Ok(());
+    }
+    let mine = fingerprint_words(fingerprint);
+    let mut all = vec![0.0f32; mine.len() * world];
+    collective.all_gather(&mine, &mut all)?;
+    for (rank, theirs) in all.chunks(mine.len()).enumerate() {
+        if theirs != mine.as_slice() {
+            return Err(TrainError::Distributed(format!(
+                "rank {} reads another training dataset than rank {rank} (fingerprint {fingerprint}): every rank must see the same files",
+                collective.rank()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A string's 64-bit FNV-1a hash as four exact f32 words of 16 bits.
+fn fingerprint_words(s: &str) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..4).map(|i| ((h >> (16 * i)) & 0xffff) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_collective::SingleRank;
+
+    #[test]
+    fn buckets_of_megabytes() {
+        assert_eq!(bucket_elems(25.0), 25 * (1 << 20) / 4);
+        assert_eq!(bucket_elems(0.0), 1);
+    }
+
+    #[test]
+    fn single_rank_is_the_identity() {
+        let mut one = SingleRank;
+        let mut g = vec![1.0, 2.0, 3.0];
+        all_reduce_mean(&mut one, &mut g, 2).unwrap();
+        assert_eq!(g, [1.0, 2.0, 3.0]);
+        let mut gather = CollectiveGather::new(&mut one);
+        assert_eq!(gather.all_gather(&[4.0, 5.0]), [4.0, 5.0]);
+        gather.finish().unwrap();
+        check_same_dataset(&mut one, "abc").unwrap();
+        assert_ne!(fingerprint_words("abc"), fingerprint_words("abd"));
+    }
+}

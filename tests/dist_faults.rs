@@ -1,0 +1,368 @@
+//! Faults of a multi-process job with the real binary on 127.0.0.1: a worker or the
+//! coordinator killed with SIGKILL, a rank that stops (SIGSTOP) and so stops heartbeating, a
+//! worker with the wrong job token. Every surviving process must exit non-zero, naming the
+//! dead rank where there is one, within the heartbeat timeout + 5 s; no process outlives its
+//! test.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::train::sample_dir;
+
+/// Heartbeat timeout of these jobs.
+const HEARTBEAT_S: f64 = 2.0;
+/// The bound every survivor must meet.
+const BOUND: Duration = Duration::from_millis((HEARTBEAT_S * 1000.0) as u64 + 5000);
+
+/// A child process that is killed (and reaped) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    done: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Its exit status, waiting at most `limit`.
+    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while self.done.is_none() && Instant::now() < deadline {
+            self.done = self.child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.done
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.done.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `--set` flags of a small model that trains for long enough to be killed mid-run.
+fn train_sets() -> Vec<String> {
+    let s = sample_dir();
+    let sets = [
+        format!("data.train=[\"{}\"]", s.join("train").display()),
+        "data.val=[]".into(),
+        format!("data.tokenizer={}", s.join("tokenizer.json").display()),
+        "data.image_size=32".into(),
+        "data.batch_size=8".into(),
+        "data.workers=1".into(),
+        "model.embed_dim=16".into(),
+        "model.vision.width=16".into(),
+        "model.vision.depth=1".into(),
+        "model.vision.heads=2".into(),
+        "model.text.heads=2".into(),
+        "model.fusion.heads=2".into(),
+        "model.decoder.heads=2".into(),
+        "model.text.width=16".into(),
+        "model.text.depth=1".into(),
+        "model.text.context_length=12".into(),
+        "model.fusion.depth=1".into(),
+        "model.decoder.depth=1".into(),
+        "train.max_steps=100000".into(),
+        "train.threads=1".into(),
+        format!("dist.heartbeat_timeout_s={HEARTBEAT_S}"),
+        "dist.heartbeat_interval_s=0.2".into(),
+        "dist.rendezvous_timeout_s=60".into(),
+    ];
+    sets.iter()
+        .flat_map(|kv| ["--set".to_string(), kv.clone()])
+        .collect()
+}
+
+fn weft() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weft"));
+    // The repository root: `weft train` reads configs/tiny.toml, overridden by the sets.
+    c.current_dir(sample_dir().join("../.."))
+        .env("WEFT_LOG", "info")
+        .env_remove("WEFT_RANK")
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .env_remove("WEFT_RUN_DIR")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `weft coordinator` on a free port of 127.0.0.1, and its address.
+fn coordinator(world: usize, token: &str) -> (Proc, String) {
+    let mut child = weft()
+        .args(["coordinator", "--world-size", &world.to_string()])
+        .args(["--bind", "127.0.0.1:0"])
+        .args(train_sets())
+        .env("WEFT_JOB_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut proc = Proc {
+        name: "coordinator".into(),
+        child,
+        done: None,
+    };
+    if !line.trim().starts_with("127.0.0.1:") {
+        panic!("coordinator address line {line:?}: {}", proc.stderr());
+    }
+    (proc, line.trim().to_string())
+}
+
+/// `weft train` as rank `rank` of `world`.
+fn worker(rank: usize, world: usize, addr: &str, token: &str, run: &Path) -> Proc {
+    let child = weft()
+        .arg("train")
+        .args(["--run-dir", &run.display().to_string()])
+        .args(train_sets())
+        .env("WEFT_RANK", rank.to_string())
+        .env("WEFT_WORLD_SIZE", world.to_string())
+        .env("WEFT_LOCAL_RANK", rank.to_string())
+        .env("WEFT_LOCAL_WORLD_SIZE", world.to_string())
+        .env("WEFT_COORDINATOR", addr)
+        .env("WEFT_JOB_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Proc {
+        name: format!("rank {rank}"),
+        child,
+        done: None,
+    }
+}
+
+/// Wait until rank 0 has written `n` steps (the job is training), at most 120 s.
+fn wait_for_steps(run: &Path, n: usize, procs: &mut [Proc]) {
+    let metrics = run.join("metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lines = std::fs::read_to_string(&metrics)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= n {
+            return;
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                p.done = Some(status);
+                let err = p.stderr();
+                panic!("{} exited early with {status}: {err}", p.name);
+            }
+        }
+        assert!(Instant::now() < deadline, "the job did not start training");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every process in `procs` exits non-zero within [`BOUND`]; returns their stderr.
+fn all_fail_within_bound(procs: &mut [Proc]) -> Vec<String> {
+    let start = Instant::now();
+    let mut errs = Vec::new();
+    for p in procs.iter_mut() {
+        let left = BOUND.saturating_sub(start.elapsed());
+        let status = p.wait_within(left);
+        let err = p.stderr();
+        match status {
+            Some(s) => assert!(!s.success(), "{} exited with success: {err}", p.name),
+            None => panic!(
+                "{} still running {:?} after the fault: {err}",
+                p.name,
+                start.elapsed()
+            ),
+        }
+        errs.push(err);
+    }
+    errs
+}
+
+fn setup(world: usize, token: &str) -> (tempfile::TempDir, PathBuf, Proc, Vec<Proc>) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let (coord, addr) = coordinator(world, token);
+    let workers = (0..world)
+        .map(|r| worker(r, world, &addr, token, &run))
+        .collect();
+    (dir, run, coord, workers)
+}
+
+#[test]
+fn a_killed_worker_stops_the_job() {
+    let (_dir, run, coord, mut workers) = setup(3, "tok-kill-worker");
+    wait_for_steps(&run, 2, &mut workers);
+    let mut victim = workers.remove(2);
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    victim.wait_within(Duration::from_secs(5)).unwrap();
+    let mut survivors = workers;
+    survivors.push(coord);
+    let errs = all_fail_within_bound(&mut survivors);
+    // The coordinator and every worker it aborts name the dead rank; a worker may also notice
+    // first that its ring neighbour closed.
+    assert!(errs[2].contains("rank 2"), "coordinator: {}", errs[2]);
+    for e in &errs[..2] {
+        assert!(e.contains("rank 2"), "worker: {e}");
+    }
+}
+
+#[test]
+fn a_killed_coordinator_stops_the_job() {
+    let (_dir, run, mut coord, mut workers) = setup(2, "tok-kill-coordinator");
+    wait_for_steps(&run, 2, &mut workers);
+    coord.signal(nix::sys::signal::Signal::SIGKILL);
+    coord.wait_within(Duration::from_secs(5)).unwrap();
+    let errs = all_fail_within_bound(&mut workers);
+    for e in &errs {
+        assert!(e.contains("coordinator"), "worker: {e}");
+    }
+}
+
+#[test]
+fn a_silent_rank_is_declared_dead_after_the_heartbeat_timeout() {
+    let (_dir, run, coord, mut workers) = setup(2, "tok-silent");
+    wait_for_steps(&run, 2, &mut workers);
+    // Stopped, not dead: its sockets stay open, only its heartbeats stop.
+    let mut stopped = workers.remove(1);
+    stopped.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mut survivors = workers;
+    survivors.push(coord);
+    let errs = all_fail_within_bound(&mut survivors);
+    assert!(
+        errs[1].contains("rank 1") && errs[1].contains("heartbeat"),
+        "coordinator: {}",
+        errs[1]
+    );
+    assert!(errs[0].contains("rank 1"), "rank 0: {}", errs[0]);
+    stopped.signal(nix::sys::signal::Signal::SIGKILL);
+    stopped.wait_within(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_worker_with_the_wrong_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let (mut coord, addr) = coordinator(2, "the-right-token");
+    let mut intruder = worker(1, 2, &addr, "a-wrong-token", &run);
+    let status = intruder
+        .wait_within(Duration::from_secs(30))
+        .expect("refused promptly");
+    assert!(!status.success());
+    let err = intruder.stderr();
+    assert!(
+        err.contains("refused") && err.contains("wrong job token"),
+        "{err}"
+    );
+    // The coordinator logged it and is still waiting for the real ranks.
+    assert!(coord.child.try_wait().unwrap().is_none());
+    coord.signal(nix::sys::signal::Signal::SIGTERM);
+    coord.wait_within(Duration::from_secs(5)).unwrap();
+    let log = coord.stderr();
+    assert!(log.contains("wrong job token"), "coordinator log: {log}");
+}
+
+/// The children of `pid` (Linux: every thread's `children` list).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is reaped by its parent; only a running or sleeping process counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[test]
+fn launch_stops_every_worker_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = weft()
+        .args(["launch", "--nproc-per-node", "2", "--", "train"])
+        .args(["--run-dir", &run.display().to_string()])
+        .args(train_sets())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut launcher = Proc {
+        name: "launcher".into(),
+        child,
+        done: None,
+    };
+    wait_for_steps(&run, 2, std::slice::from_mut(&mut launcher));
+    let workers = children_of(launcher.pid());
+    assert_eq!(workers.len(), 2, "launcher children {workers:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(workers[1]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = launcher.wait_within(BOUND).expect("the launcher exits");
+    let err = launcher.stderr();
+    assert!(!status.success(), "{err}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the launcher");
+    }
+}
+
+#[test]
+fn launch_forwards_sigterm_and_exits_with_the_workers_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = weft()
+        .args(["launch", "--nproc-per-node", "2", "--", "train"])
+        .args(["--run-dir", &run.display().to_string()])
+        .args(train_sets())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut launcher = Proc {
+        name: "launcher".into(),
+        child,
+        done: None,
+    };
+    wait_for_steps(&run, 1, std::slice::from_mut(&mut launcher));
+    let workers = children_of(launcher.pid());
+    launcher.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = launcher.wait_within(BOUND).expect("the launcher exits");
+    // The workers die of SIGTERM: 128 + 15.
+    assert_eq!(status.code(), Some(143), "{}", launcher.stderr());
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the launcher");
+    }
+}
