@@ -186,6 +186,9 @@ impl weft_model::FeatureGather for Gathered {
         );
         self.all.clone()
     }
+    fn all_reduce_sum(&mut self, _buf: &mut [f32]) {
+        unreachable!("ITC alone reduces nothing")
+    }
 }
 
 /// Rows `rows` of a batch.
@@ -258,5 +261,121 @@ fn itc_over_the_global_batch_matches_one_process() {
             (m - s).abs() <= 1e-5 * scale,
             "gradient {i}: mean over ranks {m} vs one process {s}"
         );
+    }
+}
+
+/// The ranks of an in-process job, one thread each: every collective waits for all of them.
+#[derive(Clone)]
+struct Threads {
+    rank: usize,
+    world: usize,
+    shared: std::sync::Arc<(std::sync::Mutex<Vec<Vec<f32>>>, std::sync::Barrier)>,
+}
+
+impl Threads {
+    fn exchange(&mut self, local: &[f32]) -> Vec<Vec<f32>> {
+        let (slots, barrier) = &*self.shared;
+        slots.lock().unwrap()[self.rank] = local.to_vec();
+        barrier.wait();
+        let all = slots.lock().unwrap().clone();
+        barrier.wait();
+        all
+    }
+}
+
+impl weft_model::FeatureGather for Threads {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_gather(&mut self, local: &[f32]) -> Vec<f32> {
+        self.exchange(local).concat()
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) {
+        let all = self.exchange(buf);
+        for (i, v) in buf.iter_mut().enumerate() {
+            *v = all.iter().map(|r| r[i]).sum();
+        }
+    }
+}
+
+/// A rank's loss, components and flat gradients.
+type RankResult = (f64, Vec<(&'static str, f64)>, Vec<f32>);
+
+#[test]
+fn every_objective_over_ranks_matches_one_process() {
+    // ITM's hard negatives come from the global batch and pair one rank's texts with another's
+    // images; MLM and LM are normalised by global token counts; every sample draws its masks
+    // from its own generator. The mean of the ranks' gradients is the one-process gradient.
+    let config = train_common::small_train_config();
+    let dev = Default::default();
+    let special = train_common::special_tokens();
+    let world = 2;
+    let full = batch(8, config.model.text.context_length, config.data.image_size);
+    let model = build_model::<B>(&config, 64, &dev);
+    let single = weft_train::trainer::Engine::new(model.clone(), &config, special.clone());
+    let one = single.micro(&full, &mut ChaCha8Rng::seed_from_u64(5), false, &dev);
+    let (single_grad, _) = one.grads.expect("finite").into_vec();
+
+    let engines: Vec<_> = (0..world)
+        .map(|_| weft_train::trainer::Engine::new(model.clone(), &config, special.clone()))
+        .collect();
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(vec![Vec::new(); world]),
+        std::sync::Barrier::new(world),
+    ));
+    let results: Vec<RankResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = engines
+            .iter()
+            .enumerate()
+            .map(|(rank, engine)| {
+                let half = slice_batch(&full, rank * 4..(rank + 1) * 4);
+                let mut gather = Threads {
+                    rank,
+                    world,
+                    shared: shared.clone(),
+                };
+                s.spawn(move || {
+                    let dev = Default::default();
+                    let micro = engine.micro_with(
+                        &half,
+                        &mut ChaCha8Rng::seed_from_u64(5),
+                        false,
+                        &dev,
+                        Some(&mut gather),
+                    );
+                    let (g, _) = micro.grads.expect("finite").into_vec();
+                    (micro.loss, micro.parts, g)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    // Every component's mean over the ranks is its one-process value.
+    for (k, (name, want)) in one.parts.iter().enumerate() {
+        let mean: f64 = results.iter().map(|r| r.1[k].1).sum::<f64>() / world as f64;
+        assert_eq!(results[0].1[k].0, *name);
+        assert!(
+            (mean - want).abs() <= 1e-5 * want.abs().max(1e-3),
+            "{name}: mean over ranks {mean} vs one process {want}"
+        );
+    }
+    let scale = single_grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+    assert!(scale > 0.0);
+    let layout = single.layout();
+    let mut offset = 0;
+    for p in layout {
+        for (j, want) in single_grad[offset..offset + p.numel()].iter().enumerate() {
+            let mean: f32 = results.iter().map(|r| r.2[offset + j]).sum::<f32>() / world as f32;
+            assert!(
+                (mean - want).abs() <= 2e-5 * scale,
+                "{} [{j}]: mean over ranks {mean} vs one process {want}",
+                p.path
+            );
+        }
+        offset += p.numel();
     }
 }

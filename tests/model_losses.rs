@@ -2,10 +2,9 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use weft_model::objectives::{
-    cross_entropy, itc_loss, mask_tokens, mim_loss, patch_mask, sample_hard_negatives, shift_for_lm,
+    cross_entropy, itc_loss, mask_tokens, mim_loss, patch_mask, sample_hard_negatives,
+    shift_for_lm, Sampling,
 };
 
 type B = Flex;
@@ -79,7 +78,6 @@ fn itc_is_symmetric_infonce_by_hand() {
 
 #[test]
 fn itm_negatives_never_pick_a_positive() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
     let b = 6;
     // Rows 1 and 4 share a caption: they are positives of each other too.
     let positive = |i: usize, j: usize| i == j || (i == 1 && j == 4) || (i == 4 && j == 1);
@@ -96,7 +94,7 @@ fn itm_negatives_never_pick_a_positive() {
                 }
             })
             .collect();
-        let neg = sample_hard_negatives(&logits, b, positive, &mut rng);
+        let neg = sample_hard_negatives(&logits, b, b, positive, &Sampling::new(trial as u64));
         for i in 0..b {
             let img = neg.image_for_text[i];
             let txt = neg.text_for_image[i];
@@ -108,24 +106,22 @@ fn itm_negatives_never_pick_a_positive() {
 
 #[test]
 fn itm_negatives_follow_the_similarities() {
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
     let b = 3;
     // Image 0 is far more similar to text 2 than to text 1.
     let logits = [9.0, 0.0, 8.0, 0.0, 9.0, 0.0, 0.0, 0.0, 9.0];
     let mut hits = 0;
-    for _ in 0..200 {
-        let neg = sample_hard_negatives(&logits, b, |i, j| i == j, &mut rng);
+    for seed in 0..200 {
+        let neg = sample_hard_negatives(&logits, b, b, |i, j| i == j, &Sampling::new(seed));
         hits += usize::from(neg.text_for_image[0] == 2);
     }
     assert!(hits > 190, "{hits}");
     // Every candidate positive: the next index stands in.
-    let neg = sample_hard_negatives(&[0.0; 4], 2, |_, _| true, &mut rng);
+    let neg = sample_hard_negatives(&[0.0; 4], 2, 2, |_, _| true, &Sampling::new(0));
     assert_eq!(neg.text_for_image, vec![1, 0]);
 }
 
 #[test]
 fn mlm_masks_15_percent_with_80_10_10() {
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
     let l = 20;
     let rows = 500;
     let mut ids = Vec::new();
@@ -143,7 +139,7 @@ fn mlm_masks_15_percent_with_80_10_10() {
         }
     }
     let special: Vec<u32> = (0..7).collect();
-    let m = mask_tokens(&ids, &mask, 64, &special, 3, 0.15, &mut rng);
+    let m = mask_tokens(&ids, &mask, l, 64, &special, 3, 0.15, &Sampling::new(3));
     let candidates = rows * 14;
     let frac = m.positions.len() as f64 / candidates as f64;
     assert!((frac - 0.15).abs() < 0.02, "{frac}");
@@ -178,15 +174,15 @@ fn mlm_masks_15_percent_with_80_10_10() {
 
 #[test]
 fn mlm_always_predicts_something() {
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let m = mask_tokens(
         &[1, 20, 2, 0],
         &[1, 1, 1, 0],
+        4,
         30,
         &[0, 1, 2, 3],
         3,
         1e-9,
-        &mut rng,
+        &Sampling::new(0),
     );
     assert_eq!(m.positions, vec![1]);
     assert_eq!(m.targets, vec![20]);
@@ -218,8 +214,7 @@ fn mim_loss_by_hand_and_mask_counts() {
     let mask = Tensor::<B, 2>::from_data(TensorData::new(vec![0.0f32, 1.0], [1, 2]), &dev);
     // ((1-0)^2 + (3-1)^2) / 2 = 2.5; the unmasked patch's error does not count.
     assert!((scalar(mim_loss(pred, target, mask)) - 2.5).abs() < 1e-6);
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let m = patch_mask(4, 16, 0.75, &mut rng);
+    let m = patch_mask(4, 16, 0.75, &Sampling::new(0));
     for row in m.chunks(16) {
         assert_eq!(row.iter().sum::<f32>(), 12.0);
     }

@@ -19,4 +19,6 @@ pub mod text;
 pub mod vision;
 
 pub use model::{Objectives, VlModel, VlModelConfig};
-pub use objectives::{FeatureGather, LossOutput, ObjectiveBatch, SpecialTokens};
+pub use objectives::{
+    Exchange, FeatureGather, LossOutput, ObjectiveBatch, Sampling, SpecialTokens,
+};

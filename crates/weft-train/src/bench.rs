@@ -79,7 +79,7 @@ pub fn bench_train<B: AutodiffBackend>(
     let mut last_loss = f64::NAN;
     for i in 0..warmup + steps {
         let started = Instant::now();
-        let mut rng = objective_rng(config.seed, i, 0);
+        let mut rng = objective_rng(config.seed, i);
         let micro = engine.micro(&batch, &mut rng, false, device);
         last_loss = micro.loss;
         engine.apply(micro.grads, 1, config.train.lr);

@@ -73,6 +73,14 @@ impl FeatureGather for CollectiveGather<'_> {
         }
         out
     }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) {
+        if self.error.is_none() {
+            if let Err(e) = self.collective.all_reduce(buf, ReduceOp::Sum) {
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 /// Fail unless every rank reads the dataset `fingerprint` (a rank with other files, or files

@@ -232,24 +232,44 @@ impl<B: AutodiffBackend> Engine<B> {
         rng: &mut ChaCha8Rng,
         poison: bool,
         device: &B::Device,
-        gather: Option<&mut dyn FeatureGather>,
+        gather: Option<&mut (dyn FeatureGather + '_)>,
     ) -> Micro<B> {
-        let mut out = self
-            .model
-            .losses_with(batch, &self.weights, &self.special, rng, gather);
+        let mut gather = gather;
+        let mut out = self.model.losses_with(
+            batch,
+            &self.weights,
+            &self.special,
+            rng,
+            gather.as_deref_mut(),
+        );
         if poison {
             out.total = out.total.mul_scalar(f64::NAN);
         }
-        let loss: f64 = out.total.clone().into_scalar().elem();
+        let exchange = out.exchange.take();
+        let mut loss: f64 = out.total.clone().into_scalar().elem();
+        if let Some(x) = &exchange {
+            loss += x.rest.clone().into_scalar().elem::<f64>();
+        }
         let parts = out
             .parts
             .iter()
             .map(|(name, part)| (*name, part.clone().into_scalar().elem::<f64>()))
             .collect();
-        let grads = loss.is_finite().then(|| {
-            let grads = GradientsParams::from_grads(out.total.backward(), &self.model);
+        let flat = |grads: B::Gradients| {
+            let grads = GradientsParams::from_grads(grads, &self.model);
             FlatGrads::<B::InnerBackend>::from_grads(&grads, &self.layout, device)
-        });
+        };
+        let grads = match exchange {
+            None => loss.is_finite().then(|| flat(out.total.backward())),
+            Some(x) => {
+                // Every rank runs both passes (they all-reduce), whatever its loss.
+                let first = out.total.backward();
+                let gather = gather.expect("an exchange comes from a gather");
+                let second = x.backward_loss(&first, gather);
+                let grads = flat(first).accumulate(flat(second.backward()));
+                loss.is_finite().then_some(grads)
+            }
+        };
         Micro { loss, parts, grads }
     }
 
@@ -271,6 +291,20 @@ impl<B: AutodiffBackend> Engine<B> {
             scale_in_place(&mut grads, 1.0 / accum as f32);
         }
         self.update(grads, &has_grad, lr, &device)
+    }
+
+    /// Make every rank start from rank 0's parameters (DDP's initial broadcast), whatever
+    /// each process's initialisation drew.
+    pub fn broadcast_params(
+        &mut self,
+        collective: &mut dyn Collective,
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        if collective.world_size() > 1 {
+            collective.broadcast(&mut self.values, 0)?;
+            self.model = set_flat_params(self.model.clone(), &self.values, device);
+        }
+        Ok(())
     }
 
     /// Total elements of the parameters.
@@ -309,12 +343,10 @@ impl<B: AutodiffBackend> Engine<B> {
     }
 }
 
-/// The RNG of the objectives' sampling for one micro-batch of one rank.
-pub fn objective_rng(seed: u64, micro_index: u64, rank: usize) -> ChaCha8Rng {
-    let parts = [seed, OBJECTIVE_STREAM, micro_index, rank as u64];
-    // Rank 0 keeps the stream of a one-process run.
-    let parts = if rank == 0 { &parts[..3] } else { &parts[..] };
-    ChaCha8Rng::seed_from_u64(derive_seed(parts))
+/// The RNG of the objectives' sampling for one micro-batch, the same on every rank (each
+/// sample's draws are keyed by its row in the global batch, [`weft_model::Sampling`]).
+pub fn objective_rng(seed: u64, micro_index: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(derive_seed(&[seed, OBJECTIVE_STREAM, micro_index]))
 }
 
 /// Train `config` on one process with the backend `B` on `device`.
@@ -435,6 +467,7 @@ pub fn train_with<B: AutodiffBackend>(
         log_param_counts(&counts);
     }
     let mut engine = Engine::new(model, config, special);
+    engine.broadcast_params(collective, device)?;
 
     let val_loader = if lead && !config.data.val.is_empty() && engine.model().has_embeddings() {
         Some(weft_data::loader_from_config(
@@ -519,7 +552,7 @@ pub fn train_with<B: AutodiffBackend>(
                 continue;
             };
             local.samples += ob.batch_size() as u64;
-            let mut rng = objective_rng(config.seed, micro_index, rank);
+            let mut rng = objective_rng(config.seed, micro_index);
             micro_index += 1;
             let poison = options.nonfinite_loss_at.contains(&step);
             let micro = if world > 1 {

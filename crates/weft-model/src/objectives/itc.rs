@@ -23,9 +23,9 @@ pub fn itc_loss<B: Backend>(
     ((i2t + t2i).div_scalar(2.0), logits)
 }
 
-/// The all-gather that ITC over the global batch needs from a data-parallel job: every rank's
-/// `local` values (all of one length), concatenated in rank order. The trainer implements it
-/// over its collective; weft-model knows no network.
+/// The collectives the objectives need from a data-parallel job: ITC's negatives and ITM's
+/// hard negatives come from the global batch. The trainer implements it over its collective;
+/// weft-model knows no network.
 pub trait FeatureGather {
     /// This rank.
     fn rank(&self) -> usize;
@@ -33,6 +33,8 @@ pub trait FeatureGather {
     fn world_size(&self) -> usize;
     /// Every rank's `local`, in rank order.
     fn all_gather(&mut self, local: &[f32]) -> Vec<f32>;
+    /// The element-wise sum of every rank's `buf`, into `buf`.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]);
 }
 
 /// ITC with the negatives of the whole global batch (open_clip's `gather_with_grad=False`):
@@ -43,8 +45,8 @@ pub trait FeatureGather {
 /// are scaled so that their mean over the ranks (the trainer's gradient all-reduce) is the
 /// single-process gradient: this rank's embeddings get `N` times theirs (each rank's
 /// embeddings feed the loss through that rank alone), the logit scale `1/N` of `N` (every rank
-/// sees all of it). Also returns this rank's `[b, b]` block of the image-to-text logits (for
-/// ITM's local hard negatives).
+/// sees all of it). Also returns the `[N·b, N·b]` image-to-text logits of the global batch (for
+/// ITM's hard negatives).
 pub fn itc_loss_global<B: Backend>(
     image: Tensor<B, 2>,
     text: Tensor<B, 2>,
@@ -100,6 +102,5 @@ pub fn itc_loss_global<B: Backend>(
     let (loss, logits) = itc_loss(image_all, text_all, scale, label_smoothing);
     // The same value; N times the gradient into this rank's embeddings.
     let loss = loss.clone() + (loss.clone() - loss.detach()).mul_scalar((world - 1) as f64);
-    let local_logits = logits.narrow(0, rank * b, b).narrow(1, rank * b, b);
-    (loss, local_logits)
+    (loss, logits)
 }

@@ -4,39 +4,49 @@
 
 use rand::Rng;
 
-/// Hard negatives of one batch.
+use super::sampling::{Purpose, Sampling};
+
+/// Hard negatives of this process's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HardNegatives {
-    /// For text `i`, the index of its negative image.
+    /// For local text `i`, the global index of its negative image.
     pub image_for_text: Vec<usize>,
-    /// For image `i`, the index of its negative text.
+    /// For local image `i`, the global index of its negative text.
     pub text_for_image: Vec<usize>,
 }
 
-/// Draw hard negatives from `[B, B]` image-to-text `logits` (row-major, `logits[i * b + j]` =
-/// image i with text j). `positive(i, j)` says whether image i and text j are a positive pair;
-/// the diagonal always is. Positives get probability 0; a row whose candidates are all
-/// positive falls back to the next index that is not the diagonal. Needs `b >= 2`.
-pub fn sample_hard_negatives<R: Rng>(
+/// Draw hard negatives for the `b` local rows of a global batch of `g` from the `[g, g]`
+/// image-to-text `logits` of the global batch (row-major, `logits[i * g + j]` = image i with
+/// text j). `positive(i, j)` says whether global image i and global text j are a positive pair;
+/// the diagonal always is. Positives get probability 0; a row whose candidates are all positive
+/// falls back to the next index that is not the diagonal. Each row draws from its own generator
+/// ([`Sampling`]), so that the draws do not depend on how the global batch is split. Needs
+/// `g >= 2`.
+pub fn sample_hard_negatives(
     logits: &[f32],
+    g: usize,
     b: usize,
     positive: impl Fn(usize, usize) -> bool,
-    rng: &mut R,
+    sampling: &Sampling,
 ) -> HardNegatives {
-    assert!(b >= 2, "hard negatives need a batch of at least 2");
-    assert_eq!(logits.len(), b * b);
+    assert!(g >= 2, "hard negatives need a batch of at least 2");
+    assert_eq!(logits.len(), g * g);
     // Text i: a distribution over images j (column i of the logits).
     let image_for_text = (0..b)
-        .map(|i| {
-            let row: Vec<f64> = (0..b).map(|j| f64::from(logits[j * b + i])).collect();
-            draw(&row, |j| j == i || positive(j, i), i, b, rng)
+        .map(|row| {
+            let i = sampling.global_row(row);
+            let scores: Vec<f64> = (0..g).map(|j| f64::from(logits[j * g + i])).collect();
+            let mut rng = sampling.rng(Purpose::ItmImageForText, row);
+            draw(&scores, |j| j == i || positive(j, i), i, g, &mut rng)
         })
         .collect();
     // Image i: a distribution over texts j (row i).
     let text_for_image = (0..b)
-        .map(|i| {
-            let row: Vec<f64> = (0..b).map(|j| f64::from(logits[i * b + j])).collect();
-            draw(&row, |j| j == i || positive(i, j), i, b, rng)
+        .map(|row| {
+            let i = sampling.global_row(row);
+            let scores: Vec<f64> = (0..g).map(|j| f64::from(logits[i * g + j])).collect();
+            let mut rng = sampling.rng(Purpose::ItmTextForImage, row);
+            draw(&scores, |j| j == i || positive(i, j), i, g, &mut rng)
         })
         .collect();
     HardNegatives {

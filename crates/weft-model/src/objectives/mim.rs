@@ -4,14 +4,16 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use rand::seq::index::sample;
-use rand::Rng;
 
-/// A `[B, N]` mask (1 = masked) with exactly `max(1, round(ratio * N))` masked patches per image.
-pub fn patch_mask<R: Rng>(b: usize, n: usize, ratio: f64, rng: &mut R) -> Vec<f32> {
+use super::sampling::{Purpose, Sampling};
+
+/// A `[B, N]` mask (1 = masked) with exactly `max(1, round(ratio * N))` masked patches per
+/// image, each image's from its own generator ([`Sampling`]).
+pub fn patch_mask(b: usize, n: usize, ratio: f64, sampling: &Sampling) -> Vec<f32> {
     let k = ((ratio * n as f64).round() as usize).clamp(1, n);
     let mut mask = vec![0.0f32; b * n];
     for row in 0..b {
-        for j in sample(rng, n, k) {
+        for j in sample(&mut sampling.rng(Purpose::Mim, row), n, k) {
             mask[row * n + j] = 1.0;
         }
     }

@@ -1,6 +1,9 @@
 //! Masked language modelling inputs: BERT's 15% with 80/10/10 replacement.
 
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::sampling::{Purpose, Sampling};
 
 /// Masked inputs and their targets for a `[B, L]` batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,45 +17,67 @@ pub struct MlmMask {
 }
 
 /// Choose each real, non-special token with probability `probability`; of the chosen, 80% become
-/// `mask_id`, 10% a random non-special token and 10% stay. At least one token of the batch is
-/// chosen when there is any candidate.
-pub fn mask_tokens<R: Rng>(
+/// `mask_id`, 10% a random non-special token and 10% stay. Every row of `len` tokens draws from
+/// its own generator ([`Sampling`]). At least one token of the batch is chosen when there is any
+/// candidate.
+#[allow(clippy::too_many_arguments)] // BERT's knobs, each a plain value
+pub fn mask_tokens(
     ids: &[u32],
     attention_mask: &[u32],
+    len: usize,
     vocab_size: usize,
     special: &[u32],
     mask_id: u32,
     probability: f64,
-    rng: &mut R,
+    sampling: &Sampling,
 ) -> MlmMask {
-    let candidates: Vec<usize> = (0..ids.len())
-        .filter(|&i| attention_mask[i] != 0 && !special.contains(&ids[i]))
-        .collect();
-    let mut chosen: Vec<usize> = candidates
-        .iter()
-        .copied()
-        .filter(|_| rng.random::<f64>() < probability)
-        .collect();
-    if chosen.is_empty() && !candidates.is_empty() {
-        chosen.push(candidates[rng.random_range(0..candidates.len())]);
-    }
+    assert!(
+        len > 0 && ids.len().is_multiple_of(len),
+        "ids must be rows of {len}"
+    );
     let regular: Vec<u32> = (0..vocab_size as u32)
         .filter(|t| !special.contains(t))
         .collect();
+    let is_candidate = |i: usize| attention_mask[i] != 0 && !special.contains(&ids[i]);
     let mut input_ids = ids.to_vec();
-    let mut targets = Vec::with_capacity(chosen.len());
-    for &pos in &chosen {
-        targets.push(ids[pos] as usize);
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    let replace = |pos: usize, rng: &mut ChaCha8Rng, input_ids: &mut Vec<u32>| {
         let r = rng.random::<f64>();
         if r < 0.8 {
             input_ids[pos] = mask_id;
         } else if r < 0.9 && !regular.is_empty() {
             input_ids[pos] = regular[rng.random_range(0..regular.len())];
         }
+        (pos, ids[pos] as usize)
+    };
+    for row in 0..ids.len() / len {
+        let mut rng = sampling.rng(Purpose::Mlm, row);
+        let chosen: Vec<usize> = (row * len..(row + 1) * len)
+            .filter(|&i| is_candidate(i))
+            .filter(|_| rng.random::<f64>() < probability)
+            .collect();
+        for pos in chosen {
+            let (p, t) = replace(pos, &mut rng, &mut input_ids);
+            positions.push(p);
+            targets.push(t);
+        }
+    }
+    if positions.is_empty() {
+        let candidates: Vec<usize> = (0..ids.len()).filter(|&i| is_candidate(i)).collect();
+        if !candidates.is_empty() {
+            // Row 0's generator, past what it drew for the row itself.
+            let mut rng = sampling.rng(Purpose::Mlm, 0);
+            rng.set_word_pos(1 << 20);
+            let pos = candidates[rng.random_range(0..candidates.len())];
+            let (p, t) = replace(pos, &mut rng, &mut input_ids);
+            positions.push(p);
+            targets.push(t);
+        }
     }
     MlmMask {
         input_ids,
-        positions: chosen,
+        positions,
         targets,
     }
 }

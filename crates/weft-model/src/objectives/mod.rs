@@ -10,8 +10,9 @@ pub mod itm;
 pub mod lm;
 pub mod mim;
 pub mod mlm;
+pub mod sampling;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
 use weft_config::LossConfig;
@@ -25,6 +26,7 @@ pub use itm::{sample_hard_negatives, HardNegatives};
 pub use lm::{shift_for_lm, LmInputs};
 pub use mim::{mim_loss, patch_mask, patch_targets};
 pub use mlm::{mask_tokens, MlmMask};
+pub use sampling::{Purpose, Sampling};
 
 /// The special token ids the objectives use.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,11 +72,6 @@ impl<B: Backend> ObjectiveBatch<B> {
     pub fn padding_tensor(&self) -> Tensor<B, 2, Bool> {
         let pad: Vec<bool> = self.attention_mask.iter().map(|&m| m == 0).collect();
         bools(pad, self.batch_size(), self.len, &self.images.device())
-    }
-
-    fn same_caption(&self, i: usize, j: usize) -> bool {
-        let l = self.len;
-        self.ids[i * l..(i + 1) * l] == self.ids[j * l..(j + 1) * l]
     }
 }
 
@@ -131,16 +128,115 @@ impl<B: Backend> Pairs<B> {
 /// The losses of one batch: the weighted total and every enabled component on its own.
 #[derive(Debug, Clone)]
 pub struct LossOutput<B: Backend> {
-    /// `Σ weight · component`, `[1]`.
+    /// `Σ weight · component`, `[1]`. On a rank of a data-parallel job with an [`Exchange`], the
+    /// part of it whose backward pass runs first.
     pub total: Tensor<B, 1>,
     /// `(name, unweighted loss)` of each enabled objective, in the order itc, itm, mlm, lm, mim.
     pub parts: Vec<(&'static str, Tensor<B, 1>)>,
+    /// On a rank of a data-parallel job whose objectives read other ranks' tokens (ITM's
+    /// negatives): the second backward pass.
+    pub exchange: Option<Exchange<B>>,
 }
 
-impl<B: Backend> VlModel<B> {
+/// The second half of a data-parallel rank's backward pass. ITM pairs a rank's text with
+/// another rank's image (and the reverse), so the fusion encoder reads every rank's encoder
+/// tokens. They enter [`LossOutput::total`] as constants (`global` leaves); after its backward
+/// pass the trainer sums their gradients over the ranks ([`FeatureGather::all_reduce_sum`]),
+/// takes this rank's rows and runs the backward pass of
+/// `rest + Σ ⟨local tokens, their summed gradient⟩` through the encoders
+/// ([`Exchange::backward_loss`]).
+#[derive(Debug, Clone)]
+pub struct Exchange<B: Backend> {
+    /// The losses that read the encoders directly (ITC, MIM), weighted.
+    pub rest: Tensor<B, 1>,
+    /// `(local tokens with their graph, the global batch's tokens as a leaf)`.
+    pub tokens: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+    /// This rank's first row in the global batch.
+    pub first_row: usize,
+}
+
+impl<B: AutodiffBackend> Exchange<B> {
+    /// The loss of the second backward pass, given the gradients of the first (`grads`): each
+    /// leaf's gradient summed over the ranks with `gather`, this rank's rows paired with the
+    /// local tokens.
+    pub fn backward_loss(
+        self,
+        grads: &B::Gradients,
+        gather: &mut dyn FeatureGather,
+    ) -> Tensor<B, 1> {
+        let mut loss = self.rest;
+        for (local, leaf) in self.tokens {
+            let [b, l, w] = local.dims();
+            let device = local.device();
+            let mut g: Vec<f32> = match leaf.grad(grads) {
+                Some(t) => t
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32 gradient"),
+                None => vec![0.0; leaf.dims().iter().product()],
+            };
+            gather.all_reduce_sum(&mut g);
+            let at = self.first_row * l * w;
+            let mine = g[at..at + b * l * w].to_vec();
+            let mine = Tensor::<B, 3>::from_data(TensorData::new(mine, [b, l, w]), &device);
+            loss = loss + (local * mine).sum();
+        }
+        loss
+    }
+}
+
+/// The global batch's rows of `local` (`[b, …]`, the same shape on every rank) as one leaf that
+/// requires a gradient.
+fn gathered_leaf<B: AutodiffBackend>(
+    local: &Tensor<B, 3>,
+    gather: &mut dyn FeatureGather,
+) -> Tensor<B, 3> {
+    let [b, l, w] = local.dims();
+    let host: Vec<f32> = local
+        .clone()
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 tokens");
+    let all = gather.all_gather(&host);
+    let n = gather.world_size() * b;
+    Tensor::<B, 3>::from_data(TensorData::new(all, [n, l, w]), &local.device()).require_grad()
+}
+
+/// Every rank's `local` ids (exact as f32 below 2^24).
+fn gathered_ids(local: &[u32], gather: &mut dyn FeatureGather) -> Vec<u32> {
+    let host: Vec<f32> = local.iter().map(|&x| x as f32).collect();
+    gather
+        .all_gather(&host)
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+/// Where the objectives read the encoders' tokens: this process's own (one process), or the
+/// global batch's as leaves (a data-parallel rank with ITM).
+struct Sources<B: Backend> {
+    /// `[g, Li, W]` image tokens of the global batch (or this batch when `g == b`).
+    image: Option<Tensor<B, 3>>,
+    /// `[g, Lt, W]` text tokens.
+    text: Option<Tensor<B, 3>>,
+    /// Key padding of `text`'s rows.
+    text_bias: Option<AttentionBias<B>>,
+    /// Token ids of the global batch, row-major.
+    ids: Vec<u32>,
+    /// Rows of the global batch.
+    g: usize,
+    /// This batch's first row in it.
+    first: usize,
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
     /// Forward every objective whose weight is non-zero on one batch.
     ///
-    /// `rng` draws the MLM masks, the ITM hard negatives and the MIM masks, in that order.
+    /// `rng` gives the batch's seed; each sample's MLM mask, ITM negatives and MIM mask come from
+    /// generators of its own ([`Sampling`]).
     ///
     /// # Panics
     /// When an objective has a weight but its module was not built (the model and the weights
@@ -155,24 +251,36 @@ impl<B: Backend> VlModel<B> {
         self.losses_with(batch, w, special, rng, None)
     }
 
-    /// [`Self::losses`] on one rank of a data-parallel job: with `gather`, ITC takes the
-    /// negatives of the global batch ([`itc_loss_global`]); ITM, MLM, LM and MIM stay local.
+    /// [`Self::losses`] on one rank of a data-parallel job, whose batch is rows
+    /// `rank · b .. (rank + 1) · b` of the global batch (every rank draws the same `rng`):
+    /// ITC takes the negatives of the global batch ([`itc_loss_global`]), ITM draws its hard
+    /// negatives from the global batch's similarities and pairs texts and images of any rank
+    /// (the [`Exchange`] carries their gradients back), MLM and LM are normalised by the
+    /// global token counts. The mean of the ranks' gradients is the one-process gradient of
+    /// the global batch.
     pub fn losses_with<R: Rng>(
         &self,
         batch: &ObjectiveBatch<B>,
         w: &LossConfig,
         special: &SpecialTokens,
         rng: &mut R,
-        gather: Option<&mut dyn FeatureGather>,
+        gather: Option<&mut (dyn FeatureGather + '_)>,
     ) -> LossOutput<B> {
+        let mut gather = gather.filter(|g| g.world_size() > 1);
         let device = batch.images.device();
         let b = batch.batch_size();
         let l = batch.len;
+        let (rank, world) = gather
+            .as_ref()
+            .map_or((0, 1), |g| (g.rank(), g.world_size()));
+        let sampling = Sampling::from_rng(rng).at_row(rank * b);
+        let g = world * b;
         let needs_text = w.itc > 0.0 || w.itm > 0.0 || w.mlm > 0.0;
         // Every image token: cross-attention reads them (ITM, MLM, LM); every text token: ITM
         // fuses them. With ITC alone only the CLS tokens are read.
         let needs_image_tokens = w.itm > 0.0 || w.mlm > 0.0 || w.lm > 0.0;
         let needs_text_tokens = w.itm > 0.0;
+        let itm_on = w.itm > 0.0 && g >= 2;
         let mut parts = Vec::new();
 
         let image_tokens = needs_image_tokens.then(|| self.vision.forward(batch.images.clone()));
@@ -187,19 +295,81 @@ impl<B: Backend> VlModel<B> {
             .filter(|_| needs_text_tokens)
             .map(|t| t.forward(batch.ids_tensor(), Some(padding.clone())));
 
-        // MLM masks are drawn first so that the RNG stream does not depend on the ITC values.
+        // A rank with ITM reads every rank's tokens as leaves; otherwise its own.
+        let exchange = itm_on && gather.is_some();
+        let mut leaves = Vec::new();
+        let sources = if exchange {
+            let gth = gather.as_deref_mut().expect("gather");
+            let image = image_tokens.as_ref().map(|t| {
+                let leaf = gathered_leaf(t, gth);
+                leaves.push((t.clone(), leaf.clone()));
+                leaf
+            });
+            let txt = text_tokens.as_ref().map(|t| {
+                let leaf = gathered_leaf(t, gth);
+                leaves.push((t.clone(), leaf.clone()));
+                leaf
+            });
+            let ids = gathered_ids(&batch.ids, gth);
+            let mask = gathered_ids(&batch.attention_mask, gth);
+            let pad: Vec<bool> = mask.iter().map(|&m| m == 0).collect();
+            let bias = AttentionBias::new(Some(bools::<B>(pad, g, l, &device)), None, &device);
+            Sources {
+                image,
+                text: txt,
+                text_bias: Some(bias),
+                ids,
+                g,
+                first: rank * b,
+            }
+        } else {
+            Sources {
+                image: image_tokens.clone(),
+                text: text_tokens.clone(),
+                text_bias: Some(text_bias.clone()),
+                ids: batch.ids.clone(),
+                g: b,
+                first: 0,
+            }
+        };
+
+        // MLM masks are drawn first; their global count normalises the loss.
         let mlm_mask = (w.mlm > 0.0).then(|| {
             let vocab = text.expect("text encoder").token_embedding.weight.dims()[0];
             mask_tokens(
                 &batch.ids,
                 &batch.attention_mask,
+                l,
                 vocab,
                 &special.all,
                 special.mask,
                 w.mlm_probability,
-                rng,
+                &sampling,
             )
         });
+        let lm =
+            (w.lm > 0.0).then(|| shift_for_lm(&batch.ids, &batch.attention_mask, l, special.bos));
+        // Token-level means over the global batch: this rank's sum over the global count, times
+        // the ranks (the trainer averages the ranks).
+        let (mlm_scale, lm_scale) = match gather.as_deref_mut() {
+            Some(gth) if mlm_mask.is_some() || lm.is_some() => {
+                let mut counts = [
+                    mlm_mask.as_ref().map_or(0.0, |m| m.positions.len() as f32),
+                    lm.as_ref().map_or(0.0, |x| x.weights.iter().sum::<f32>()),
+                ];
+                let local = counts;
+                gth.all_reduce_sum(&mut counts);
+                let scale = |mine: f32, all: f32| {
+                    if all > 0.0 {
+                        f64::from(mine) * world as f64 / f64::from(all)
+                    } else {
+                        1.0
+                    }
+                };
+                (scale(local[0], counts[0]), scale(local[1], counts[1]))
+            }
+            _ => (1.0, 1.0),
+        };
 
         let mut itm_pairs = None;
         if w.itc > 0.0 || w.itm > 0.0 {
@@ -222,47 +392,47 @@ impl<B: Backend> VlModel<B> {
             let (image_emb, text_emb) =
                 (itc.image_embedding(image_cls), itc.text_embedding(text_cls));
             let (loss, logits) = match gather {
-                Some(g) => {
-                    itc_loss_global(image_emb, text_emb, itc.scale(), w.itc_label_smoothing, g)
+                Some(gth) => {
+                    itc_loss_global(image_emb, text_emb, itc.scale(), w.itc_label_smoothing, gth)
                 }
                 None => itc_loss(image_emb, text_emb, itc.scale(), w.itc_label_smoothing),
             };
             if w.itc > 0.0 {
                 parts.push(("itc", loss));
             }
-            if w.itm > 0.0 && b >= 2 {
+            if itm_on {
                 let host: Vec<f32> = logits
                     .detach()
                     .into_data()
                     .convert::<f32>()
                     .to_vec()
                     .expect("f32 logits");
-                let neg = sample_hard_negatives(&host, b, |i, j| batch.same_caption(i, j), rng);
-                let text_tokens = text_tokens.clone().expect("text tokens");
-                let neg_text =
-                    weft_kernels::reference::index_tensor::<B>(&neg.text_for_image, &device);
-                // 3B pairs: (text i, image i), (text i, its negative image), (image i's
+                let gl = sources.g;
+                let same = |i: usize, j: usize| {
+                    sources.ids[i * l..(i + 1) * l] == sources.ids[j * l..(j + 1) * l]
+                };
+                let neg = sample_hard_negatives(&host, gl, b, same, &sampling);
+                let own: Vec<usize> = (sources.first..sources.first + b).collect();
+                // 3b pairs: (text i, image i), (text i, its negative image), (image i's
                 // negative text, image i).
-                let text_all = Tensor::cat(
-                    vec![
-                        text_tokens.clone(),
-                        text_tokens.clone(),
-                        text_tokens.select(0, neg_text.clone()),
-                    ],
-                    0,
-                );
-                let bias_all = AttentionBias::cat(vec![
-                    text_bias.clone(),
-                    text_bias.clone(),
-                    text_bias.select(neg_text),
-                ]);
-                let image_index = (0..b)
-                    .chain(neg.image_for_text.iter().copied())
-                    .chain(0..b)
+                let text_rows: Vec<usize> = own
+                    .iter()
+                    .chain(&own)
+                    .chain(&neg.text_for_image)
+                    .copied()
+                    .collect();
+                let rows = weft_kernels::reference::index_tensor::<B>(&text_rows, &device);
+                let text_src = sources.text.clone().expect("text tokens");
+                let bias_src = sources.text_bias.clone().expect("text bias");
+                let image_index = own
+                    .iter()
+                    .chain(&neg.image_for_text)
+                    .chain(&own)
+                    .copied()
                     .collect();
                 itm_pairs = Some(Pairs {
-                    text: text_all,
-                    bias: bias_all,
+                    text: text_src.select(0, rows.clone()),
+                    bias: bias_src.select(rows),
                     image_index,
                 });
             }
@@ -276,13 +446,13 @@ impl<B: Backend> VlModel<B> {
             let pairs = Pairs {
                 text: h,
                 bias: text_bias.clone(),
-                image_index: (0..b).collect(),
+                image_index: (sources.first..sources.first + b).collect(),
             };
             (pairs, mask)
         });
 
         // ITM's pairs and MLM's masked captions go through the fusion encoder in one pass
-        // over the batch's image tokens, each image projected to keys and values once.
+        // over the image tokens, each image projected to keys and values once.
         let (mlm_pairs, mlm_mask) = match mlm {
             Some((pairs, mask)) => (Some(pairs), Some(mask)),
             None => (None, None),
@@ -298,7 +468,7 @@ impl<B: Backend> VlModel<B> {
             let pairs = Pairs::cat(fusion_pairs);
             // The tokens the heads read: the first of each ITM pair, the masked ones of MLM.
             let mut flat: Vec<usize> = Vec::new();
-            let itm_rows = if w.itm > 0.0 && b >= 2 {
+            let itm_rows = if itm_on {
                 flat.extend((0..3 * b).map(|n| n * l));
                 3 * b
             } else {
@@ -308,7 +478,7 @@ impl<B: Backend> VlModel<B> {
                 flat.extend(mask.positions.iter().map(|p| itm_rows * l + p));
             }
             let rows = TokenRows::new(flat, pairs.image_index.len(), l);
-            let image = image_tokens.clone().expect("image tokens");
+            let image = sources.image.clone().expect("image tokens");
             let out = if self.prune_unread_tokens {
                 fusion.forward_rows(
                     pairs.text,
@@ -325,7 +495,7 @@ impl<B: Backend> VlModel<B> {
             Some((out, itm_rows, rows.count()))
         };
 
-        if w.itm > 0.0 && b >= 2 {
+        if itm_on {
             let head = self
                 .itm
                 .as_ref()
@@ -345,28 +515,28 @@ impl<B: Backend> VlModel<B> {
             let (fused, start, end) = fused.take().expect("the MLM pairs");
             let picked = fused.narrow(0, start, end - start);
             let logits = head.forward(picked, text.token_embedding.weight.val());
-            parts.push(("mlm", cross_entropy(logits, &mask.targets, None, 0.0)));
+            let loss = cross_entropy(logits, &mask.targets, None, 0.0);
+            parts.push(("mlm", scaled(loss, mlm_scale)));
         }
 
-        if w.lm > 0.0 {
+        if let Some(lm) = lm {
             let decoder = self
                 .decoder
                 .as_ref()
                 .expect("decoder is built when loss.lm > 0");
-            let lm = shift_for_lm(&batch.ids, &batch.attention_mask, l, special.bos);
             let inputs = ints::<B>(&lm.input_ids, b, lm.len, &device);
             let pad = bools::<B>(lm.padding.clone(), b, lm.len, &device);
-            let logits = decoder.forward(
-                inputs,
-                Some(pad),
-                image_tokens.clone().expect("image tokens"),
-            );
+            let image = sources.image.clone().expect("image tokens");
+            let image = if sources.g == b {
+                image
+            } else {
+                image.narrow(0, sources.first, b)
+            };
+            let logits = decoder.forward(inputs, Some(pad), image);
             let vocab = logits.dims()[2];
             let logits = logits.reshape([b * lm.len, vocab]);
-            parts.push((
-                "lm",
-                cross_entropy(logits, &lm.targets, Some(&lm.weights), 0.0),
-            ));
+            let loss = cross_entropy(logits, &lm.targets, Some(&lm.weights), 0.0);
+            parts.push(("lm", scaled(loss, lm_scale)));
         }
 
         if w.mim > 0.0 {
@@ -377,7 +547,7 @@ impl<B: Backend> VlModel<B> {
             let patch = self.vision.patch_size;
             let [_, _, s, _] = batch.images.dims();
             let n = (s / patch) * (s / patch);
-            let mask = patch_mask(b, n, w.mim_mask_ratio, rng);
+            let mask = patch_mask(b, n, w.mim_mask_ratio, &sampling);
             let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, n]), &device);
             let tokens = self.vision.forward_masked(
                 batch.images.clone(),
@@ -396,11 +566,43 @@ impl<B: Backend> VlModel<B> {
             "lm" => w.lm,
             _ => w.mim,
         };
-        let total = parts
-            .iter()
-            .map(|(name, loss)| loss.clone().mul_scalar(weight(name)))
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::zeros([1], &device));
-        LossOutput { total, parts }
+        let sum = |keep: &dyn Fn(&str) -> bool| {
+            parts
+                .iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, loss)| loss.clone().mul_scalar(weight(name)))
+                .reduce(|a, b| a + b)
+                .unwrap_or_else(|| Tensor::zeros([1], &device))
+        };
+        if exchange {
+            // ITC and MIM read the encoders directly: they run in the second backward pass.
+            let direct = |name: &str| name == "itc" || name == "mim";
+            let rest = sum(&direct);
+            let total = sum(&|name: &str| !direct(name));
+            LossOutput {
+                total,
+                parts,
+                exchange: Some(Exchange {
+                    rest,
+                    tokens: leaves,
+                    first_row: rank * b,
+                }),
+            }
+        } else {
+            LossOutput {
+                total: sum(&|_: &str| true),
+                parts,
+                exchange: None,
+            }
+        }
+    }
+}
+
+/// `loss · factor` (a no-op for 1).
+fn scaled<B: Backend>(loss: Tensor<B, 1>, factor: f64) -> Tensor<B, 1> {
+    if factor == 1.0 {
+        loss
+    } else {
+        loss.mul_scalar(factor)
     }
 }

@@ -1,0 +1,158 @@
+//! Data parallelism changes nothing but the speed: 2 processes with per-rank batch B/2 train
+//! what 1 process with batch B trains on the same global batches, with the real binary on
+//! 127.0.0.1 (`weft launch` against `weft train`), the tiny config and every objective.
+//!
+//! Rank r of 2 reads rows `[r·N/2, (r+1)·N/2)` of the epoch's sequence (the data plan); the
+//! one-process dataset holds the same rows in the order of the global batches, so that its
+//! step k reads exactly the rows the two ranks read at step k, rank 0's first. Shuffling and
+//! augmentation are off; every random draw of the objectives is keyed by the sample's row in
+//! the global batch.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::process::{ok, weft_within};
+use common::train::sample_dir;
+use weft_data::synth::{encode, write_hf_parquet, Scene, SynthFormat};
+
+const STEPS: usize = 20;
+const GLOBAL_BATCH: usize = 16;
+
+fn repo() -> PathBuf {
+    sample_dir().join("../..")
+}
+
+/// Row `i` of the dataset: a synthetic scene and its caption.
+fn row(i: usize) -> (Option<Vec<u8>>, Option<String>) {
+    let scene = Scene::generate(11, i as u64, 64);
+    let png = encode(&scene.render(64), SynthFormat::Png).unwrap();
+    (Some(png), Some(scene.caption()))
+}
+
+/// The tensors of a safetensors file, as f32, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = Vec::new();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(t["dtype"], "F32", "{name}");
+        let [a, b] = [0, 1].map(|k| t["data_offsets"][k].as_u64().unwrap() as usize);
+        let values = data[a..b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        out.push((name.clone(), values));
+    }
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+/// The `itc` loss of every step in `metrics.jsonl`.
+fn itc_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["itc"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn sets(data: &Path, batch: usize) -> Vec<String> {
+    [
+        format!("data.train=[\"{}\"]", data.display()),
+        "data.val=[]".into(),
+        format!("data.batch_size={batch}"),
+        "data.shuffle=false".into(),
+        "data.workers=1".into(),
+        "data.crop_scale=[1.0, 1.0]".into(),
+        "data.crop_ratio=[1.0, 1.0]".into(),
+        "data.hflip=false".into(),
+        format!("train.max_steps={STEPS}"),
+        "train.eval_every=0".into(),
+        "train.threads=1".into(),
+    ]
+    .iter()
+    .flat_map(|kv| ["--set".to_string(), kv.clone()])
+    .collect()
+}
+
+#[test]
+fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = STEPS * GLOBAL_BATCH;
+    let half = GLOBAL_BATCH / 2;
+    let rows: Vec<_> = (0..n).map(row).collect();
+    // Two ranks: the rows in order (rank 0 reads the first half, rank 1 the second).
+    let split = dir.path().join("split");
+    std::fs::create_dir_all(&split).unwrap();
+    write_hf_parquet(&split.join("part-0.parquet"), &rows, 64).unwrap();
+    // One process: global batch k = rank 0's batch k, then rank 1's.
+    let whole = dir.path().join("whole");
+    std::fs::create_dir_all(&whole).unwrap();
+    let interleaved: Vec<_> = (0..STEPS)
+        .flat_map(|k| (k * half..(k + 1) * half).chain(n / 2 + k * half..n / 2 + (k + 1) * half))
+        .map(|i| rows[i].clone())
+        .collect();
+    write_hf_parquet(&whole.join("part-0.parquet"), &interleaved, 64).unwrap();
+
+    let one = dir.path().join("one");
+    let mut args = vec![
+        "train".to_string(),
+        "--run-dir".into(),
+        one.display().to_string(),
+    ];
+    args.extend(sets(&whole, GLOBAL_BATCH));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+
+    let two = dir.path().join("two");
+    let mut args: Vec<String> = [
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--run-dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(two.display().to_string());
+    args.extend(sets(&split, half));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    assert!(two.join("logs/rank-0.log").exists() && two.join("logs/rank-1.log").exists());
+
+    let (a, b) = (itc_losses(&one), itc_losses(&two));
+    assert_eq!((a.len(), b.len()), (STEPS, STEPS));
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs(),
+            "step {}: ITC {x} (1 process) vs {y} (2 ranks)",
+            step + 1
+        );
+    }
+    let (p, q) = (
+        tensors(&one.join("model.safetensors")),
+        tensors(&two.join("model.safetensors")),
+    );
+    assert_eq!(p.len(), q.len());
+    for ((name, x), (name2, y)) in p.iter().zip(&q) {
+        assert_eq!(name, name2);
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{name}: parameters differ by {worst} (largest magnitude {scale})"
+        );
+    }
+}
