@@ -221,3 +221,60 @@ fn bench_allreduce_between_processes() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--sizes"));
 }
+
+/// `weft launch --print-env` with the given variables (and no other launcher's).
+fn print_env(vars: &[(&str, &str)]) -> Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+    c.args(["launch", "--print-env"]);
+    for k in [
+        "WEFT_RANK",
+        "RANK",
+        "SLURM_PROCID",
+        "WEFT_COORDINATOR",
+        "MASTER_ADDR",
+    ] {
+        c.env_remove(k);
+    }
+    c.envs(vars.iter().copied());
+    c.output().unwrap()
+}
+
+#[test]
+fn launch_print_env_shows_what_slurm_and_torchrun_set() {
+    let out = ok(&print_env(&[
+        ("SLURM_PROCID", "0"),
+        ("SLURM_NTASKS", "8"),
+        ("SLURM_LOCALID", "0"),
+        ("SLURM_JOB_NODELIST", "gpu[07-08],cpu3"),
+        ("SLURM_JOB_ID", "4242"),
+    ]));
+    for want in [
+        "launcher: slurm",
+        "rank: 0",
+        "world_size: 8",
+        "coordinator: gpu07:29742",
+        "nodes: gpu07 gpu08 cpu3",
+        "hosts the coordinator: yes (rank 0)",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    let out = ok(&print_env(&[
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "head"),
+        ("MASTER_PORT", "29500"),
+    ]));
+    assert!(
+        out.contains("launcher: torchrun") && out.contains("coordinator: head:29501"),
+        "{out}"
+    );
+    // A malformed variable is named.
+    let bad = print_env(&[("SLURM_PROCID", "x"), ("SLURM_NTASKS", "2")]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("SLURM_PROCID") && err.contains("\"x\""),
+        "{err}"
+    );
+}

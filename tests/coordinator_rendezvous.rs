@@ -51,6 +51,7 @@ fn peer(rank: usize) -> Peer {
         host: "127.0.0.1".into(),
         local_rank: rank,
         ring_addr: format!("127.0.0.1:{}", 40000 + rank),
+        nccl_id: None,
     }
 }
 

@@ -228,6 +228,7 @@ fn worker(sizes: &[usize], iters: usize) -> anyhow::Result<()> {
             host: "127.0.0.1".into(),
             local_rank: env.local_rank,
             ring_addr,
+            nccl_id: None,
         },
         Duration::from_secs(60),
         Duration::from_secs(1),

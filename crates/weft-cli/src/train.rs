@@ -129,6 +129,7 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
             heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
             rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
             collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
+            nccl_id: None,
         };
         let rank = env.rank;
         let mut job = Job::join(

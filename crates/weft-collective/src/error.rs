@@ -49,6 +49,16 @@ pub enum CollectiveError {
         /// What failed, naming the peer or address.
         reason: String,
     },
+    /// A GPU operation (NCCL or a copy) failed.
+    #[error("rank {rank}: {op} on the GPU failed: {reason}")]
+    Device {
+        /// This rank.
+        rank: usize,
+        /// The operation.
+        op: &'static str,
+        /// The CUDA or NCCL error.
+        reason: String,
+    },
     /// The caller's buffers or arguments do not fit the operation.
     #[error("rank {rank}: {op}: {reason}")]
     Invalid {

@@ -8,14 +8,20 @@
 //!   transfers, the algorithm of Gloo's and NCCL's rings: each rank sends and receives
 //!   `2(N−1)/N` of the buffer whatever the number of ranks `N`, and the reduction of one
 //!   segment overlaps the transfer of the next.
+//! - `nccl::Nccl` (the `cuda` feature): NCCL through cudarc, on device buffers; rank 0 makes the
+//!   unique id, the coordinator hands it to the others.
 //!
 //! The crate knows nothing of burn: the trainer flattens its gradients into `f32` buffers.
 
 mod error;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 mod ring;
 mod single;
 
 pub use error::CollectiveError;
+#[cfg(feature = "cuda")]
+pub use nccl::{Nccl, NcclId};
 pub use ring::{RingConfig, TcpRing};
 pub use single::SingleRank;
 
@@ -68,7 +74,7 @@ fn nan_min(a: f32, b: f32) -> f32 {
 /// The operations a data-parallel trainer needs from its peers. Every rank calls the same
 /// operations in the same order with buffers of the same length; each call returns when this
 /// rank's part is done, or an error naming the peer that failed or timed out.
-pub trait Collective: Send {
+pub trait Collective {
     /// This process's rank, `0..world_size()`.
     fn rank(&self) -> usize;
 

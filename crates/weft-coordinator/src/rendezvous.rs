@@ -34,6 +34,9 @@ pub struct Peer {
     pub local_rank: usize,
     /// Where its collective ring listens (`host:port`).
     pub ring_addr: String,
+    /// Rank 0 of a GPU job: the NCCL unique id (hex) every rank joins the communicator with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nccl_id: Option<String>,
 }
 
 /// What coordinator and workers say to each other.

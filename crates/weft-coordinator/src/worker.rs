@@ -49,6 +49,8 @@ pub struct JobOptions {
     pub rendezvous_timeout: Duration,
     /// Of every collective operation.
     pub collective_timeout: Duration,
+    /// Rank 0 of a GPU job: the NCCL unique id (hex) to hand to every rank.
+    pub nccl_id: Option<String>,
 }
 
 /// The job token: `WEFT_JOB_TOKEN`, set by `weft launch`; otherwise one derived from the
@@ -188,6 +190,11 @@ impl Job {
                 host: hostname(),
                 local_rank: env.local_rank,
                 ring_addr,
+                nccl_id: if rank == 0 {
+                    options.nccl_id.clone()
+                } else {
+                    None
+                },
             },
             options.rendezvous_timeout,
             options.heartbeat_interval,
@@ -210,6 +217,14 @@ impl Job {
             session,
             hosted,
         })
+    }
+
+    /// The NCCL unique id rank 0 handed out, if it did.
+    pub fn nccl_id(&self) -> Option<&str> {
+        self.session
+            .peers
+            .first()
+            .and_then(|p| p.nccl_id.as_deref())
     }
 
     /// Leaves the job cleanly; the hosting rank waits (up to `timeout`) for the others to
