@@ -9,40 +9,23 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use weft_coordinator::rendezvous::{
-    read_message, serve, write_message, CoordinatorConfig, Message, Peer, RendezvousError, Session,
+    read_message, write_message, CoordinatorConfig, Message, Peer, RendezvousError, Session,
 };
+use weft_coordinator::{spawn_coordinator, HostedCoordinator};
 
-/// Starts a coordinator for `world` ranks on a thread; returns its address and its result.
-fn coordinator(
-    world: usize,
-    heartbeat_timeout: Duration,
-) -> (String, mpsc::Receiver<Result<(), RendezvousError>>) {
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let result = rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx
-                .send(listener.local_addr().unwrap().to_string())
-                .unwrap();
-            serve(
-                listener,
-                CoordinatorConfig {
-                    world_size: world,
-                    token: "job-token".into(),
-                    heartbeat_timeout,
-                    join_timeout: Duration::from_secs(10),
-                },
-            )
-            .await
-        });
-        let _ = done_tx.send(result);
-    });
-    (addr_rx.recv().unwrap(), done_rx)
+/// Starts a coordinator for `world` ranks on a thread; returns its address and its handle.
+fn coordinator(world: usize, heartbeat_timeout: Duration) -> (String, HostedCoordinator) {
+    let hosted = spawn_coordinator(
+        "127.0.0.1:0",
+        CoordinatorConfig {
+            world_size: world,
+            token: "job-token".into(),
+            heartbeat_timeout,
+            join_timeout: Duration::from_secs(10),
+        },
+    )
+    .unwrap();
+    (hosted.addr.to_string(), hosted)
 }
 
 fn peer(rank: usize) -> Peer {
@@ -99,7 +82,9 @@ fn every_rank_gets_the_rank_table_and_the_job_ends_when_all_leave() {
         let peers = w.join().unwrap();
         assert_eq!(peers, (0..3).map(peer).collect::<Vec<_>>());
     }
-    done.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    done.wait(Duration::from_secs(5))
+        .expect("the coordinator finished")
+        .unwrap();
 }
 
 #[test]
@@ -140,7 +125,9 @@ fn a_wrong_token_a_duplicate_and_garbage_are_refused_alone() {
     assert_eq!(a.peers.len(), 2);
     a.leave();
     b.leave();
-    done.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    done.wait(Duration::from_secs(5))
+        .expect("the coordinator finished")
+        .unwrap();
 }
 
 #[test]
@@ -187,7 +174,10 @@ fn a_rank_that_drops_or_goes_silent_is_named_to_the_others() {
             assert!(why.contains("rank 2 is dead"), "silent {silent}: {why}");
             assert!(took < timeout + Duration::from_secs(5), "{took:?}");
         }
-        match done.recv_timeout(Duration::from_secs(5)).unwrap() {
+        match done
+            .wait(Duration::from_secs(5))
+            .expect("the coordinator finished")
+        {
             Err(RendezvousError::RankDead { rank: 2, reason }) => {
                 let want = if silent { "no heartbeat" } else { "dropped" };
                 assert!(reason.contains(want), "{reason}");

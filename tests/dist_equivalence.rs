@@ -156,3 +156,45 @@ fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
         );
     }
 }
+
+#[test]
+fn a_job_trains_through_padded_last_batches() {
+    // 100 rows, 2 ranks of 8, `last_batch = "pad"`: 7 steps, the last global batch holds 4
+    // real rows and 12 padding rows. Every rank runs every step at its full size.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows: Vec<_> = (0..100).map(row).collect();
+    write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
+    let run = dir.path().join("run");
+    let mut args: Vec<String> = [
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--run-dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(run.display().to_string());
+    args.extend(sets(&data, 8));
+    for kv in [
+        "train.max_steps=0",
+        "train.epochs=1",
+        "data.last_batch=\"pad\"",
+    ] {
+        args.push("--set".into());
+        args.push(kv.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7);
+    // Every real row once, padding not counted.
+    assert_eq!(lines[6]["samples_seen"], 100);
+}

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use weft_collective::{Collective, ReduceOp, RingConfig, TcpRing};
-use weft_coordinator::rendezvous::{serve, CoordinatorConfig, Peer, Session};
+use weft_coordinator::rendezvous::{CoordinatorConfig, Peer, Session};
+use weft_coordinator::spawn_coordinator;
 use weft_coordinator::LaunchEnv;
 
 /// Arguments of `weft bench allreduce`.
@@ -78,42 +79,16 @@ pub fn run(args: BenchAllreduceArgs) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     // The coordinator, on a thread of its own.
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let coordinator_token = token.clone();
-    std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = addr_tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        let result = rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let _ = addr_tx.send(Ok(listener.local_addr()?.to_string()));
-            serve(
-                listener,
-                CoordinatorConfig {
-                    world_size: n,
-                    token: coordinator_token,
-                    heartbeat_timeout: Duration::from_secs(30),
-                    join_timeout: Duration::from_secs(60),
-                },
-            )
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-        if let Err(e) = result {
-            tracing::error!("bench coordinator: {e}");
-        }
-    });
-    let addr = addr_rx
-        .recv()
-        .context("the coordinator thread stopped")?
-        .map_err(|e| anyhow::anyhow!("starting the coordinator: {e}"))?;
+    let coordinator = spawn_coordinator(
+        "127.0.0.1:0",
+        CoordinatorConfig {
+            world_size: n,
+            token: token.clone(),
+            heartbeat_timeout: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(60),
+        },
+    )?;
+    let addr = coordinator.addr.to_string();
 
     let exe = std::env::current_exe().context("finding the weft binary")?;
     let mut children: Vec<Child> = Vec::with_capacity(n);

@@ -153,7 +153,20 @@ pub fn training_batch<B: Backend>(
     batch: &weft_data::Batch,
     device: &B::Device,
 ) -> Result<Option<ObjectiveBatch<B>>, TrainError> {
-    let keep: Vec<usize> = (0..batch.len()).filter(|&i| !batch.is_pad[i]).collect();
+    training_rows(batch, false, device)
+}
+
+/// The rows of `batch` that train: its real rows, or with `keep_pads` every row (a rank of a
+/// data-parallel job trains on its padding rows too, as torch's `DistributedSampler` does, so
+/// that every rank's batch has the same size); `None` when there are none.
+pub fn training_rows<B: Backend>(
+    batch: &weft_data::Batch,
+    keep_pads: bool,
+    device: &B::Device,
+) -> Result<Option<ObjectiveBatch<B>>, TrainError> {
+    let keep: Vec<usize> = (0..batch.len())
+        .filter(|&i| keep_pads || !batch.is_pad[i])
+        .collect();
     if keep.is_empty() {
         return Ok(None);
     }

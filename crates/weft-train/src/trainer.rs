@@ -26,7 +26,7 @@ use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelC
 
 use crate::dist::{all_reduce_mean, bucket_elems, check_same_dataset, CollectiveGather};
 use crate::error::{io, TrainError};
-use crate::eval::{evaluate_retrieval, training_batch, Retrieval};
+use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
@@ -548,10 +548,12 @@ pub fn train_with<B: AutodiffBackend>(
             let batch = batches.next()?;
             wait += waited.elapsed().as_secs_f64();
             epoch = batch.epoch;
-            let Some(ob) = training_batch::<B>(&batch, device)? else {
+            // Every rank of a job must run every micro-batch at one size: its padding rows
+            // train too (README: Data-parallel training).
+            let Some(ob) = training_rows::<B>(&batch, world > 1, device)? else {
                 continue;
             };
-            local.samples += ob.batch_size() as u64;
+            local.samples += batch.is_pad.iter().filter(|p| !**p).count() as u64;
             let mut rng = objective_rng(config.seed, micro_index);
             micro_index += 1;
             let poison = options.nonfinite_loss_at.contains(&step);
