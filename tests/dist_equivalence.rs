@@ -86,6 +86,23 @@ fn sets(data: &Path, batch: usize) -> Vec<String> {
     .collect()
 }
 
+/// `launch --nproc-per-node 2 -- train --run-dir RUN SETS...`.
+fn launch_args(run: &Path, sets: Vec<String>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--run-dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(run.display().to_string());
+    args.extend(sets);
+    args
+}
+
 #[test]
 fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,18 +133,7 @@ fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
 
     let two = dir.path().join("two");
-    let mut args: Vec<String> = [
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--run-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(two.display().to_string());
-    args.extend(sets(&split, half));
+    let args = launch_args(&two, sets(&split, half));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
     assert!(two.join("logs/rank-0.log").exists() && two.join("logs/rank-1.log").exists());
@@ -167,18 +173,7 @@ fn a_job_trains_through_padded_last_batches() {
     let rows: Vec<_> = (0..100).map(row).collect();
     write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
     let run = dir.path().join("run");
-    let mut args: Vec<String> = [
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--run-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(run.display().to_string());
-    args.extend(sets(&data, 8));
+    let mut args = launch_args(&run, sets(&data, 8));
     for kv in [
         "train.max_steps=0",
         "train.epochs=1",

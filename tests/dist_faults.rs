@@ -306,10 +306,8 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn launch_stops_every_worker_when_one_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
+/// `weft launch --nproc-per-node 2 -- train` into `run`.
+fn launch(run: &Path) -> Proc {
     let child = weft()
         .args(["launch", "--nproc-per-node", "2", "--", "train"])
         .args(["--run-dir", &run.display().to_string()])
@@ -318,11 +316,18 @@ fn launch_stops_every_worker_when_one_is_killed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut launcher = Proc {
+    Proc {
         name: "launcher".into(),
         child,
         done: None,
-    };
+    }
+}
+
+#[test]
+fn launch_stops_every_worker_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut launcher = launch(&run);
     wait_for_steps(&run, 2, std::slice::from_mut(&mut launcher));
     let workers = children_of(launcher.pid());
     assert_eq!(workers.len(), 2, "launcher children {workers:?}");
@@ -343,19 +348,7 @@ fn launch_stops_every_worker_when_one_is_killed() {
 fn launch_forwards_sigterm_and_exits_with_the_workers_code() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let child = weft()
-        .args(["launch", "--nproc-per-node", "2", "--", "train"])
-        .args(["--run-dir", &run.display().to_string()])
-        .args(train_sets())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut launcher = Proc {
-        name: "launcher".into(),
-        child,
-        done: None,
-    };
+    let mut launcher = launch(&run);
     wait_for_steps(&run, 1, std::slice::from_mut(&mut launcher));
     let workers = children_of(launcher.pid());
     launcher.signal(nix::sys::signal::Signal::SIGTERM);
