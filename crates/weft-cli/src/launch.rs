@@ -214,7 +214,7 @@ pub fn launch(args: LaunchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!(
-        "launched ranks {}..{} of {world} (coordinator {coordinator}, run dir {})",
+        "launched ranks {}..{} of {world} (coordinator {coordinator}, run dir {} unless the command gives --run-dir)",
         args.node_rank * n,
         args.node_rank * n + n,
         run_dir.display()
