@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use weft_collective::{Collective, ReduceOp, RingConfig, TcpRing};
 use weft_coordinator::rendezvous::{CoordinatorConfig, Peer, Session};
-use weft_coordinator::spawn_coordinator;
 use weft_coordinator::LaunchEnv;
+use weft_coordinator::{spawn_coordinator, weft_vars};
 
 /// Arguments of `weft bench allreduce`.
 #[derive(Args, Debug)]
@@ -97,11 +97,7 @@ pub fn run(args: BenchAllreduceArgs) -> anyhow::Result<()> {
         let spawned = Command::new(&exe)
             .args(["bench", "allreduce", "--worker", "--sizes", &sizes_arg])
             .args(["--iters", &args.iters.to_string()])
-            .env("WEFT_RANK", rank.to_string())
-            .env("WEFT_WORLD_SIZE", n.to_string())
-            .env("WEFT_LOCAL_RANK", rank.to_string())
-            .env("WEFT_LOCAL_WORLD_SIZE", n.to_string())
-            .env("WEFT_COORDINATOR", &addr)
+            .envs(weft_vars(rank, n, rank, n, &addr))
             .env("WEFT_JOB_TOKEN", &token)
             .stdout(if rank == 0 {
                 Stdio::piped()

@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use weft_config::Config;
 use weft_coordinator::rendezvous::{serve, CoordinatorConfig};
-use weft_coordinator::{spawn_coordinator, LaunchEnv};
+use weft_coordinator::{spawn_coordinator, weft_vars, LaunchEnv};
 
 /// How long workers get between SIGTERM and SIGKILL when the job is stopped.
 const GRACE: Duration = Duration::from_secs(5);
@@ -192,12 +192,8 @@ pub fn launch(args: LaunchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         let rank = args.node_rank * n + local;
         let spawned = Command::new(&exe)
             .args(&args.command)
-            .env("WEFT_RANK", rank.to_string())
-            .env("WEFT_WORLD_SIZE", world.to_string())
-            .env("WEFT_LOCAL_RANK", local.to_string())
-            .env("WEFT_LOCAL_WORLD_SIZE", n.to_string())
+            .envs(weft_vars(rank, world, local, n, &coordinator))
             .env("WEFT_DEVICE", local.to_string())
-            .env("WEFT_COORDINATOR", &coordinator)
             .env("WEFT_JOB_TOKEN", &token)
             .env("WEFT_RUN_DIR", &run_dir)
             .spawn();

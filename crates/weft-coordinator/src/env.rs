@@ -206,6 +206,24 @@ impl LaunchEnv {
     }
 }
 
+/// The variables weft's own launchers give a worker process: what [`LaunchEnv::from_env`]
+/// reads back as [`Launcher::Weft`].
+pub fn weft_vars(
+    rank: usize,
+    world_size: usize,
+    local_rank: usize,
+    local_world_size: usize,
+    coordinator: &str,
+) -> [(&'static str, String); 5] {
+    [
+        ("WEFT_RANK", rank.to_string()),
+        ("WEFT_WORLD_SIZE", world_size.to_string()),
+        ("WEFT_LOCAL_RANK", local_rank.to_string()),
+        ("WEFT_LOCAL_WORLD_SIZE", local_world_size.to_string()),
+        ("WEFT_COORDINATOR", coordinator.to_string()),
+    ]
+}
+
 /// Reads and checks one launcher's variables.
 struct Reader<'a, F: Fn(&str) -> Option<String>> {
     launcher: Launcher,
@@ -334,6 +352,21 @@ mod tests {
     fn nothing_set_is_a_single_process() {
         let e = env(&[]).unwrap();
         assert_eq!((e.launcher, e.rank, e.world_size), (Launcher::None, 0, 1));
+    }
+
+    #[test]
+    fn what_weft_launchers_set_reads_back() {
+        let vars = weft_vars(5, 8, 1, 4, "10.0.0.1:29400");
+        let e = LaunchEnv::from_vars(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        assert_eq!(e.launcher, Launcher::Weft);
+        assert_eq!((e.rank, e.world_size, e.local_rank), (5, 8, 1));
+        assert_eq!(e.local_world_size, Some(4));
+        assert_eq!(e.coordinator.as_deref(), Some("10.0.0.1:29400"));
     }
 
     #[test]

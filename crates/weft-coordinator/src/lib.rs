@@ -13,6 +13,6 @@ pub mod hostlist;
 pub mod rendezvous;
 pub mod worker;
 
-pub use env::{EnvError, LaunchEnv, Launcher};
+pub use env::{weft_vars, EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
 pub use worker::{job_token, spawn_coordinator, HostedCoordinator, Job, JobError, JobOptions};

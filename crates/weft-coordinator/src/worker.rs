@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use weft_collective::{RingConfig, TcpRing};
 
-use crate::env::{LaunchEnv, Launcher};
+use crate::env::LaunchEnv;
 use crate::rendezvous::{serve, CoordinatorConfig, OnAbort, Peer, RendezvousError, Session};
 
 /// Why a worker could not join its job.
@@ -208,9 +208,7 @@ impl Job {
         let config = RingConfig::new(rank, world, next_addr, options.token.clone())
             .with_timeout(options.collective_timeout);
         let ring = TcpRing::connect(config, &listener)?;
-        if env.launcher != Launcher::None {
-            tracing::debug!("rank {rank}: ring formed");
-        }
+        tracing::debug!("rank {rank}: ring formed");
         Ok(Self {
             env,
             ring,

@@ -9,6 +9,7 @@ use weft_collective::{Collective, CollectiveError, ReduceOp};
 use weft_model::FeatureGather;
 
 use crate::error::TrainError;
+use crate::params::fnv1a;
 
 /// Elements of one all-reduce bucket of `bucket_mb` MiB of `f32`.
 pub fn bucket_elems(bucket_mb: f64) -> usize {
@@ -109,11 +110,7 @@ pub fn check_same_dataset(
 
 /// A string's 64-bit FNV-1a hash as four exact f32 words of 16 bits.
 fn fingerprint_words(s: &str) -> Vec<f32> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(s);
     (0..4).map(|i| ((h >> (16 * i)) & 0xffff) as f32).collect()
 }
 

@@ -83,14 +83,16 @@ pub fn params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     c.out
 }
 
+/// 64-bit FNV-1a of `s`: the same in every process and run.
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// FNV-1a of a path: the stable id of the parameter there.
 pub fn path_id(path: &str) -> ParamId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in path.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    ParamId::from(h)
+    ParamId::from(fnv1a(path))
 }
 
 struct StableIds {

@@ -223,7 +223,7 @@ struct Sources<B: Backend> {
     /// `[g, Lt, W]` text tokens.
     text: Option<Tensor<B, 3>>,
     /// Key padding of `text`'s rows.
-    text_bias: Option<AttentionBias<B>>,
+    text_bias: AttentionBias<B>,
     /// Token ids of the global batch, row-major.
     ids: Vec<u32>,
     /// Rows of the global batch.
@@ -317,7 +317,7 @@ impl<B: AutodiffBackend> VlModel<B> {
             Sources {
                 image,
                 text: txt,
-                text_bias: Some(bias),
+                text_bias: bias,
                 ids,
                 g,
                 first: rank * b,
@@ -326,7 +326,7 @@ impl<B: AutodiffBackend> VlModel<B> {
             Sources {
                 image: image_tokens.clone(),
                 text: text_tokens.clone(),
-                text_bias: Some(text_bias.clone()),
+                text_bias: text_bias.clone(),
                 ids: batch.ids.clone(),
                 g: b,
                 first: 0,
@@ -423,7 +423,7 @@ impl<B: AutodiffBackend> VlModel<B> {
                     .collect();
                 let rows = weft_kernels::reference::index_tensor::<B>(&text_rows, &device);
                 let text_src = sources.text.clone().expect("text tokens");
-                let bias_src = sources.text_bias.clone().expect("text bias");
+                let bias_src = sources.text_bias.clone();
                 let image_index = own
                     .iter()
                     .chain(&neg.image_for_text)
