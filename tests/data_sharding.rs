@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use common::*;
 use weft_config::LastBatch;
-use weft_data::{plan_options, Batch, DataCursor, Split};
+use weft_data::{
+    plan_options, Batch, DataCursor, DatasetUnits, LocalPlanner, Planner, Progress, Split,
+};
 
 /// 4 files with row groups of uneven sizes: 137 rows in 14 units.
 fn dataset(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -212,6 +214,75 @@ fn cursor_refuses_another_dataset() {
         err.to_string().contains("files or row groups changed"),
         "{err}"
     );
+}
+
+#[test]
+fn a_share_of_another_dataset_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let config = test_config(4);
+    let l = loader(&config, &paths, Split::Train);
+    let other = loader(&config, &paths[..2], Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 2), 0);
+    let share = cursor.share(l.catalog(), 1).unwrap();
+    let err = other
+        .stream_share(&share)
+        .err()
+        .expect("another dataset must be refused")
+        .to_string();
+    assert!(
+        err.contains("rank 1's share is of dataset") && err.contains(&share.dataset),
+        "{err}"
+    );
+    // The same share streams what the cursor streams.
+    let a: Vec<_> = l
+        .stream_share(&share)
+        .unwrap()
+        .map(|b| b.unwrap().rows)
+        .collect();
+    let b: Vec<_> = l
+        .stream(&cursor, 1)
+        .unwrap()
+        .map(|b| b.unwrap().rows)
+        .collect();
+    assert_eq!(a, b);
+    assert!(!a.is_empty());
+}
+
+#[test]
+fn the_local_planner_hands_out_the_cursor_s_shares_epoch_by_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path());
+    let config = test_config(4);
+    let l = loader(&config, &paths, Split::Train);
+    let units = l.catalog().units().into_owned();
+    let start = DataCursor::new(&units, plan_options(&config, Split::Train, 2), 0);
+    let mut planner = LocalPlanner::new(1);
+    assert!(planner.share(0).is_err(), "not opened");
+    planner.open(&units, &start).unwrap();
+    assert_eq!(planner.share(0).unwrap(), start.share(&units, 1).unwrap());
+    planner
+        .record(&Progress {
+            rank: 1,
+            epoch: 0,
+            epoch_step: 1,
+            consumed: 4,
+            step: 1,
+            samples: 4,
+            seconds: 0.1,
+            data_wait_s: 0.0,
+        })
+        .unwrap();
+    let mut moved = start.clone();
+    moved.record(1, 4, 0);
+    assert_eq!(planner.cursor(1).unwrap(), moved);
+    assert_eq!(planner.share(0).unwrap(), moved.share(&units, 1).unwrap());
+    assert_eq!(
+        planner.share(1).unwrap(),
+        start.next_epoch().share(&units, 1).unwrap()
+    );
+    let err = planner.share(3).unwrap_err().to_string();
+    assert!(err.contains("epoch 3"), "{err}");
 }
 
 #[test]

@@ -165,8 +165,9 @@ fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
 
 #[test]
 fn a_job_trains_through_padded_last_batches() {
-    // 100 rows, 2 ranks of 8, `last_batch = "pad"`: 7 steps, the last global batch holds 4
-    // real rows and 12 padding rows. Every rank runs every step at its full size.
+    // 100 rows, 2 ranks of 8, `last_batch = "pad"`: 7 steps an epoch, the last global batch
+    // holds 4 real rows and 12 padding rows. Every rank runs every step at its full size. Two
+    // epochs: the coordinator hands out the second epoch's shares too.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -176,20 +177,29 @@ fn a_job_trains_through_padded_last_batches() {
     let mut args = launch_args(&run, sets(&data, 8));
     for kv in [
         "train.max_steps=0",
-        "train.epochs=1",
+        "train.epochs=2",
         "data.last_batch=\"pad\"",
     ] {
         args.push("--set".into());
         args.push(kv.into());
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    let out = weft_within(&repo(), &argv, Duration::from_secs(300));
+    ok(&out);
+    // The coordinator's own count over both ranks' reports.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("job finished: 14 steps, 200 samples"),
+        "launcher log: {log}"
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 7);
-    // Every real row once, padding not counted.
+    assert_eq!(lines.len(), 14);
+    // Every real row once an epoch, padding not counted.
     assert_eq!(lines[6]["samples_seen"], 100);
+    assert_eq!(lines[7]["epoch"], 1);
+    assert_eq!(lines[13]["samples_seen"], 200);
 }

@@ -136,10 +136,23 @@ fn coordinator(world: usize, token: &str) -> (Proc, String) {
 
 /// `weft train` as rank `rank` of `world`.
 fn worker(rank: usize, world: usize, addr: &str, token: &str, run: &Path) -> Proc {
+    worker_with(rank, world, addr, token, run, &[])
+}
+
+/// `weft train` as rank `rank` of `world`, with `extra` arguments after the common ones.
+fn worker_with(
+    rank: usize,
+    world: usize,
+    addr: &str,
+    token: &str,
+    run: &Path,
+    extra: &[&str],
+) -> Proc {
     let child = weft()
         .arg("train")
         .args(["--run-dir", &run.display().to_string()])
         .args(train_sets())
+        .args(extra)
         .env("WEFT_RANK", rank.to_string())
         .env("WEFT_WORLD_SIZE", world.to_string())
         .env("WEFT_LOCAL_RANK", rank.to_string())
@@ -282,6 +295,33 @@ fn a_worker_with_the_wrong_token_is_refused() {
     coord.wait_within(Duration::from_secs(5)).unwrap();
     let log = coord.stderr();
     assert!(log.contains("wrong job token"), "coordinator log: {log}");
+}
+
+#[test]
+fn a_rank_with_other_data_options_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let token = "tok-other-data";
+    let (coord, addr) = coordinator(2, token);
+    let mut procs = vec![
+        worker(0, 2, &addr, token, &run),
+        worker_with(
+            1,
+            2,
+            &addr,
+            token,
+            &run,
+            &["--set", "data.shuffle_buffer=7"],
+        ),
+        coord,
+    ];
+    let errs = all_fail_within_bound(&mut procs);
+    for e in &errs {
+        assert!(
+            e.contains("rank 1 failed: rank 1's data options"),
+            "every process names rank 1: {e}"
+        );
+    }
 }
 
 /// The children of `pid` (Linux: every thread's `children` list).

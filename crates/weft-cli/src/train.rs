@@ -147,24 +147,30 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
             env.coordinator.as_deref().unwrap_or("?"),
             weft_train::current_threads()
         );
-        let summary =
-            match weft_train::train_with::<CpuBackend>(config, &options, &device, &mut job.ring) {
-                Ok(summary) => summary,
-                Err(e) => {
-                    if matches!(e, weft_train::TrainError::Collective(_)) {
-                        // A peer's socket closing is often another rank's failure passed on:
-                        // the coordinator names the rank that failed first. Its verdict (the
-                        // abort handler) ends this process; wait for it, bounded.
-                        tracing::warn!(
-                            "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
-                            job_options.heartbeat_timeout
-                        );
-                        std::thread::sleep(job_options.heartbeat_timeout);
-                    }
-                    // Dropping the job closes the session: the coordinator aborts the others.
-                    return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
+        let (ring, mut planner) = job.parts();
+        let summary = match weft_train::train_with::<CpuBackend>(
+            config,
+            &options,
+            &device,
+            ring,
+            &mut planner,
+        ) {
+            Ok(summary) => summary,
+            Err(e) => {
+                if matches!(e, weft_train::TrainError::Collective(_)) {
+                    // A peer's socket closing is often another rank's failure passed on:
+                    // the coordinator names the rank that failed first. Its verdict (the
+                    // abort handler) ends this process; wait for it, bounded.
+                    tracing::warn!(
+                        "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
+                        job_options.heartbeat_timeout
+                    );
+                    std::thread::sleep(job_options.heartbeat_timeout);
                 }
-            };
+                // Dropping the job closes the session: the coordinator aborts the others.
+                return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
+            }
+        };
         job.finish(job_options.heartbeat_timeout)?;
         summary
     } else {

@@ -5,14 +5,21 @@
 //! - [`hostlist`]: Slurm's compressed host lists (`node[01-04,07],gpu3`) expanded.
 //! - [`rendezvous`]: the coordinator (tokio) that gathers the ranks, hands out the rank table
 //!   and watches heartbeats, and each worker's [`rendezvous::Session`] with it.
+//! - [`plan`]: the job's data plan as the coordinator hosts it: every rank's share of each
+//!   epoch and the job's data cursor.
+//! - [`meter`]: the job's global metrics (samples/s over all ranks).
 //! - [`worker`]: a worker's way into its job: host the coordinator when it must, join, and
 //!   form the TCP ring ([`worker::Job`]); [`worker::spawn_coordinator`] for launchers.
 
 pub mod env;
 pub mod hostlist;
+pub mod meter;
+pub mod plan;
 pub mod rendezvous;
 pub mod worker;
 
 pub use env::{weft_vars, EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
-pub use worker::{job_token, spawn_coordinator, HostedCoordinator, Job, JobError, JobOptions};
+pub use worker::{
+    job_token, spawn_coordinator, HostedCoordinator, Job, JobError, JobOptions, JobPlanner,
+};

@@ -8,6 +8,13 @@
 //! coordinator sends [`Message::Abort`] naming it to every other rank and returns an error. A
 //! wrong token, a duplicate or out-of-range rank, or a malformed or oversized message closes
 //! that connection only (with [`Message::Refused`] where it can) and is logged.
+//!
+//! After the welcome the coordinator also hosts the job's data plan ([`crate::plan`]): rank 0
+//! sends [`Message::Dataset`], every rank asks for its share of each epoch with
+//! [`Message::PlanRequest`] (answered with [`Message::Share`]) and reports each step with
+//! [`Message::Progress`], from which the coordinator keeps the job's data cursor
+//! ([`Message::CursorRequest`]) and its global samples/s ([`crate::meter`]). A rank whose
+//! dataset or data options differ from rank 0's fails the job, named.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -19,9 +26,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use weft_data::{DataCursor, PlanOptions, Progress, Share, Units};
 
-/// The largest message accepted, in bytes.
+use crate::meter::{JobReport, Meter};
+use crate::plan::JobData;
+
+/// The largest message accepted before a worker has joined, in bytes.
 pub const MAX_MESSAGE: usize = 64 << 10;
+
+/// The largest message accepted from a joined worker (a dataset's units, a share), in bytes.
+pub const MAX_JOB_MESSAGE: usize = 256 << 20;
 
 /// A rank as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +86,48 @@ pub enum Message {
         /// Its rank.
         rank: usize,
     },
+    /// Rank 0 opens the job's data plan: its dataset and where the run starts.
+    Dataset {
+        /// The dataset's units.
+        units: Units,
+        /// The run's starting cursor.
+        start: DataCursor,
+    },
+    /// A rank asks for its share of an epoch.
+    PlanRequest {
+        /// Its rank.
+        rank: usize,
+        /// The epoch: the current one or the next.
+        epoch: u64,
+        /// The fingerprint of the dataset it reads.
+        dataset: String,
+        /// Its data options.
+        options: PlanOptions,
+    },
+    /// The answer to a plan request.
+    Share {
+        /// The rank's share.
+        share: Share,
+    },
+    /// A rank finished a step.
+    Progress {
+        /// Where it stands.
+        progress: Progress,
+    },
+    /// A rank asks for the job's data cursor as of the end of an optimizer step; the answer
+    /// waits until every rank has reported that step.
+    CursorRequest {
+        /// Its rank.
+        rank: usize,
+        /// The optimizer step.
+        step: u64,
+    },
+    /// The answer to a cursor request: `None` when the data plan is not open or the step is
+    /// too old to be known.
+    Cursor {
+        /// The job's data cursor.
+        cursor: Option<DataCursor>,
+    },
     /// The job is over: stop.
     Abort {
         /// The rank that died, when one did.
@@ -90,6 +146,14 @@ pub enum RendezvousError {
         /// The rank.
         rank: usize,
         /// How it was noticed.
+        reason: String,
+    },
+    /// A rank did something that makes the job wrong (it reads other data, say).
+    #[error("rank {rank} failed: {reason}")]
+    RankFailed {
+        /// The rank.
+        rank: usize,
+        /// What it did.
         reason: String,
     },
     /// Not every rank joined in time.
@@ -154,44 +218,54 @@ pub fn write_message(s: &mut TcpStream, m: &Message) -> std::io::Result<()> {
     s.write_all(&encode(m))
 }
 
-/// Reads one framed message (blocking); the error says what was wrong with it.
+/// Reads one framed message (blocking), of at most [`MAX_MESSAGE`] bytes; the error says what
+/// was wrong with it.
 pub fn read_message(s: &mut TcpStream) -> Result<Message, String> {
-    read_sync(s)
+    read_sync(s, MAX_MESSAGE)
 }
 
-fn check_len(len: usize) -> Result<(), String> {
-    if len > MAX_MESSAGE {
-        return Err(format!("a message of {len} bytes exceeds {MAX_MESSAGE}"));
+fn check_len(len: usize, limit: usize) -> Result<(), String> {
+    if len > limit {
+        return Err(format!("a message of {len} bytes exceeds {limit}"));
     }
     Ok(())
 }
 
-async fn read_async(s: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Message, String> {
+async fn read_async(
+    s: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: usize,
+) -> Result<Message, String> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(len) as usize;
-    check_len(len)?;
+    check_len(len, limit)?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
     decode(&body)
 }
 
-fn read_sync(s: &mut TcpStream) -> Result<Message, String> {
+fn read_sync(s: &mut TcpStream, limit: usize) -> Result<Message, String> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(len) as usize;
-    check_len(len)?;
+    check_len(len, limit)?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).map_err(|e| e.to_string())?;
     decode(&body)
 }
 
 /// What the coordinator knows of the ranks.
-#[derive(Default)]
 struct State {
     /// Joined ranks: description, outbox, last heard from, left cleanly.
     ranks: BTreeMap<usize, Rank>,
     welcomed: bool,
+    /// The data plan, once rank 0 has opened it.
+    data: Option<JobData>,
+    /// Plan requests that came before the data plan: (rank, epoch, dataset, options).
+    waiting: Vec<(usize, u64, String, PlanOptions)>,
+    /// Cursor requests waiting for every rank's report of their step: (rank, step).
+    waiting_cursor: Vec<(usize, u64)>,
+    meter: Meter,
 }
 
 struct Rank {
@@ -201,6 +275,17 @@ struct Rank {
     left: bool,
     /// Why and when its connection ended without a leave.
     gone: Option<(String, Instant)>,
+    /// Why and when it made the job wrong.
+    fault: Option<(String, Instant)>,
+}
+
+/// What the coordinator hands back when every rank has left.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// The job's throughput.
+    pub report: JobReport,
+    /// The job's data cursor at the end (`None` when rank 0 opened no data plan).
+    pub cursor: Option<DataCursor>,
 }
 
 /// Runs the coordinator on `listener` until every rank has left (Ok) or one died or the join
@@ -208,30 +293,42 @@ struct Rank {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: CoordinatorConfig,
-) -> Result<(), RendezvousError> {
-    let state = Arc::new(Mutex::new(State::default()));
+) -> Result<Finished, RendezvousError> {
+    let state = Arc::new(Mutex::new(State {
+        ranks: BTreeMap::new(),
+        welcomed: false,
+        data: None,
+        waiting: Vec::new(),
+        waiting_cursor: Vec::new(),
+        meter: Meter::new(config.world_size),
+    }));
     let started = Instant::now();
     let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    // A connection that ends, or a rank at fault, wakes the check at once.
+    let wake = Arc::new(tokio::sync::Notify::new());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, addr) = accepted?;
-                let (state, config) = (state.clone(), config.clone());
+                let (state, config, wake) = (state.clone(), config.clone(), wake.clone());
                 tokio::spawn(async move {
-                    if let Err(reason) = connection(stream, &state, &config).await {
+                    let result = connection(stream, &state, &config).await;
+                    wake.notify_one();
+                    if let Err(reason) = result {
                         tracing::warn!("coordinator: connection from {addr}: {reason}");
                     }
                 });
+                continue;
             }
-            () = tokio::time::sleep(tick) => {
-                if let Some(result) = check(&state, &config, started) {
-                    if result.is_err() {
-                        // Give the writers a moment to deliver the aborts.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    return result;
-                }
+            () = tokio::time::sleep(tick) => {}
+            () = wake.notified() => {}
+        }
+        if let Some(result) = check(&state, &config, started) {
+            if result.is_err() {
+                // Give the writers a moment to deliver the aborts.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            return result;
         }
     }
 }
@@ -242,16 +339,46 @@ fn check(
     state: &Mutex<State>,
     config: &CoordinatorConfig,
     started: Instant,
-) -> Option<Result<(), RendezvousError>> {
+) -> Option<Result<Finished, RendezvousError>> {
     let mut st = state.lock().expect("coordinator state");
     let n = config.world_size;
+    if let Some((rank, reason)) = st
+        .ranks
+        .iter()
+        .filter_map(|(&rank, r)| r.fault.as_ref().map(|(why, at)| (*at, rank, why.clone())))
+        .min_by_key(|(at, rank, _)| (*at, *rank))
+        .map(|(_, rank, why)| (rank, why))
+    {
+        tracing::error!("coordinator: rank {rank} failed ({reason}); aborting the job");
+        // The failed rank is told too: it may be waiting for an answer.
+        abort_all(
+            &mut st,
+            None,
+            Some(rank),
+            &format!("rank {rank} failed: {reason}"),
+        );
+        return Some(Err(RendezvousError::RankFailed { rank, reason }));
+    }
     if st.ranks.len() == n && st.ranks.values().all(|r| r.left) {
-        return Some(Ok(()));
+        let report = st.meter.report();
+        if report.steps > 0 {
+            tracing::info!(
+                "job finished: {} steps, {} samples, {:.1} samples/s over {n} ranks",
+                report.steps,
+                report.samples,
+                report.samples_per_s()
+            );
+        }
+        return Some(Ok(Finished {
+            report,
+            cursor: st.data.as_ref().map(|d| d.cursor().clone()),
+        }));
     }
     if !st.welcomed && started.elapsed() > config.join_timeout {
         let joined = st.ranks.len();
         abort_all(
             &mut st,
+            None,
             None,
             &format!("only {joined} of {n} ranks joined in time"),
         );
@@ -285,14 +412,16 @@ fn check(
     abort_all(
         &mut st,
         Some(rank),
+        Some(rank),
         &format!("rank {rank} is dead: {reason}"),
     );
     Some(Err(RendezvousError::RankDead { rank, reason }))
 }
 
-fn abort_all(st: &mut State, dead: Option<usize>, reason: &str) {
+/// Tells every rank but `skip` (and those that left) to abort because of `dead`.
+fn abort_all(st: &mut State, skip: Option<usize>, dead: Option<usize>, reason: &str) {
     for (&rank, r) in &st.ranks {
-        if Some(rank) != dead {
+        if Some(rank) != skip && !r.left {
             let _ = r.outbox.send(Message::Abort {
                 dead_rank: dead,
                 reason: reason.to_string(),
@@ -318,7 +447,7 @@ async fn connection(
     config: &CoordinatorConfig,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
-    let first = tokio::time::timeout(config.join_timeout, read_async(&mut rd))
+    let first = tokio::time::timeout(config.join_timeout, read_async(&mut rd, MAX_MESSAGE))
         .await
         .map_err(|_| "no join message in time".to_string())??;
     let Message::Join {
@@ -357,6 +486,7 @@ async fn connection(
                     last_seen: Instant::now(),
                     left: false,
                     gone: None,
+                    fault: None,
                 },
             );
             if st.ranks.len() == config.world_size {
@@ -382,36 +512,155 @@ async fn connection(
         }
     });
     loop {
-        let m = read_async(&mut rd).await;
+        let m = read_async(&mut rd, MAX_JOB_MESSAGE).await;
         let mut st = state.lock().expect("coordinator state");
         let Some(r) = st.ranks.get_mut(&rank) else {
             return Ok(());
         };
-        match m {
-            Ok(Message::Heartbeat { .. }) => r.last_seen = Instant::now(),
+        r.last_seen = Instant::now();
+        let m = match m {
+            Ok(Message::Heartbeat { .. }) => continue,
             Ok(Message::Leave { .. }) => {
                 r.left = true;
                 return Ok(());
             }
-            Ok(other) => {
-                r.gone = Some((format!("sent an unexpected {other:?}"), Instant::now()));
-                return Err(format!("rank {rank}: unexpected message"));
-            }
+            Ok(m) => m,
             Err(e) => {
                 r.gone = Some((format!("its connection dropped ({e})"), Instant::now()));
                 return Ok(());
             }
+        };
+        if let Err(reason) = job_message(&mut st, rank, m) {
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.fault = Some((reason.clone(), Instant::now()));
+            }
+            return Err(format!("rank {rank}: {reason}"));
         }
     }
 }
 
-/// A worker's session with the coordinator: the rank table, and a heartbeat thread that also
-/// watches for aborts.
+/// A joined rank's message about the job's data; an error is the rank's fault.
+fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
+    match m {
+        Message::Dataset { units, start } if rank == 0 && st.data.is_none() => {
+            st.data = Some(JobData::open(units, start)?);
+            for (rank, epoch, dataset, options) in std::mem::take(&mut st.waiting) {
+                answer_plan(st, rank, epoch, &dataset, &options)?;
+            }
+            Ok(())
+        }
+        Message::PlanRequest {
+            epoch,
+            dataset,
+            options,
+            ..
+        } => {
+            if st.data.is_none() {
+                st.waiting.push((rank, epoch, dataset, options));
+                Ok(())
+            } else {
+                answer_plan(st, rank, epoch, &dataset, &options)
+            }
+        }
+        Message::Progress { progress } if progress.rank == rank => {
+            if let Some(line) = st.meter.record(&progress) {
+                tracing::info!("{line}");
+            }
+            match st.data.as_mut() {
+                Some(d) => d.progress(&progress)?,
+                None => return Err("reported progress before rank 0 opened the data plan".into()),
+            }
+            for (rank, step) in std::mem::take(&mut st.waiting_cursor) {
+                answer_cursor(st, rank, step);
+            }
+            Ok(())
+        }
+        Message::CursorRequest { step, .. } => {
+            answer_cursor(st, rank, step);
+            Ok(())
+        }
+        other => Err(format!("sent an unexpected {}", kind(&other))),
+    }
+}
+
+fn answer_plan(
+    st: &mut State,
+    rank: usize,
+    epoch: u64,
+    dataset: &str,
+    options: &PlanOptions,
+) -> Result<(), String> {
+    let data = st.data.as_mut().expect("the data plan is open");
+    // A mismatch is the asking rank's fault, even when its request waited for rank 0's data.
+    match data.share(rank, epoch, dataset, options) {
+        Ok(share) => {
+            send(st, rank, Message::Share { share });
+            Ok(())
+        }
+        Err(reason) if rank != 0 => {
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.fault = Some((reason, Instant::now()));
+            }
+            Ok(())
+        }
+        Err(reason) => Err(reason),
+    }
+}
+
+/// Answers a cursor request, or keeps it until every rank has reported `step`.
+fn answer_cursor(st: &mut State, rank: usize, step: u64) {
+    let cursor = match st.data.as_ref().map(|d| d.cursor_at(step)) {
+        None => None,
+        Some(None) => {
+            st.waiting_cursor.push((rank, step));
+            return;
+        }
+        Some(Some(Ok(cursor))) => Some(cursor),
+        Some(Some(Err(why))) => {
+            tracing::warn!(
+                "coordinator: rank {rank} asked for the data cursor at step {step}: {why}"
+            );
+            None
+        }
+    };
+    send(st, rank, Message::Cursor { cursor });
+}
+
+fn send(st: &State, rank: usize, m: Message) {
+    if let Some(r) = st.ranks.get(&rank) {
+        let _ = r.outbox.send(m);
+    }
+}
+
+/// A message's type, without its (possibly large) contents.
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Join { .. } => "join",
+        Message::Welcome { .. } => "welcome",
+        Message::Refused { .. } => "refusal",
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::Leave { .. } => "leave",
+        Message::Dataset { .. } => "dataset (only rank 0 sends it, once)",
+        Message::PlanRequest { .. } => "plan request",
+        Message::Share { .. } => "share",
+        Message::Progress { .. } => "progress of another rank",
+        Message::CursorRequest { .. } => "cursor request",
+        Message::Cursor { .. } => "cursor",
+        Message::Abort { .. } => "abort",
+    }
+}
+
+/// A worker's session with the coordinator: the rank table, a heartbeat thread, a thread
+/// that watches for aborts and takes the answers to [`Session::request`].
 pub struct Session {
     /// Every rank of the job, by rank.
     pub peers: Vec<Peer>,
     rank: usize,
+    addr: String,
     stream: TcpStream,
+    writer: Arc<Mutex<TcpStream>>,
+    /// Answers to requests; held through a request, so requests take turns.
+    answers: Mutex<std::sync::mpsc::Receiver<Message>>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -460,7 +709,7 @@ impl Session {
         stream
             .set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .map_err(|e| err(e.to_string()))?;
-        let peers = match read_sync(&mut stream) {
+        let peers = match read_sync(&mut stream, MAX_JOB_MESSAGE) {
             Ok(Message::Welcome { peers }) => peers,
             Ok(Message::Refused { reason }) => {
                 return Err(RendezvousError::Refused {
@@ -479,13 +728,23 @@ impl Session {
         let stop = Arc::new(AtomicBool::new(false));
         let on_abort = Arc::new(on_abort);
         let mut reader = stream.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut writer = stream.try_clone().map_err(|e| err(e.to_string()))?;
-        let (stop_r, stop_w) = (stop.clone(), stop.clone());
+        let writer = Arc::new(Mutex::new(
+            stream.try_clone().map_err(|e| err(e.to_string()))?,
+        ));
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        let (stop_r, stop_w, beat_writer) = (stop.clone(), stop.clone(), writer.clone());
         let watch = std::thread::spawn(move || {
-            let why = match read_sync(&mut reader) {
-                Ok(Message::Abort { reason, .. }) => reason,
-                Ok(other) => format!("the coordinator sent an unexpected {other:?}"),
-                Err(e) => format!("the coordinator went away ({e})"),
+            let why = loop {
+                match read_sync(&mut reader, MAX_JOB_MESSAGE) {
+                    Ok(Message::Abort { reason, .. }) => break reason,
+                    Ok(m @ (Message::Share { .. } | Message::Cursor { .. })) => {
+                        let _ = answer_tx.send(m);
+                    }
+                    Ok(other) => {
+                        break format!("the coordinator sent an unexpected {}", kind(&other))
+                    }
+                    Err(e) => break format!("the coordinator went away ({e})"),
+                }
             };
             if !stop_r.load(Ordering::SeqCst) {
                 on_abort(&why);
@@ -493,10 +752,10 @@ impl Session {
         });
         let beat = std::thread::spawn(move || {
             while !stop_w.load(Ordering::SeqCst) {
-                if writer
-                    .write_all(&encode(&Message::Heartbeat { rank }))
-                    .is_err()
-                {
+                let sent = beat_writer
+                    .lock()
+                    .map(|mut w| w.write_all(&encode(&Message::Heartbeat { rank })));
+                if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
                 let until = Instant::now() + interval;
@@ -508,18 +767,59 @@ impl Session {
         Ok(Self {
             peers,
             rank,
+            addr: addr.to_string(),
             stream,
+            writer,
+            answers: Mutex::new(answers),
             stop,
             threads: vec![watch, beat],
         })
     }
 
+    /// This session's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Sends `m` to the coordinator.
+    pub fn send(&self, m: &Message) -> Result<(), RendezvousError> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "the connection's writer was poisoned".into(),
+            })?;
+        w.write_all(&encode(m))
+            .map_err(|e| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: format!("cannot send a {}: {e}", kind(m)),
+            })
+    }
+
+    /// Sends `m` and waits at most `timeout` for the coordinator's answer ([`Message::Share`]
+    /// or [`Message::Cursor`]). Requests from several threads take turns.
+    pub fn request(&self, m: &Message, timeout: Duration) -> Result<Message, RendezvousError> {
+        let answers = self
+            .answers
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "a request panicked".into(),
+            })?;
+        self.send(m)?;
+        answers
+            .recv_timeout(timeout)
+            .map_err(|e| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: format!("no answer to a {} within {timeout:?} ({e})", kind(m)),
+            })
+    }
+
     /// Says goodbye: the coordinator stops watching this rank.
     pub fn leave(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self
-            .stream
-            .write_all(&encode(&Message::Leave { rank: self.rank }));
+        let _ = self.send(&Message::Leave { rank: self.rank });
         self.close();
     }
 

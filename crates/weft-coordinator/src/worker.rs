@@ -5,9 +5,12 @@ use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use weft_collective::{RingConfig, TcpRing};
+use weft_data::{DataCursor, DataError, Planner, Progress, Share, Units};
 
 use crate::env::LaunchEnv;
-use crate::rendezvous::{serve, CoordinatorConfig, OnAbort, Peer, RendezvousError, Session};
+use crate::rendezvous::{
+    serve, CoordinatorConfig, Finished, Message, OnAbort, Peer, RendezvousError, Session,
+};
 
 /// Why a worker could not join its job.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +76,7 @@ pub fn job_token(env: &LaunchEnv) -> String {
 pub struct HostedCoordinator {
     /// Where it listens.
     pub addr: SocketAddr,
-    handle: std::thread::JoinHandle<Result<(), RendezvousError>>,
+    handle: std::thread::JoinHandle<Result<Finished, RendezvousError>>,
 }
 
 impl HostedCoordinator {
@@ -83,7 +86,7 @@ impl HostedCoordinator {
     }
 
     /// Its result, waiting at most `timeout`; `None` when it is still running then.
-    pub fn wait(self, timeout: Duration) -> Option<Result<(), RendezvousError>> {
+    pub fn wait(self, timeout: Duration) -> Option<Result<Finished, RendezvousError>> {
         let deadline = Instant::now() + timeout;
         while !self.handle.is_finished() {
             if Instant::now() >= deadline {
@@ -137,6 +140,7 @@ pub struct Job {
     pub ring: TcpRing,
     session: Session,
     hosted: Option<HostedCoordinator>,
+    plan_timeout: Duration,
 }
 
 impl Job {
@@ -214,7 +218,20 @@ impl Job {
             ring,
             session,
             hosted,
+            plan_timeout: options.rendezvous_timeout,
         })
+    }
+
+    /// The ring and the job's data plan, to use together.
+    pub fn parts(&mut self) -> (&mut TcpRing, JobPlanner<'_>) {
+        (
+            &mut self.ring,
+            JobPlanner {
+                session: &self.session,
+                timeout: self.plan_timeout,
+                asked: None,
+            },
+        )
     }
 
     /// The NCCL unique id rank 0 handed out, if it did.
@@ -236,6 +253,81 @@ impl Job {
             }
         }
         Ok(())
+    }
+}
+
+/// A rank's data plan in a job: the coordinator hands out the shares and keeps the cursor.
+pub struct JobPlanner<'a> {
+    session: &'a Session,
+    /// Waits for rank 0's dataset, so the rendezvous timeout.
+    timeout: Duration,
+    /// This rank's dataset fingerprint and data options, from [`Planner::open`].
+    asked: Option<(String, weft_data::PlanOptions)>,
+}
+
+impl JobPlanner<'_> {
+    fn ask(&self, m: &Message) -> Result<Message, DataError> {
+        self.session
+            .request(m, self.timeout)
+            .map_err(|e| DataError::Coordinator(e.to_string()))
+    }
+}
+
+impl Planner for JobPlanner<'_> {
+    fn open(&mut self, data: &Units, start: &DataCursor) -> Result<(), DataError> {
+        if self.session.rank() == 0 {
+            self.session
+                .send(&Message::Dataset {
+                    units: data.clone(),
+                    start: start.clone(),
+                })
+                .map_err(|e| DataError::Coordinator(e.to_string()))?;
+        }
+        self.asked = Some((data.fingerprint.clone(), start.options.clone()));
+        Ok(())
+    }
+
+    fn share(&mut self, epoch: u64) -> Result<Share, DataError> {
+        let (dataset, options) = self
+            .asked
+            .clone()
+            .ok_or_else(|| DataError::Cursor("the planner was not opened".into()))?;
+        match self.ask(&Message::PlanRequest {
+            rank: self.session.rank(),
+            epoch,
+            dataset,
+            options,
+        })? {
+            Message::Share { share } => Ok(share),
+            other => Err(DataError::Coordinator(format!(
+                "answered a plan request with {other:?}"
+            ))),
+        }
+    }
+
+    fn record(&mut self, progress: &Progress) -> Result<(), DataError> {
+        self.session
+            .send(&Message::Progress {
+                progress: progress.clone(),
+            })
+            .map_err(|e| DataError::Coordinator(e.to_string()))
+    }
+
+    fn cursor(&mut self, step: u64) -> Result<DataCursor, DataError> {
+        match self.ask(&Message::CursorRequest {
+            rank: self.session.rank(),
+            step,
+        })? {
+            Message::Cursor {
+                cursor: Some(cursor),
+            } => Ok(cursor),
+            Message::Cursor { cursor: None } => Err(DataError::Coordinator(format!(
+                "no data cursor for step {step} (no data plan, or the step is too old)"
+            ))),
+            other => Err(DataError::Coordinator(format!(
+                "answered a cursor request with {other:?}"
+            ))),
+        }
     }
 }
 

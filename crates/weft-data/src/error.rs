@@ -105,6 +105,9 @@ pub enum DataError {
     /// A data cursor does not belong to this dataset or is inconsistent.
     #[error("data cursor: {0}")]
     Cursor(String),
+    /// The job's coordinator, which hands out the data plan, failed to answer.
+    #[error("data plan from the coordinator: {0}")]
+    Coordinator(String),
     /// A tokenizer file could not be loaded, trained or saved.
     #[error("tokenizer {path}: {message}")]
     Tokenizer {

@@ -41,7 +41,10 @@ pub use catalog::{Catalog, RawRow, RowReader, Unit};
 pub use error::{DataError, Result};
 pub use layout::{ColumnMapping, ColumnOverrides, Layout};
 pub use loader::{Batch, BatchStream, Loader, LoaderOptions, RowId, SkipStats, TokenBatch};
-pub use plan::{DataCursor, LastBatch, PlanOptions, RankPlan, Segment};
+pub use plan::{
+    DataCursor, DatasetUnits, LastBatch, LocalPlanner, PlanOptions, Planner, Progress, RankPlan,
+    Segment, Share, Units,
+};
 pub use text::TextEncoder;
 
 use weft_config::Config;

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, RawRow, RowReader};
 use crate::error::{DataError, Result};
 use crate::image::{decode_rgb, ImageTransform};
-use crate::plan::{derive_seed, DataCursor, RankPlan};
+use crate::plan::{derive_seed, DataCursor, RankPlan, Share};
 use crate::text::{TextEncoder, Tokens};
 
 /// Where a sample came from.
@@ -159,15 +159,44 @@ impl Loader {
 
     /// Batches of `rank` from where `cursor` stands to the end of its epoch.
     pub fn stream(&self, cursor: &DataCursor, rank: usize) -> Result<BatchStream> {
-        let plan = cursor.plan_rank(&self.catalog, rank)?;
-        let consumed = cursor.consumed[rank];
+        self.stream_share(&cursor.share(&self.catalog, rank)?)
+    }
+
+    /// Batches of a rank's [`Share`] (handed out by a planner), from where it stands to the end
+    /// of its epoch. The share must be of this loader's dataset.
+    pub fn stream_share(&self, share: &Share) -> Result<BatchStream> {
+        let fingerprint = self.catalog.fingerprint();
+        if share.dataset != fingerprint {
+            return Err(DataError::Cursor(format!(
+                "rank {}'s share is of dataset {} but its files are dataset {fingerprint}",
+                share.plan.rank, share.dataset
+            )));
+        }
+        let plan = share.plan.clone();
+        let rank = plan.rank;
+        let consumed = share.consumed;
         if consumed > plan.len {
             return Err(DataError::Cursor(format!(
                 "rank {rank} consumed {consumed} of only {} rows",
                 plan.len
             )));
         }
-        let batch_size = cursor.options.batch_size;
+        if let Some(p) = plan.pieces.iter().find(|p| {
+            p.segment.start + p.segment.len
+                > self
+                    .catalog
+                    .units
+                    .get(p.segment.unit as usize)
+                    .map_or(0, |u| u.rows)
+        }) {
+            return Err(DataError::Cursor(format!(
+                "rank {rank}'s share names rows {}..{} of unit {}, outside the dataset",
+                p.segment.start,
+                p.segment.start + p.segment.len,
+                p.segment.unit
+            )));
+        }
+        let batch_size = share.batch_size;
         let workers = self.options.workers.max(1);
         let credits = batch_size + 4 * workers;
         let (credit_tx, credit_rx) = bounded::<()>(credits);
@@ -200,8 +229,8 @@ impl Loader {
                 catalog: Arc::clone(&self.catalog),
                 transform: self.options.transform.clone(),
                 text: self.text.clone(),
-                seed: cursor.options.seed,
-                epoch: cursor.epoch,
+                seed: share.seed,
+                epoch: plan.epoch,
             };
             let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
             threads.push(spawn(&format!("weft-data-worker-{i}"), move || {
@@ -211,9 +240,9 @@ impl Loader {
         drop((job_rx, done_tx));
         let assembler = Assembler {
             rank,
-            epoch: cursor.epoch,
+            epoch: plan.epoch,
             steps: plan.steps,
-            step: cursor.step,
+            step: share.step,
             base: consumed,
             expected: plan.len - consumed,
             batch_size,

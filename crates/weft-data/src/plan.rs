@@ -21,6 +21,15 @@
 //! exactly the rows an uninterrupted run would have produced. Resuming with another world size
 //! ([`DataCursor::reshard`]) collects the positions no rank has consumed into a new sequence and
 //! plans only that, so within the epoch no row is lost or seen twice.
+//!
+//! # Who plans
+//! Planning needs only the dataset's [`Units`] (fingerprint and rows per unit), not its files.
+//! A rank gets its [`Share`] of each epoch from a [`Planner`]: [`LocalPlanner`] in one process,
+//! the coordinator in a multi-process job (it holds the job's cursor, which every rank
+//! advances with its [`Progress`]).
+
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +48,43 @@ pub struct Segment {
     pub start: u64,
     /// Number of rows.
     pub len: u64,
+}
+
+/// What planning needs of a dataset: its fingerprint and the rows of each unit, in unit order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Units {
+    /// [`Catalog::fingerprint`].
+    pub fingerprint: String,
+    /// Rows of every unit.
+    pub rows: Vec<u64>,
+}
+
+/// A dataset as planning sees it: [`Catalog`] has its units from the files; [`Units`] carries
+/// them to a coordinator that has no files.
+pub trait DatasetUnits {
+    /// The dataset's units.
+    fn units(&self) -> Cow<'_, Units>;
+}
+
+impl DatasetUnits for Units {
+    fn units(&self) -> Cow<'_, Units> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl DatasetUnits for Catalog {
+    fn units(&self) -> Cow<'_, Units> {
+        Cow::Owned(Units {
+            fingerprint: self.fingerprint(),
+            rows: self.units.iter().map(|u| u.rows).collect(),
+        })
+    }
+}
+
+impl<T: DatasetUnits + ?Sized> DatasetUnits for Arc<T> {
+    fn units(&self) -> Cow<'_, Units> {
+        (**self).units()
+    }
 }
 
 /// Everything that decides the order of the data, apart from the dataset itself.
@@ -78,7 +124,7 @@ pub struct DataCursor {
 }
 
 /// One rank's share of an epoch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RankPlan {
     /// The rank.
     pub rank: usize,
@@ -97,7 +143,7 @@ pub struct RankPlan {
 }
 
 /// A segment placed at a position range of a rank's plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Piece {
     /// The rows.
     pub segment: Segment,
@@ -123,10 +169,10 @@ pub fn derive_seed(parts: &[u64]) -> u64 {
 }
 
 impl DataCursor {
-    /// The start of `epoch` for `catalog`.
-    pub fn new(catalog: &Catalog, options: PlanOptions, epoch: u64) -> Self {
+    /// The start of `epoch` of the dataset `data`.
+    pub fn new(data: &impl DatasetUnits, options: PlanOptions, epoch: u64) -> Self {
         Self {
-            dataset: catalog.fingerprint(),
+            dataset: data.units().fingerprint.clone(),
             consumed: vec![0; options.world_size],
             options,
             epoch,
@@ -157,23 +203,23 @@ impl DataCursor {
     }
 
     /// Steps of the current epoch (this generation).
-    pub fn steps(&self, catalog: &Catalog) -> Result<u64> {
-        self.check(catalog)?;
-        let n = self.sequence_len(catalog);
+    pub fn steps(&self, data: &impl DatasetUnits) -> Result<u64> {
+        let units = data.units();
+        self.check(&units)?;
+        let n = self.sequence_len(&units);
         steps_for(n, &self.options)
     }
 
     /// Whether every step of the epoch has been taken.
-    pub fn epoch_done(&self, catalog: &Catalog) -> Result<bool> {
-        Ok(self.step >= self.steps(catalog)?)
+    pub fn epoch_done(&self, data: &impl DatasetUnits) -> Result<bool> {
+        Ok(self.step >= self.steps(data)?)
     }
 
-    fn check(&self, catalog: &Catalog) -> Result<()> {
-        if self.dataset != catalog.fingerprint() {
+    fn check(&self, units: &Units) -> Result<()> {
+        if self.dataset != units.fingerprint {
             return Err(DataError::Cursor(format!(
                 "it was made for dataset {} but the files given are dataset {} (files or row groups changed)",
-                self.dataset,
-                catalog.fingerprint()
+                self.dataset, units.fingerprint
             )));
         }
         if self.consumed.len() != self.options.world_size {
@@ -190,20 +236,20 @@ impl DataCursor {
         }
         if let Some(seq) = &self.sequence {
             for s in seq {
-                let unit = catalog.units.get(s.unit as usize).ok_or_else(|| {
+                let rows = *units.rows.get(s.unit as usize).ok_or_else(|| {
                     DataError::Cursor(format!(
                         "segment names unit {} of {}",
                         s.unit,
-                        catalog.units.len()
+                        units.rows.len()
                     ))
                 })?;
-                if s.start + s.len > unit.rows {
+                if s.start + s.len > rows {
                     return Err(DataError::Cursor(format!(
                         "segment rows {}..{} outside unit {} of {} rows",
                         s.start,
                         s.start + s.len,
                         s.unit,
-                        unit.rows
+                        rows
                     )));
                 }
             }
@@ -211,19 +257,19 @@ impl DataCursor {
         Ok(())
     }
 
-    fn sequence_len(&self, catalog: &Catalog) -> u64 {
+    fn sequence_len(&self, units: &Units) -> u64 {
         match &self.sequence {
             Some(seq) => seq.iter().map(|s| s.len).sum(),
-            None => catalog.total_rows(),
+            None => units.rows.iter().sum(),
         }
     }
 
     /// The epoch's sequence of rows before it is split among ranks.
-    fn base_sequence(&self, catalog: &Catalog) -> Vec<Segment> {
+    fn base_sequence(&self, units: &Units) -> Vec<Segment> {
         if let Some(seq) = &self.sequence {
             return seq.clone();
         }
-        let mut order: Vec<u32> = (0..catalog.units.len() as u32).collect();
+        let mut order: Vec<u32> = (0..units.rows.len() as u32).collect();
         if self.options.shuffle {
             let mut rng =
                 ChaCha8Rng::seed_from_u64(derive_seed(&[self.options.seed, self.epoch, 1]));
@@ -238,14 +284,15 @@ impl DataCursor {
             .map(|u| Segment {
                 unit: u,
                 start: 0,
-                len: catalog.units[u as usize].rows,
+                len: units.rows[u as usize],
             })
             .collect()
     }
 
     /// The share of `rank` in the current epoch.
-    pub fn plan_rank(&self, catalog: &Catalog, rank: usize) -> Result<RankPlan> {
-        self.check(catalog)?;
+    pub fn plan_rank(&self, data: &impl DatasetUnits, rank: usize) -> Result<RankPlan> {
+        let units = data.units();
+        self.check(&units)?;
         let o = &self.options;
         if rank >= o.world_size {
             return Err(DataError::Cursor(format!(
@@ -253,7 +300,7 @@ impl DataCursor {
                 o.world_size
             )));
         }
-        let seq = self.base_sequence(catalog);
+        let seq = self.base_sequence(&units);
         let n: u64 = seq.iter().map(|s| s.len).sum();
         let steps = steps_for(n, o)?;
         let per_rank = steps * o.batch_size as u64;
@@ -279,8 +326,14 @@ impl DataCursor {
     /// A cursor for `world_size` ranks of `batch_size` that continues this one: the positions
     /// not yet consumed by any rank become the sequence of the re-planned epoch. With the same
     /// world and batch size the cursor is returned as it is, so the run continues exactly.
-    pub fn reshard(&self, catalog: &Catalog, world_size: usize, batch_size: usize) -> Result<Self> {
-        self.check(catalog)?;
+    pub fn reshard(
+        &self,
+        data: &impl DatasetUnits,
+        world_size: usize,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let units = data.units();
+        self.check(&units)?;
         if world_size == self.options.world_size && batch_size == self.options.batch_size {
             return Ok(self.clone());
         }
@@ -291,7 +344,7 @@ impl DataCursor {
         }
         let mut sequence = Vec::new();
         for rank in 0..self.options.world_size {
-            let plan = self.plan_rank(catalog, rank)?;
+            let plan = self.plan_rank(&*units, rank)?;
             for seg in plan.remaining(self.consumed[rank]) {
                 push_coalesced(&mut sequence, seg);
             }
@@ -309,6 +362,155 @@ impl DataCursor {
             sequence: Some(sequence),
         })
     }
+}
+
+impl DataCursor {
+    /// What `rank` needs to stream the rest of its part of the current epoch.
+    pub fn share(&self, data: &impl DatasetUnits, rank: usize) -> Result<Share> {
+        let plan = self.plan_rank(data, rank)?;
+        let consumed = self.consumed[rank];
+        if consumed > plan.len {
+            return Err(DataError::Cursor(format!(
+                "rank {rank} consumed {consumed} of only {} rows",
+                plan.len
+            )));
+        }
+        Ok(Share {
+            dataset: self.dataset.clone(),
+            plan,
+            seed: self.options.seed,
+            batch_size: self.options.batch_size,
+            consumed,
+            step: self.step,
+        })
+    }
+
+    /// Takes a rank's [`Progress`] into the cursor. Progress of an epoch other than the
+    /// cursor's, or of a rank outside it, is an error that names it.
+    pub fn advance(&mut self, p: &Progress) -> Result<()> {
+        if p.epoch != self.epoch || p.rank >= self.consumed.len() {
+            return Err(DataError::Cursor(format!(
+                "rank {} reports epoch {} but the cursor is at epoch {} of {} ranks",
+                p.rank,
+                p.epoch,
+                self.epoch,
+                self.consumed.len()
+            )));
+        }
+        self.consumed[p.rank] = p.consumed;
+        self.step = self.step.max(p.epoch_step);
+        Ok(())
+    }
+}
+
+/// What one rank needs to stream the rest of its part of an epoch: its plan, how far it has
+/// read it, and the run's seed and per-rank batch size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// [`Catalog::fingerprint`] of the dataset planned.
+    pub dataset: String,
+    /// The rank's plan of the epoch.
+    pub plan: RankPlan,
+    /// The run's seed (augmentations).
+    pub seed: u64,
+    /// Samples per batch on each rank.
+    pub batch_size: usize,
+    /// Positions of the plan's order already consumed.
+    pub consumed: u64,
+    /// Steps of the epoch already taken.
+    pub step: u64,
+}
+
+/// Where a rank stands after an optimizer step, and what that step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The rank.
+    pub rank: usize,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Steps (batches) of the epoch it has taken.
+    pub epoch_step: u64,
+    /// Positions of its order it has consumed in the epoch.
+    pub consumed: u64,
+    /// Optimizer steps of the run taken, from 1.
+    pub step: u64,
+    /// Real (not padding) samples it trained on in that step.
+    pub samples: u64,
+    /// Wall time of the step, in seconds.
+    pub seconds: f64,
+    /// Of which waiting for data.
+    pub data_wait_s: f64,
+}
+
+/// Where a rank gets its share of every epoch, and where it reports its progress.
+pub trait Planner {
+    /// Starts the run's data: this rank reads the dataset `data`; `start` is where the run
+    /// begins (in a job, rank 0's start is the job's and the others' are checked against it).
+    fn open(&mut self, data: &Units, start: &DataCursor) -> Result<()>;
+    /// This rank's share of `epoch`: the current epoch, or the one after it.
+    fn share(&mut self, epoch: u64) -> Result<Share>;
+    /// This rank finished an optimizer step.
+    fn record(&mut self, progress: &Progress) -> Result<()>;
+    /// The data cursor at the end of optimizer step `step`, the last one recorded (in a job,
+    /// every rank's position, once every rank has recorded that step).
+    fn cursor(&mut self, step: u64) -> Result<DataCursor>;
+}
+
+/// The planner of one process, and of a rank that plans for itself.
+#[derive(Debug, Default)]
+pub struct LocalPlanner {
+    rank: usize,
+    state: Option<(Units, DataCursor)>,
+}
+
+impl LocalPlanner {
+    /// A planner for `rank`.
+    pub fn new(rank: usize) -> Self {
+        Self { rank, state: None }
+    }
+
+    fn state(&mut self) -> Result<&mut (Units, DataCursor)> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| DataError::Cursor("the planner was not opened".into()))
+    }
+}
+
+impl Planner for LocalPlanner {
+    fn open(&mut self, data: &Units, start: &DataCursor) -> Result<()> {
+        start.check(data)?;
+        self.state = Some((data.clone(), start.clone()));
+        Ok(())
+    }
+
+    fn share(&mut self, epoch: u64) -> Result<Share> {
+        let rank = self.rank;
+        let (units, cursor) = self.state()?;
+        next_epoch_if(cursor, epoch)?;
+        cursor.share(&*units, rank)
+    }
+
+    fn record(&mut self, progress: &Progress) -> Result<()> {
+        self.state()?.1.advance(progress)
+    }
+
+    fn cursor(&mut self, _step: u64) -> Result<DataCursor> {
+        Ok(self.state()?.1.clone())
+    }
+}
+
+/// Moves `cursor` on to `epoch` when that is the next one; any epoch but the current one and
+/// the next is an error.
+pub fn next_epoch_if(cursor: &mut DataCursor, epoch: u64) -> Result<()> {
+    if epoch == cursor.epoch + 1 {
+        *cursor = cursor.next_epoch();
+    } else if epoch != cursor.epoch {
+        return Err(DataError::Cursor(format!(
+            "epoch {epoch} asked for, but the cursor is at epoch {}",
+            cursor.epoch
+        )));
+    }
+    Ok(())
 }
 
 fn steps_for(n: u64, o: &PlanOptions) -> Result<u64> {

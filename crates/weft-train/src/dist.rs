@@ -1,15 +1,12 @@
 //! The data-parallel parts of a training step: the gradient all-reduce in buckets, the
-//! feature all-gather of ITC over the global batch, the step statistics every rank agrees on,
-//! and the check that every rank reads the same dataset.
+//! feature all-gather of ITC over the global batch. (That every rank reads the same dataset is
+//! checked by the coordinator, which hands out the data plan.)
 //!
 //! Every rank runs the same code in the same order; a one-process run goes through it with
 //! [`weft_collective::SingleRank`], where every operation is the identity.
 
 use weft_collective::{Collective, CollectiveError, ReduceOp};
 use weft_model::FeatureGather;
-
-use crate::error::TrainError;
-use crate::params::fnv1a;
 
 /// Elements of one all-reduce bucket of `bucket_mb` MiB of `f32`.
 pub fn bucket_elems(bucket_mb: f64) -> usize {
@@ -84,36 +81,6 @@ impl FeatureGather for CollectiveGather<'_> {
     }
 }
 
-/// Fail unless every rank reads the dataset `fingerprint` (a rank with other files, or files
-/// that changed, would train on another plan).
-pub fn check_same_dataset(
-    collective: &mut dyn Collective,
-    fingerprint: &str,
-) -> Result<(), TrainError> {
-    let world = collective.world_size();
-    if world == 1 {
-        return Ok(());
-    }
-    let mine = fingerprint_words(fingerprint);
-    let mut all = vec![0.0f32; mine.len() * world];
-    collective.all_gather(&mine, &mut all)?;
-    for (rank, theirs) in all.chunks(mine.len()).enumerate() {
-        if theirs != mine.as_slice() {
-            return Err(TrainError::Distributed(format!(
-                "rank {} reads another training dataset than rank {rank} (fingerprint {fingerprint}): every rank must see the same files",
-                collective.rank()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A string's 64-bit FNV-1a hash as four exact f32 words of 16 bits.
-fn fingerprint_words(s: &str) -> Vec<f32> {
-    let h = fnv1a(s);
-    (0..4).map(|i| ((h >> (16 * i)) & 0xffff) as f32).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +101,5 @@ mod tests {
         let mut gather = CollectiveGather::new(&mut one);
         assert_eq!(gather.all_gather(&[4.0, 5.0]), [4.0, 5.0]);
         gather.finish().unwrap();
-        check_same_dataset(&mut one, "abc").unwrap();
-        assert_ne!(fingerprint_words("abc"), fingerprint_words("abd"));
     }
 }

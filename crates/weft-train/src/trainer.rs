@@ -1,7 +1,7 @@
 //! The training loop, on one process or on one rank of a data-parallel job.
 //!
 //! Every rank builds the same model from the same seed, reads its own share of each global
-//! batch (the data plan for `world_size` ranks), computes its local losses with ITC over the
+//! batch (handed out by a [`Planner`]: the coordinator's in a job), computes its local losses with ITC over the
 //! global batch, averages the gradients with the other ranks ([`crate::dist`]) and applies the
 //! identical update. Rank 0 writes the run directory's files.
 
@@ -21,10 +21,13 @@ use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::{Config, LossConfig, TrainConfig};
 use weft_data::plan::derive_seed;
 use weft_data::text::SPECIAL_TOKENS;
-use weft_data::{Batch, BatchStream, DataCursor, Loader, Split};
+use weft_data::{
+    Batch, BatchStream, DataCursor, DatasetUnits, Loader, LocalPlanner, Planner,
+    Progress as DataProgress, Share, Split,
+};
 use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
-use crate::dist::{all_reduce_mean, bucket_elems, check_same_dataset, CollectiveGather};
+use crate::dist::{all_reduce_mean, bucket_elems, CollectiveGather};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
 use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
@@ -127,33 +130,66 @@ pub fn human(n: usize) -> String {
 }
 
 /// The stream of training micro-batches across epochs, with the data cursor.
-struct Batches {
+/// A rank's batches, epoch after epoch, from the shares its planner hands out.
+struct Batches<'p> {
     loader: Loader,
-    rank: usize,
-    cursor: DataCursor,
+    planner: &'p mut dyn Planner,
+    /// The next epoch's share, when already asked for.
+    next_share: Option<Share>,
     stream: Option<BatchStream>,
+    batch_size: usize,
+    /// Where the rank stands: epoch, steps taken in it, positions consumed.
+    epoch: u64,
+    epoch_step: u64,
+    consumed: u64,
 }
 
-impl Batches {
+impl Batches<'_> {
     fn next(&mut self) -> Result<Batch, TrainError> {
         for _ in 0..2 {
             if self.stream.is_none() {
-                self.stream = Some(self.loader.stream(&self.cursor, self.rank)?);
+                let share = match self.next_share.take() {
+                    Some(s) => s,
+                    None => self.planner.share(self.epoch)?,
+                };
+                (self.epoch, self.epoch_step, self.consumed) =
+                    (share.plan.epoch, share.step, share.consumed);
+                self.stream = Some(self.loader.stream_share(&share)?);
             }
             if let Some(batch) = self.stream.as_mut().and_then(Iterator::next) {
                 let batch = batch?;
-                self.cursor
-                    .record(self.rank, batch.consumed, batch.step + 1);
+                (self.epoch_step, self.consumed) = (batch.step + 1, batch.consumed);
                 return Ok(batch);
             }
             self.stream = None;
-            self.cursor = self.cursor.next_epoch();
+            self.epoch += 1;
         }
         Err(TrainError::NoSteps {
             rows: self.loader.catalog().total_rows(),
-            batch: self.cursor.options.batch_size,
+            batch: self.batch_size,
             accum: 1,
         })
+    }
+
+    /// Tell the planner where this rank stands after optimizer step `step`.
+    fn record(
+        &mut self,
+        rank: usize,
+        step: u64,
+        samples: u64,
+        seconds: f64,
+        data_wait_s: f64,
+    ) -> Result<(), TrainError> {
+        Ok(self.planner.record(&DataProgress {
+            rank,
+            epoch: self.epoch,
+            epoch_step: self.epoch_step,
+            consumed: self.consumed,
+            step,
+            samples,
+            seconds,
+            data_wait_s,
+        })?)
     }
 }
 
@@ -355,7 +391,13 @@ pub fn train<B: AutodiffBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
-    train_with::<B>(config, options, device, &mut SingleRank)
+    train_with::<B>(
+        config,
+        options,
+        device,
+        &mut SingleRank,
+        &mut LocalPlanner::new(0),
+    )
 }
 
 /// The objectives in the order of the step statistics.
@@ -429,13 +471,16 @@ impl LocalStep {
 }
 
 /// Train `config` as rank `collective.rank()` of `collective.world_size()` ranks with the
-/// backend `B` on `device`. `data.batch_size` is per rank. Rank 0 writes the run directory's
-/// config, metrics, evaluations and weights; every rank must be given the same config.
+/// backend `B` on `device`. `data.batch_size` is per rank. The rank's share of every epoch
+/// comes from `planner` (in a job, the coordinator's: it checks that every rank reads the same
+/// dataset with the same options). Rank 0 writes the run directory's config, metrics,
+/// evaluations and weights; every rank must be given the same config.
 pub fn train_with<B: AutodiffBackend>(
     config: &Config,
     options: &TrainOptions,
     device: &B::Device,
     collective: &mut dyn Collective,
+    planner: &mut dyn Planner,
 ) -> Result<TrainSummary, TrainError> {
     let run_dir = &options.run_dir;
     let (rank, world) = (collective.rank(), collective.world_size());
@@ -483,10 +528,13 @@ pub fn train_with<B: AutodiffBackend>(
     };
 
     let catalog = Arc::clone(train_loader.catalog());
-    check_same_dataset(collective, &catalog.fingerprint())?;
+    let units = catalog.units();
     let plan = weft_data::plan_options(config, Split::Train, world);
-    let cursor = DataCursor::new(&catalog, plan, 0);
-    let micro_per_epoch = cursor.steps(&catalog)?;
+    let start = DataCursor::new(&*units, plan, 0);
+    planner.open(&units, &start)?;
+    let first = planner.share(start.epoch)?;
+    // Steps of a whole epoch (a resumed one may have fewer left).
+    let micro_per_epoch = first.plan.steps;
     let steps_per_epoch = micro_per_epoch / t.grad_accum;
     let total = if t.max_steps > 0 {
         t.max_steps
@@ -524,8 +572,12 @@ pub fn train_with<B: AutodiffBackend>(
     let mut progress = Progress::new(total, options.progress && lead, t.log_every);
     let mut batches = Batches {
         loader: train_loader,
-        rank,
-        cursor,
+        planner,
+        batch_size: first.batch_size,
+        epoch: first.plan.epoch,
+        epoch_step: first.step,
+        consumed: first.consumed,
+        next_share: Some(first),
         stream: None,
     };
     let bucket = bucket_elems(config.dist.bucket_mb);
@@ -618,6 +670,7 @@ pub fn train_with<B: AutodiffBackend>(
             consecutive_bad = 0;
         }
         let step_time = started.elapsed().as_secs_f64();
+        batches.record(rank, step, local.samples, step_time, wait)?;
         let record = StepMetrics {
             step,
             epoch,
