@@ -148,7 +148,21 @@ fn worker_with(
     run: &Path,
     extra: &[&str],
 ) -> Proc {
+    worker_env(rank, world, addr, token, run, extra, &[])
+}
+
+/// [`worker_with`] with extra environment variables.
+fn worker_env(
+    rank: usize,
+    world: usize,
+    addr: &str,
+    token: &str,
+    run: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Proc {
     let child = weft()
+        .envs(envs.iter().copied())
         .arg("train")
         .args(["--run-dir", &run.display().to_string()])
         .args(train_sets())
@@ -324,6 +338,59 @@ fn a_rank_with_other_data_options_is_named() {
     }
 }
 
+#[test]
+fn a_rank_killed_during_a_save_leaves_the_previous_checkpoint_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let token = "tok-kill-saving";
+    let (coord, addr) = coordinator(2, token);
+    let extra = ["--set", "checkpoint.every_steps=3"];
+    // Each rank pauses 1.5 s between writing its shards and reporting them.
+    let pause = [("WEFT_TEST_CKPT_PAUSE_MS", "1500")];
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|r| worker_env(r, 2, &addr, token, &run, &extra, &pause))
+        .collect();
+    let ckpts = run.join("checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Wait for the commit of step 3, then for the shards of step 6 (written, not reported).
+    let shard = |step: &str, r: usize| {
+        ckpts
+            .join(format!("step-{step}.tmp"))
+            .join(format!("optimizer-0000{r}-of-00002.safetensors"))
+    };
+    while !(ckpts.join("step-00000003/COMMITTED").exists()
+        && shard("00000006", 1).exists()
+        && shard("00000006", 2).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no save in progress to interrupt"
+        );
+        for p in workers.iter_mut() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                p.done = Some(status);
+                let err = p.stderr();
+                panic!("{} exited early with {status}: {err}", p.name);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut victim = workers.remove(1);
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    victim.wait_within(Duration::from_secs(5)).unwrap();
+    let mut rest = workers;
+    rest.push(coord);
+    all_fail_within_bound(&mut rest);
+    // Step 6 never committed: step 3 is latest and loads.
+    let latest = std::fs::read_to_string(ckpts.join("latest")).unwrap();
+    assert_eq!(latest.trim(), "step-00000003");
+    assert!(!ckpts.join("step-00000006").exists());
+    let state = weft_checkpoint::open_verified(&ckpts.join("step-00000003"))
+        .unwrap()
+        .state;
+    assert_eq!((state.step, state.world_size), (3, 2));
+}
+
 /// The children of `pid` (Linux: every thread's `children` list).
 fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -385,7 +452,7 @@ fn launch_stops_every_worker_when_one_is_killed() {
 }
 
 #[test]
-fn launch_forwards_sigterm_and_exits_with_the_workers_code() {
+fn launch_forwards_sigterm_and_the_workers_stop_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let mut launcher = launch(&run);
@@ -393,9 +460,15 @@ fn launch_forwards_sigterm_and_exits_with_the_workers_code() {
     let workers = children_of(launcher.pid());
     launcher.signal(nix::sys::signal::Signal::SIGTERM);
     let status = launcher.wait_within(BOUND).expect("the launcher exits");
-    // The workers die of SIGTERM: 128 + 15.
-    assert_eq!(status.code(), Some(143), "{}", launcher.stderr());
+    // The workers save at the next step boundary and exit 75 (interrupted, resumable).
+    let err = launcher.stderr();
+    assert_eq!(status.code(), Some(75), "{err}");
     for pid in workers {
         assert!(!alive(pid), "worker {pid} outlived the launcher");
     }
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
+    assert_eq!(state.world_size, 2);
+    assert!(state.step >= 1, "{state:?}");
 }

@@ -5,7 +5,7 @@ mod train_common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::optim::GradientsParams;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use weft_model::ObjectiveBatch;
@@ -32,7 +32,7 @@ fn batch(b: usize, l: usize, s: usize) -> ObjectiveBatch<B> {
         }
     }
     ObjectiveBatch {
-        images: Tensor::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &dev),
+        images: train_common::random_images::<B>(b, s, 3, &dev),
         ids,
         attention_mask: mask,
         len: l,

@@ -3,8 +3,8 @@
 mod common;
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Distribution, Tensor};
-use common::train::{set_objectives, small_train_config, special_tokens};
+use burn::tensor::Tensor;
+use common::train::{random_images, set_objectives, small_train_config, special_tokens};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_model::ObjectiveBatch;
@@ -33,7 +33,7 @@ fn a_tiny_model_overfits_8_pairs_to_recall_1() {
         })
         .collect();
     let batch = ObjectiveBatch {
-        images: Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &dev),
+        images: random_images::<B>(b, s, 1, &dev),
         ids,
         attention_mask: vec![1; b * l],
         len: l,
@@ -192,7 +192,7 @@ fn gradient_accumulation_averages() {
     config.loss.mim_mask_ratio = 1.0;
     config.train.grad_clip = 0.0;
     let s = config.data.image_size;
-    let images = Tensor::<B, 4>::random([16, 3, s, s], Distribution::Normal(0.0, 1.0), &dev);
+    let images = random_images::<B>(16, s, 2, &dev);
     let l = 4;
     let make = |imgs: Tensor<B, 4>| {
         let n = imgs.dims()[0];

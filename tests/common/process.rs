@@ -6,8 +6,19 @@ use std::time::{Duration, Instant};
 
 /// Run `weft args...` in `cwd` (logs at `info`), killed and failed after `limit`.
 pub fn weft_within(cwd: &Path, args: &[&str], limit: Duration) -> Output {
+    weft_env_within(cwd, args, &[], limit)
+}
+
+/// [`weft_within`] with extra environment variables.
+pub fn weft_env_within(
+    cwd: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(cwd)
         .env("WEFT_LOG", "info")
         .stdout(Stdio::piped())

@@ -61,3 +61,19 @@ pub fn small_train_config() -> Config {
     c.validate().unwrap();
     c
 }
+
+/// Images `[b, 3, s, s]` of values uniform in [-2, 2) from a generator of their own (the
+/// backend's global generator is shared with the model builds of tests running in parallel).
+pub fn random_images<B: burn::tensor::backend::Backend>(
+    b: usize,
+    s: usize,
+    seed: u64,
+    device: &B::Device,
+) -> burn::tensor::Tensor<B, 4> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = (0..b * 3 * s * s)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect();
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, [b, 3, s, s]), device)
+}

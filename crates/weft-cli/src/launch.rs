@@ -22,6 +22,8 @@ use weft_config::Config;
 use weft_coordinator::rendezvous::{serve, CoordinatorConfig};
 use weft_coordinator::{spawn_coordinator, weft_vars, LaunchEnv};
 
+use crate::train::EXIT_INTERRUPTED;
+
 /// How long workers get between SIGTERM and SIGKILL when the job is stopped.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -282,8 +284,11 @@ fn stop_all(workers: &mut [Worker]) {
 }
 
 /// Waits for the workers, forwarding signals; returns the job's exit code: 0 when every
-/// worker succeeded, else the code of the first one that failed.
+/// worker succeeded, else the code of the first one that failed. A worker that stopped on a
+/// signal after its checkpoint was committed ([`EXIT_INTERRUPTED`]) has not failed: the others
+/// stop at the same step, and the job exits with that code.
 fn supervise(workers: &mut [Worker], mut signals: signal_hook::iterator::Signals) -> u8 {
+    let mut interrupted = false;
     loop {
         for sig in signals.pending() {
             if let Ok(s) = Signal::try_from(sig) {
@@ -300,7 +305,9 @@ fn supervise(workers: &mut [Worker], mut signals: signal_hook::iterator::Signals
                 Ok(Some(status)) => {
                     let code = code_of(status);
                     workers[i].status = Some(code);
-                    if code != 0 {
+                    if code == EXIT_INTERRUPTED {
+                        interrupted = true;
+                    } else if code != 0 {
                         tracing::error!(
                             "rank {} exited with {status}; stopping the other workers",
                             workers[i].rank
@@ -319,7 +326,7 @@ fn supervise(workers: &mut [Worker], mut signals: signal_hook::iterator::Signals
             }
         }
         if !running {
-            return 0;
+            return if interrupted { EXIT_INTERRUPTED } else { 0 };
         }
         std::thread::sleep(Duration::from_millis(50));
     }

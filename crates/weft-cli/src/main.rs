@@ -5,6 +5,7 @@
 
 mod allreduce;
 mod bench;
+mod ckpt;
 mod launch;
 mod train;
 
@@ -55,6 +56,9 @@ enum Command {
     Coordinator(launch::CoordinatorArgs),
     /// Retrieval Recall@1/5/10 of saved weights on any image-caption data.
     Eval(train::EvalArgs),
+    /// Inspect, verify or export checkpoints.
+    #[command(subcommand)]
+    Ckpt(ckpt::CkptCommand),
     /// Parameter count of each module of the config's model.
     Params {
         /// Print one JSON object.
@@ -146,6 +150,9 @@ enum BenchCommand {
     Train(train::BenchTrainArgs),
     /// Bandwidth of the TCP ring's all-reduce between processes on 127.0.0.1.
     Allreduce(allreduce::BenchAllreduceArgs),
+    /// Checkpoint save bandwidth next to the raw disk's (dd with fsync), and the stall of an
+    /// asynchronous save.
+    Ckpt(ckpt::BenchCkptArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -316,7 +323,7 @@ fn run(cli: Cli, env: Option<LaunchEnv>) -> anyhow::Result<ExitCode> {
                 Some(env) => env,
                 None => LaunchEnv::from_env()?,
             };
-            train::train(args, &config, &env).map(|()| ExitCode::SUCCESS)
+            train::train(args, &config, &env)
         }
         command => run_simple(command, &cli.config, &config).map(|()| ExitCode::SUCCESS),
     }
@@ -365,8 +372,10 @@ fn run_simple(command: Command, cfg_args: &ConfigArgs, config: &Config) -> anyho
         Command::Bench(BenchCommand::Data(args)) => bench::data(args, &config),
         Command::Bench(BenchCommand::Train(args)) => train::bench_train(args, &config),
         Command::Bench(BenchCommand::Allreduce(args)) => allreduce::run(args),
+        Command::Bench(BenchCommand::Ckpt(args)) => ckpt::bench(args),
         Command::Params { json } => train::params(&config, json),
         Command::Eval(args) => train::eval(args, cfg_args.config.clone(), &cfg_args.sets),
+        Command::Ckpt(cmd) => ckpt::run(cmd),
         Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) => {
             unreachable!("handled by run")
         }

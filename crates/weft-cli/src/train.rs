@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -10,7 +13,7 @@ use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{job_token, Job, JobOptions, LaunchEnv, Launcher};
 use weft_data::{Split, TextEncoder};
 use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
-use weft_train::{CpuBackend, TrainOptions};
+use weft_train::{CpuBackend, Rank, TrainOptions};
 
 /// The config `weft train` uses without `--config`.
 pub const DEFAULT_TRAIN_CONFIG: &str = "configs/tiny.toml";
@@ -24,6 +27,28 @@ pub struct TrainArgs {
     /// (default: runs/<UTC date-time>).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Resume from `auto` (the newest committed checkpoint of the run directory that
+    /// verifies, if any), `never`, or a checkpoint directory.
+    #[arg(long, default_value = "auto", value_name = "auto|never|PATH")]
+    resume: weft_checkpoint::Resume,
+}
+
+/// The exit status of a run that stopped on SIGTERM or SIGUSR1 after committing a checkpoint
+/// (EX_TEMPFAIL: run it again to go on). A finished run exits 0.
+pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// A flag raised by SIGTERM, SIGUSR1 and SIGINT: the run saves at the next step boundary and
+/// stops. A second SIGTERM or SIGINT ends the process at once.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))?;
+    }
+    for sig in [SIGTERM, SIGUSR1, SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    Ok(flag)
 }
 
 /// Arguments of `weft eval`.
@@ -105,7 +130,7 @@ pub fn log_file(run_dir: &Path, rank: usize) -> PathBuf {
 }
 
 /// `weft train`, on one process or as one rank of the job `env` describes.
-pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<()> {
+pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<ExitCode> {
     // Ranks sharing a node share its cores.
     let threads = match (config.train.threads, env.local_world_size) {
         (0, Some(n)) if n > 1 => std::thread::available_parallelism()
@@ -119,6 +144,21 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         run_dir: run_dir.clone(),
         progress: env.rank == 0 && std::io::stderr().is_terminal(),
         nonfinite_loss_at: Vec::new(),
+        resume: args.resume.clone(),
+        stop: Some(stop_flag()?),
+        stop_at_step: std::env::var("WEFT_TEST_STOP_AT_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        checkpoint_write: weft_checkpoint::WriteOptions {
+            // Fault injection for the tests of a failing checkpoint writer.
+            fail_after_bytes: std::env::var("WEFT_TEST_CKPT_FAIL_AFTER_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            pause_after_write: std::env::var("WEFT_TEST_CKPT_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+        },
     };
     let device = Default::default();
     let summary = if env.world_size > 1 {
@@ -147,37 +187,53 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
             env.coordinator.as_deref().unwrap_or("?"),
             weft_train::current_threads()
         );
-        let (ring, mut planner) = job.parts();
-        let summary = match weft_train::train_with::<CpuBackend>(
-            config,
-            &options,
-            &device,
-            ring,
-            &mut planner,
-        ) {
-            Ok(summary) => summary,
-            Err(e) => {
-                if matches!(e, weft_train::TrainError::Collective(_)) {
-                    // A peer's socket closing is often another rank's failure passed on:
-                    // the coordinator names the rank that failed first. Its verdict (the
-                    // abort handler) ends this process; wait for it, bounded.
-                    tracing::warn!(
-                        "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
-                        job_options.heartbeat_timeout
-                    );
-                    std::thread::sleep(job_options.heartbeat_timeout);
-                }
-                // Dropping the job closes the session: the coordinator aborts the others.
-                return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
-            }
+        let (ring, mut planner, committer) = job.parts();
+        let rank_parts = Rank {
+            collective: ring,
+            planner: &mut planner,
+            committer: Arc::new(committer.for_run(&run_dir, config.checkpoint.keep_last)),
         };
+        let summary =
+            match weft_train::train_with::<CpuBackend>(config, &options, &device, rank_parts) {
+                Ok(summary) => summary,
+                Err(e) => {
+                    if matches!(e, weft_train::TrainError::Collective(_)) {
+                        // A peer's socket closing is often another rank's failure passed on:
+                        // the coordinator names the rank that failed first. Its verdict (the
+                        // abort handler) ends this process; wait for it, bounded.
+                        tracing::warn!(
+                            "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
+                            job_options.heartbeat_timeout
+                        );
+                        std::thread::sleep(job_options.heartbeat_timeout);
+                    }
+                    // Dropping the job closes the session: the coordinator aborts the others.
+                    return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
+                }
+            };
         job.finish(job_options.heartbeat_timeout)?;
         summary
     } else {
         weft_train::train::<CpuBackend>(config, &options, &device)?
     };
+    let code = if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    };
     if env.rank != 0 {
-        return Ok(());
+        return Ok(code);
+    }
+    if summary.interrupted {
+        println!(
+            "interrupted after step {}; checkpoint {} (run the same command to resume)",
+            summary.steps,
+            summary
+                .checkpoint
+                .as_deref()
+                .map_or("?".into(), |p| p.display().to_string())
+        );
+        return Ok(code);
     }
     if let Some(r) = &summary.eval {
         println!(
@@ -191,7 +247,7 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         summary.skipped,
         summary.model_path.display()
     );
-    Ok(())
+    Ok(code)
 }
 
 /// `weft eval`.

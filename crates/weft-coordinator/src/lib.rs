@@ -21,5 +21,6 @@ pub mod worker;
 pub use env::{weft_vars, EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
 pub use worker::{
-    job_token, spawn_coordinator, HostedCoordinator, Job, JobError, JobOptions, JobPlanner,
+    job_token, spawn_coordinator, HostedCoordinator, Job, JobCommitter, JobError, JobOptions,
+    JobPlanner,
 };

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use weft_checkpoint::{ShardReport, TrainerState};
 use weft_data::{DataCursor, PlanOptions, Progress, Share, Units};
 
 use crate::meter::{JobReport, Meter};
@@ -127,6 +128,26 @@ pub enum Message {
     Cursor {
         /// The job's data cursor.
         cursor: Option<DataCursor>,
+    },
+    /// A rank's shards of a checkpoint are durable, or could not be written.
+    Commit {
+        /// The checkpoint's step.
+        step: u64,
+        /// The run directory (absolute).
+        run_dir: String,
+        /// `checkpoint.keep_last`.
+        keep_last: usize,
+        /// What the rank wrote, or why it could not.
+        report: Result<ShardReport, String>,
+        /// Rank 0's trainer state.
+        state: Option<Box<TrainerState>>,
+    },
+    /// The outcome of a checkpoint's commit, sent to every rank.
+    Committed {
+        /// The checkpoint's step.
+        step: u64,
+        /// The committed directory, or why the commit failed.
+        result: Result<String, String>,
     },
     /// The job is over: stop.
     Abort {
@@ -265,7 +286,20 @@ struct State {
     waiting: Vec<(usize, u64, String, PlanOptions)>,
     /// Cursor requests waiting for every rank's report of their step: (rank, step).
     waiting_cursor: Vec<(usize, u64)>,
+    /// Checkpoints waiting for every rank's report, by step.
+    commits: BTreeMap<u64, PendingCommit>,
     meter: Meter,
+}
+
+/// A checkpoint some ranks have reported.
+#[derive(Default)]
+struct PendingCommit {
+    run_dir: String,
+    keep_last: usize,
+    reports: Vec<ShardReport>,
+    failures: Vec<String>,
+    state: Option<TrainerState>,
+    heard: usize,
 }
 
 struct Rank {
@@ -300,6 +334,7 @@ pub async fn serve(
         data: None,
         waiting: Vec::new(),
         waiting_cursor: Vec::new(),
+        commits: BTreeMap::new(),
         meter: Meter::new(config.world_size),
     }));
     let started = Instant::now();
@@ -579,6 +614,41 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
             answer_cursor(st, rank, step);
             Ok(())
         }
+        Message::Commit {
+            step,
+            run_dir,
+            keep_last,
+            report,
+            state,
+        } => {
+            let world = st.ranks.len();
+            let p = st.commits.entry(step).or_default();
+            p.heard += 1;
+            p.run_dir = run_dir;
+            p.keep_last = keep_last;
+            match report {
+                Ok(r) => p.reports.push(r),
+                Err(why) => p.failures.push(format!("rank {rank}: {why}")),
+            }
+            if let Some(state) = state {
+                p.state = Some(*state);
+            }
+            if p.heard == world {
+                let p = st.commits.remove(&step).expect("present");
+                let result = commit_now(step, p);
+                for r in st.ranks.keys().copied().collect::<Vec<_>>() {
+                    send(
+                        st,
+                        r,
+                        Message::Committed {
+                            step,
+                            result: result.clone(),
+                        },
+                    );
+                }
+            }
+            Ok(())
+        }
         other => Err(format!("sent an unexpected {}", kind(&other))),
     }
 }
@@ -605,6 +675,30 @@ fn answer_plan(
         }
         Err(reason) => Err(reason),
     }
+}
+
+/// Commits a checkpoint every rank has reported (writing the indexes, the trainer state and
+/// the marker takes milliseconds; the shards are already written).
+fn commit_now(step: u64, p: PendingCommit) -> Result<String, String> {
+    if !p.failures.is_empty() {
+        let why = format!("not committed: {}", p.failures.join("; "));
+        tracing::error!("coordinator: checkpoint {step} {why}");
+        return Err(why);
+    }
+    let state = p
+        .state
+        .ok_or_else(|| "rank 0 sent no trainer state".to_string())?;
+    weft_checkpoint::commit(
+        std::path::Path::new(&p.run_dir),
+        state,
+        &p.reports,
+        p.keep_last,
+    )
+    .map(|dir| dir.display().to_string())
+    .map_err(|e| {
+        tracing::error!("coordinator: checkpoint {step} not committed: {e}");
+        e.to_string()
+    })
 }
 
 /// Answers a cursor request, or keeps it until every rank has reported `step`.
@@ -646,6 +740,8 @@ fn kind(m: &Message) -> &'static str {
         Message::Progress { .. } => "progress of another rank",
         Message::CursorRequest { .. } => "cursor request",
         Message::Cursor { .. } => "cursor",
+        Message::Commit { .. } => "checkpoint report",
+        Message::Committed { .. } => "checkpoint outcome",
         Message::Abort { .. } => "abort",
     }
 }
@@ -661,8 +757,10 @@ pub struct Session {
     writer: Arc<Mutex<TcpStream>>,
     /// Answers to requests; held through a request, so requests take turns.
     answers: Mutex<std::sync::mpsc::Receiver<Message>>,
+    /// Outcomes of checkpoint commits (they come while other requests go on).
+    commits: Mutex<std::sync::mpsc::Receiver<Message>>,
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// What a worker does when the job ends under it: the coordinator's abort (naming the dead rank
@@ -732,6 +830,7 @@ impl Session {
             stream.try_clone().map_err(|e| err(e.to_string()))?,
         ));
         let (answer_tx, answers) = std::sync::mpsc::channel();
+        let (commit_tx, commits) = std::sync::mpsc::channel();
         let (stop_r, stop_w, beat_writer) = (stop.clone(), stop.clone(), writer.clone());
         let watch = std::thread::spawn(move || {
             let why = loop {
@@ -739,6 +838,9 @@ impl Session {
                     Ok(Message::Abort { reason, .. }) => break reason,
                     Ok(m @ (Message::Share { .. } | Message::Cursor { .. })) => {
                         let _ = answer_tx.send(m);
+                    }
+                    Ok(m @ Message::Committed { .. }) => {
+                        let _ = commit_tx.send(m);
                     }
                     Ok(other) => {
                         break format!("the coordinator sent an unexpected {}", kind(&other))
@@ -771,8 +873,9 @@ impl Session {
             stream,
             writer,
             answers: Mutex::new(answers),
+            commits: Mutex::new(commits),
             stop,
-            threads: vec![watch, beat],
+            threads: Mutex::new(vec![watch, beat]),
         })
     }
 
@@ -816,19 +919,53 @@ impl Session {
             })
     }
 
+    /// Sends this rank's checkpoint report and waits at most `timeout` for the outcome of the
+    /// commit of `step` (it comes once every rank has reported).
+    pub fn commit(
+        &self,
+        m: &Message,
+        step: u64,
+        timeout: Duration,
+    ) -> Result<Result<String, String>, RendezvousError> {
+        let commits = self
+            .commits
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "a commit panicked".into(),
+            })?;
+        self.send(m)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match commits.recv_timeout(left) {
+                Ok(Message::Committed { step: s, result }) if s == step => return Ok(result),
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(RendezvousError::Coordinator {
+                        addr: self.addr.clone(),
+                        reason: format!("no outcome of checkpoint {step} within {timeout:?} ({e})"),
+                    })
+                }
+            }
+        }
+    }
+
     /// Says goodbye: the coordinator stops watching this rank.
-    pub fn leave(mut self) {
+    pub fn leave(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.send(&Message::Leave { rank: self.rank });
         self.close();
     }
 
-    fn close(&mut self) {
+    fn close(&self) {
         self.stop.store(true, Ordering::SeqCst);
         // Shutting the socket down also ends the watcher's blocking read.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Ok(mut threads) = self.threads.lock() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -4,6 +4,10 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use weft_checkpoint::{CheckpointError, Committer, ShardReport, TrainerState};
 use weft_collective::{RingConfig, TcpRing};
 use weft_data::{DataCursor, DataError, Planner, Progress, Share, Units};
 
@@ -138,9 +142,10 @@ pub struct Job {
     pub env: LaunchEnv,
     /// The collective ring of all ranks.
     pub ring: TcpRing,
-    session: Session,
+    session: Arc<Session>,
     hosted: Option<HostedCoordinator>,
     plan_timeout: Duration,
+    commit_timeout: Duration,
 }
 
 impl Job {
@@ -216,20 +221,27 @@ impl Job {
         Ok(Self {
             env,
             ring,
-            session,
+            session: Arc::new(session),
             hosted,
             plan_timeout: options.rendezvous_timeout,
+            commit_timeout: options.rendezvous_timeout.max(options.collective_timeout),
         })
     }
 
-    /// The ring and the job's data plan, to use together.
-    pub fn parts(&mut self) -> (&mut TcpRing, JobPlanner<'_>) {
+    /// The ring, the job's data plan and its checkpoint committer, to use together.
+    pub fn parts(&mut self) -> (&mut TcpRing, JobPlanner<'_>, JobCommitter) {
         (
             &mut self.ring,
             JobPlanner {
                 session: &self.session,
                 timeout: self.plan_timeout,
                 asked: None,
+            },
+            JobCommitter {
+                session: Arc::clone(&self.session),
+                timeout: self.commit_timeout,
+                run_dir: None,
+                keep_last: 0,
             },
         )
     }
@@ -253,6 +265,71 @@ impl Job {
             }
         }
         Ok(())
+    }
+}
+
+/// A rank's checkpoint committer in a job: the coordinator commits once every rank has
+/// reported its shards durable.
+pub struct JobCommitter {
+    session: Arc<Session>,
+    timeout: Duration,
+    run_dir: Option<String>,
+    keep_last: usize,
+}
+
+impl JobCommitter {
+    /// Commits go to `run_dir`'s checkpoints, keeping `keep_last`.
+    pub fn for_run(mut self, run_dir: &std::path::Path, keep_last: usize) -> Self {
+        let abs = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+        self.run_dir = Some(abs.display().to_string());
+        self.keep_last = keep_last;
+        self
+    }
+
+    fn send(
+        &self,
+        step: u64,
+        report: Result<ShardReport, String>,
+        state: Option<TrainerState>,
+    ) -> Result<Result<String, String>, RendezvousError> {
+        let m = Message::Commit {
+            step,
+            run_dir: self.run_dir.clone().unwrap_or_default(),
+            keep_last: self.keep_last,
+            report,
+            state: state.map(Box::new),
+        };
+        self.session.commit(&m, step, self.timeout)
+    }
+}
+
+impl Committer for JobCommitter {
+    fn commit(
+        &self,
+        report: ShardReport,
+        state: Option<TrainerState>,
+    ) -> Result<PathBuf, CheckpointError> {
+        let step = report.step;
+        match self.send(step, Ok(report), state) {
+            Ok(Ok(dir)) => Ok(PathBuf::from(dir)),
+            Ok(Err(reason)) => Err(CheckpointError::Commit { step, reason }),
+            Err(e) => Err(CheckpointError::Commit {
+                step,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn abandon(&self, step: u64, reason: &str) {
+        // The outcome (a failure naming this rank) is read by no one: this rank fails anyway.
+        let m = Message::Commit {
+            step,
+            run_dir: self.run_dir.clone().unwrap_or_default(),
+            keep_last: self.keep_last,
+            report: Err(reason.to_string()),
+            state: None,
+        };
+        let _ = self.session.send(&m);
     }
 }
 

@@ -61,6 +61,18 @@ pub enum TrainError {
     /// A collective operation with the other ranks failed (a peer died, timed out or closed).
     #[error(transparent)]
     Collective(#[from] weft_collective::CollectiveError),
+    /// A checkpoint could not be saved (the previous committed one is intact).
+    #[error("saving the checkpoint of step {step}: {source}")]
+    Checkpoint {
+        /// Its step.
+        step: u64,
+        /// What failed.
+        #[source]
+        source: Box<weft_checkpoint::CheckpointError>,
+    },
+    /// The checkpoint to resume from could not be used.
+    #[error("resume: {0}")]
+    Resume(#[from] weft_checkpoint::CheckpointError),
     /// The ranks of a data-parallel job disagree.
     #[error("{0}")]
     Distributed(String),

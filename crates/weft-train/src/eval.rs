@@ -14,7 +14,7 @@ use crate::error::TrainError;
 pub const RECALL_KS: [usize; 3] = [1, 5, 10];
 
 /// Retrieval metrics over `n` image-caption pairs (pair i is image i with caption i).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Retrieval {
     /// Pairs.
     pub n: usize,

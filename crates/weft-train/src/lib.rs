@@ -6,6 +6,8 @@
 //! - [`trainer`]: [`train`], the single-process loop: AdamW with decoupled weight decay,
 //!   global-norm clipping, gradient accumulation, non-finite step skipping, metrics, periodic
 //!   retrieval evaluation and the final safetensors weights.
+//! - [`checkpointing`]: snapshots written in the background and committed, and the restore of
+//!   a checkpoint (the files themselves are `weft-checkpoint`'s).
 //! - [`dist`]: the data-parallel parts of a step: bucketed gradient all-reduce, the ITC
 //!   feature gather over a collective, the step statistics every rank agrees on.
 //! - [`eval`]: Recall@K image-to-text and text-to-image from ITC embeddings.
@@ -13,6 +15,7 @@
 //! - [`bench`]: step timing for `weft bench train`.
 
 pub mod bench;
+pub mod checkpointing;
 pub mod dist;
 pub mod error;
 pub mod eval;
@@ -25,7 +28,7 @@ pub mod trainer;
 
 pub use error::TrainError;
 pub use eval::{evaluate_retrieval, Retrieval};
-pub use trainer::{train, train_with, TrainOptions, TrainSummary};
+pub use trainer::{train, train_with, Rank, TrainOptions, TrainSummary};
 
 /// The CPU training backend: burn's `flex` with autodiff.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;

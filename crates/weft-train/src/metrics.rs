@@ -78,3 +78,26 @@ impl JsonLines {
             .map_err(io(&self.path))
     }
 }
+
+/// Drops the lines of `path` whose `step` comes after `step`: they belong to a run that was
+/// interrupted after its last checkpoint and are trained again. A missing file is fine.
+pub fn truncate_after_step(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep = |l: &&str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["step"].as_u64())
+            .is_none_or(|s| s <= step)
+    };
+    let kept: Vec<&str> = text.lines().filter(keep).collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut body = kept.join("\n");
+    body.push('\n');
+    std::fs::write(&tmp, body).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}

@@ -17,6 +17,12 @@ use burn::tensor::ElementConversion;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use weft_checkpoint::{
+    check_compatible, Committer, LocalCommitter, Resume, RngState, SchedulerState, Snapshot,
+    TrainerState, WriteOptions, SHAPE_KEYS,
+};
 use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::{Config, LossConfig, TrainConfig};
 use weft_data::plan::derive_seed;
@@ -27,10 +33,11 @@ use weft_data::{
 };
 use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
+use crate::checkpointing::{checkpoint_layout, read_restored, Restored, Saver};
 use crate::dist::{all_reduce_mean, bucket_elems, CollectiveGather};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
-use crate::metrics::{EvalRecord, JsonLines, StepMetrics};
+use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
     flat_params, global_norm, params, scale_in_place, set_flat_params, stable_ids, FlatGrads,
@@ -56,6 +63,25 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Fault injection for tests: make the loss NaN at these optimizer steps (from 1).
     pub nonfinite_loss_at: Vec<u64>,
+    /// Which checkpoint to resume from.
+    pub resume: Resume,
+    /// Set (by a signal handler) to save a checkpoint at the next step boundary and stop.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Fault injection for tests: stop as if signalled during this optimizer step.
+    pub stop_at_step: Option<u64>,
+    /// How checkpoint files are written (a failure can be injected for tests).
+    pub checkpoint_write: WriteOptions,
+}
+
+/// What one rank of a run trains with: its collective, where it gets its data plan, and who
+/// commits its checkpoints. [`train`] uses the single-process ones.
+pub struct Rank<'a> {
+    /// The collective of the job ([`SingleRank`] alone).
+    pub collective: &'a mut dyn Collective,
+    /// The data plan ([`LocalPlanner`] alone, the coordinator's in a job).
+    pub planner: &'a mut dyn Planner,
+    /// The checkpoint committer ([`LocalCommitter`] alone, the coordinator in a job).
+    pub committer: Arc<dyn Committer + Send>,
 }
 
 /// What a finished run reports.
@@ -73,6 +99,12 @@ pub struct TrainSummary {
     pub model_path: PathBuf,
     /// Parameters per module.
     pub param_counts: Vec<(&'static str, usize)>,
+    /// The step the run resumed from (0: a fresh start).
+    pub resumed_from: u64,
+    /// The run stopped early on a signal, after committing a checkpoint.
+    pub interrupted: bool,
+    /// The last checkpoint committed.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// The special tokens of a tokenizer that the objectives need.
@@ -104,6 +136,12 @@ pub fn build_model<B: burn::tensor::backend::Backend>(
     vocab: usize,
     device: &B::Device,
 ) -> VlModel<B> {
+    // The backend draws initial parameters from one process-wide generator: seeding it and
+    // drawing a model must not interleave with another build (tests train in parallel).
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     B::seed(device, config.seed);
     stable_ids(VlModelConfig::from_weft(config, vocab).init::<B>(device))
 }
@@ -329,6 +367,37 @@ impl<B: AutodiffBackend> Engine<B> {
         self.update(grads, &has_grad, lr, &device)
     }
 
+    /// Copies of the parameters and the optimizer state, for a checkpoint (into `spare`'s
+    /// buffers when given).
+    pub fn snapshot(
+        &self,
+        layout: &Arc<weft_checkpoint::Layout>,
+        spare: Option<Snapshot>,
+    ) -> Snapshot {
+        Snapshot::copy_of(
+            layout,
+            &self.values,
+            &self.optim.moment1,
+            &self.optim.moment2,
+            &self.optim.steps,
+            spare,
+        )
+    }
+
+    /// Takes the parameters and optimizer state of a checkpoint.
+    pub fn restore(&mut self, r: Restored, device: &B::Device) {
+        assert_eq!(
+            r.values.len(),
+            self.values.len(),
+            "restore: parameter count"
+        );
+        self.values = r.values;
+        self.optim.moment1 = r.exp_avg;
+        self.optim.moment2 = r.exp_avg_sq;
+        self.optim.steps = r.steps;
+        self.model = set_flat_params(self.model.clone(), &self.values, device);
+    }
+
     /// Make every rank start from rank 0's parameters (DDP's initial broadcast), whatever
     /// each process's initialisation drew.
     pub fn broadcast_params(
@@ -395,8 +464,14 @@ pub fn train<B: AutodiffBackend>(
         config,
         options,
         device,
-        &mut SingleRank,
-        &mut LocalPlanner::new(0),
+        Rank {
+            collective: &mut SingleRank,
+            planner: &mut LocalPlanner::new(0),
+            committer: Arc::new(LocalCommitter {
+                run_dir: options.run_dir.clone(),
+                keep_last: config.checkpoint.keep_last,
+            }),
+        },
     )
 }
 
@@ -407,6 +482,8 @@ const OBJECTIVES: [&str; 5] = ["itc", "itm", "mlm", "lm", "mim"];
 #[derive(Default)]
 struct LocalStep {
     bad: bool,
+    /// This rank was asked to stop (a signal): every rank stops after this step.
+    stop: bool,
     samples: u64,
     loss_sum: f64,
     part_sums: BTreeMap<&'static str, f64>,
@@ -418,6 +495,7 @@ struct LocalStep {
 /// global count.
 struct GlobalStep {
     bad: bool,
+    stop: bool,
     samples: u64,
     loss: f64,
     parts: BTreeMap<String, f64>,
@@ -433,6 +511,7 @@ impl LocalStep {
             f32::from(u8::from(self.bad)),
             self.samples as f32,
             self.loss_sum as f32,
+            f32::from(u8::from(self.stop)),
         ];
         for name in OBJECTIVES {
             v.push(self.part_sums.get(name).copied().unwrap_or(0.0) as f32);
@@ -446,12 +525,12 @@ impl LocalStep {
         let exact = world == 1;
         let mut parts = BTreeMap::new();
         for (i, name) in OBJECTIVES.iter().enumerate() {
-            let count = v[4 + 2 * i];
+            let count = v[5 + 2 * i];
             if count > 0.0 {
                 let sum = if exact {
                     self.part_sums[name]
                 } else {
-                    f64::from(v[3 + 2 * i])
+                    f64::from(v[4 + 2 * i])
                 };
                 parts.insert((*name).to_string(), sum / f64::from(count));
             }
@@ -463,6 +542,7 @@ impl LocalStep {
         };
         Ok(GlobalStep {
             bad: v[0] > 0.0,
+            stop: v[3] > 0.0,
             samples: v[1] as u64,
             loss: loss_sum / (accum * world as u64) as f64,
             parts,
@@ -479,9 +559,13 @@ pub fn train_with<B: AutodiffBackend>(
     config: &Config,
     options: &TrainOptions,
     device: &B::Device,
-    collective: &mut dyn Collective,
-    planner: &mut dyn Planner,
+    job: Rank<'_>,
 ) -> Result<TrainSummary, TrainError> {
+    let Rank {
+        collective,
+        planner,
+        committer,
+    } = job;
     let run_dir = &options.run_dir;
     let (rank, world) = (collective.rank(), collective.world_size());
     let lead = rank == 0;
@@ -494,9 +578,10 @@ pub fn train_with<B: AutodiffBackend>(
     let special = special_tokens(&train_loader, config)?;
 
     // The run directory describes the run on its own: resolved config and tokenizer.
+    let mut resolved = config.clone();
+    resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
+    let resolved_json = serde_json::to_value(&resolved).expect("configs serialise");
     if lead {
-        let mut resolved = config.clone();
-        resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
         resolved.write_to_run_dir(run_dir)?;
         if let Some(tok) = &config.data.tokenizer {
             let dst = run_dir.join(TOKENIZER_FILE);
@@ -513,6 +598,21 @@ pub fn train_with<B: AutodiffBackend>(
     }
     let mut engine = Engine::new(model, config, special);
     engine.broadcast_params(collective, device)?;
+    let ckpt_layout = checkpoint_layout(engine.layout());
+    // Every rank reads the same checkpoint (the run directory is shared).
+    let resumed = weft_checkpoint::resolve(run_dir, &options.resume)?;
+    if let Some(ckpt) = &resumed {
+        check_compatible(&ckpt.state.config, &resolved_json, &SHAPE_KEYS)?;
+        engine.restore(read_restored(ckpt, &ckpt_layout)?, device);
+        if lead {
+            tracing::info!(
+                "resuming from {} (step {}, written by {} ranks)",
+                ckpt.dir.display(),
+                ckpt.state.step,
+                ckpt.state.world_size
+            );
+        }
+    }
 
     let val_loader = if lead && !config.data.val.is_empty() && engine.model().has_embeddings() {
         Some(weft_data::loader_from_config(
@@ -529,17 +629,42 @@ pub fn train_with<B: AutodiffBackend>(
 
     let catalog = Arc::clone(train_loader.catalog());
     let units = catalog.units();
-    let plan = weft_data::plan_options(config, Split::Train, world);
-    let start = DataCursor::new(&*units, plan, 0);
+    let start = match &resumed {
+        // The checkpoint's cursor, re-planned when the world or batch size changed: within the
+        // epoch no row is lost or seen twice. The data order's options are the checkpoint's.
+        Some(ckpt) => ckpt
+            .state
+            .data_cursor
+            .reshard(&*units, world, config.data.batch_size)?,
+        None => DataCursor::new(
+            &*units,
+            weft_data::plan_options(config, Split::Train, world),
+            0,
+        ),
+    };
     planner.open(&units, &start)?;
     let first = planner.share(start.epoch)?;
-    // Steps of a whole epoch (a resumed one may have fewer left).
-    let micro_per_epoch = first.plan.steps;
+    // Steps of a whole epoch (a re-planned one may have fewer left).
+    let micro_per_epoch = DataCursor::new(
+        &*units,
+        weft_data::plan_options(config, Split::Train, world),
+        0,
+    )
+    .steps(&*units)?;
     let steps_per_epoch = micro_per_epoch / t.grad_accum;
-    let total = if t.max_steps > 0 {
-        t.max_steps
-    } else {
-        t.epochs * steps_per_epoch
+    let resharded = resumed.as_ref().filter(|c| {
+        let o = &c.state.data_cursor.options;
+        (o.world_size, o.batch_size) != (world, config.data.batch_size)
+    });
+    let total = match (t.max_steps, resharded) {
+        (0, Some(c)) => {
+            // Re-planned for another world: the rest of this epoch, then whole epochs.
+            let left = (first.plan.steps - first.step) / t.grad_accum;
+            let later = t.epochs.saturating_sub(start.epoch + 1) * steps_per_epoch;
+            c.state.step + left + later
+        }
+        (0, None) => t.epochs * steps_per_epoch,
+        (max, _) => max,
     };
     if micro_per_epoch == 0 || total == 0 {
         return Err(TrainError::NoSteps {
@@ -563,6 +688,13 @@ pub fn train_with<B: AutodiffBackend>(
         );
     }
 
+    let first_step = resumed.as_ref().map_or(0, |c| c.state.step);
+    if lead && first_step > 0 {
+        // Lines of steps after the checkpoint belong to the run that was interrupted.
+        for name in ["metrics.jsonl", "eval.jsonl"] {
+            truncate_after_step(&run_dir.join(name), first_step)?;
+        }
+    }
     let mut metrics = lead
         .then(|| JsonLines::append(&run_dir.join("metrics.jsonl")))
         .transpose()?;
@@ -588,8 +720,37 @@ pub fn train_with<B: AutodiffBackend>(
     let mut consecutive_bad = 0u64;
     let mut micro_index = 0u64;
     let mut last_eval = None;
+    if let Some(c) = &resumed {
+        let st = &c.state;
+        samples_seen = st.samples_seen;
+        skipped = st.skipped_steps;
+        consecutive_bad = st.consecutive_nonfinite;
+        micro_index = st.rng.objective_draws;
+        last_eval = st
+            .last_eval
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok());
+        if st.scheduler.total != total {
+            tracing::warn!(
+                "the checkpoint's schedule ran over {} steps, this run's over {total}: the learning rate follows the new length",
+                st.scheduler.total
+            );
+        }
+    }
+    let ck = &config.checkpoint;
+    let mut saver = Saver::new(
+        committer,
+        run_dir.clone(),
+        rank,
+        world,
+        options.checkpoint_write,
+        ck.async_save,
+    );
+    let mut interrupted = false;
 
-    for step in 1..=total {
+    let mut done = first_step;
+    for step in (first_step + 1)..=total {
+        done = step;
         let started = Instant::now();
         let mut wait = 0.0f64;
         let mut acc: Option<FlatGrads<B::InnerBackend>> = None;
@@ -632,6 +793,11 @@ pub fn train_with<B: AutodiffBackend>(
                 _ => local.bad = true,
             }
         }
+        local.stop = options.stop_at_step == Some(step)
+            || options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst));
         let global = local.reduce(collective, t.grad_accum)?;
         samples_seen += global.samples;
         let lr = schedule.lr(step - 1);
@@ -698,7 +864,7 @@ pub fn train_with<B: AutodiffBackend>(
         }
 
         let periodic = t.eval_every > 0 && step.is_multiple_of(t.eval_every) && step != total;
-        if let (true, Some(val)) = (periodic || step == total, &val_loader) {
+        if let (true, Some(val)) = (periodic || (step == total && !global.stop), &val_loader) {
             let r = evaluate_retrieval(&engine.model().valid(), config, val, device)?;
             progress.eval(step, &r);
             if let Some(e) = evals.as_mut() {
@@ -710,23 +876,101 @@ pub fn train_with<B: AutodiffBackend>(
             }
             last_eval = Some(r);
         }
+
+        let due = (ck.every_steps > 0 && step.is_multiple_of(ck.every_steps))
+            || step == total
+            || global.stop;
+        if due {
+            // A save still in flight must finish first (at most one at a time).
+            let waited = Instant::now();
+            saver.wait()?;
+            let waited = waited.elapsed();
+            let stalled = Instant::now();
+            let state = if lead {
+                let cursor = batches.planner.cursor(step)?;
+                Some(TrainerState {
+                    format: weft_checkpoint::state::FORMAT,
+                    weft_version: env!("CARGO_PKG_VERSION").to_string(),
+                    step,
+                    epoch: cursor.epoch,
+                    samples_seen,
+                    skipped_steps: skipped,
+                    consecutive_nonfinite: consecutive_bad,
+                    scheduler: SchedulerState {
+                        name: "warmup_cosine".into(),
+                        peak: schedule.peak,
+                        floor: schedule.floor,
+                        warmup: schedule.warmup,
+                        total: schedule.total,
+                        next_step: step,
+                    },
+                    rng: RngState {
+                        seed: config.seed,
+                        objective_draws: micro_index,
+                    },
+                    data_cursor: cursor,
+                    world_size: world,
+                    config: resolved_json.clone(),
+                    last_eval: last_eval
+                        .as_ref()
+                        .map(|r| serde_json::to_value(r).expect("metrics serialise")),
+                    files: Default::default(),
+                })
+            } else {
+                None
+            };
+            let snap = engine.snapshot(&ckpt_layout, saver.spare.take());
+            saver.save(step, snap, state)?;
+            let stall = stalled.elapsed();
+            if lead {
+                tracing::info!(
+                    "checkpoint of step {step}: training stalled {:.1} ms ({}){}",
+                    stall.as_secs_f64() * 1e3,
+                    if ck.async_save {
+                        "copy to host; written in the background"
+                    } else {
+                        "written and committed before training goes on"
+                    },
+                    if waited.as_millis() > 0 {
+                        format!(
+                            ", after {:.1} ms waiting for the previous save",
+                            waited.as_secs_f64() * 1e3
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        if global.stop {
+            interrupted = true;
+            if lead {
+                tracing::warn!("stopping after step {step} on a signal; the checkpoint of step {step} holds the run");
+            }
+            break;
+        }
     }
     progress.finish();
+    // The last save must be committed before the run reports success.
+    saver.wait()?;
 
     let model_path = run_dir.join(MODEL_FILE);
-    if lead {
+    if lead && !interrupted {
         save_model(engine.model(), &model_path)?;
         tracing::info!("saved {}", model_path.display());
     }
     // Every rank returns once the weights are written.
     collective.barrier()?;
     Ok(TrainSummary {
-        steps: total,
+        steps: done,
         skipped,
         losses: summary_losses,
         eval: last_eval,
         model_path,
         param_counts: counts,
+        resumed_from: first_step,
+        interrupted,
+        checkpoint: saver.last.clone(),
     })
 }
 

@@ -1,0 +1,273 @@
+//! Checkpoints of real runs (`weft train`, `weft launch`): a run interrupted at step k and
+//! resumed ends bit for bit where an uninterrupted run ends, on 1 and on 2 ranks; a checkpoint
+//! of 2 ranks resumes on 1 and on 3 with every sample of the epoch seen once; a failing writer
+//! and a rank killed during a save leave the previous checkpoint latest and loadable.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::process::{ok, weft_env_within};
+use common::train::sample_dir;
+use weft_checkpoint::{open_verified, Family};
+use weft_data::synth::{encode, write_hf_parquet, Scene, SynthFormat};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn repo() -> PathBuf {
+    sample_dir().join("../..")
+}
+
+/// `rows` synthetic image-caption pairs in one Parquet file under `dir`.
+fn dataset(dir: &Path, rows: usize) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows: Vec<_> = (0..rows)
+        .map(|i| {
+            let scene = Scene::generate(5, i as u64, 64);
+            let png = encode(&scene.render(64), SynthFormat::Png).unwrap();
+            (Some(png), Some(scene.caption()))
+        })
+        .collect();
+    write_hf_parquet(&data.join("part-0.parquet"), &rows, 16).unwrap();
+    data
+}
+
+fn sets(data: &Path, extra: &[&str]) -> Vec<String> {
+    let base = [
+        format!("data.train=[\"{}\"]", data.display()),
+        "data.val=[]".into(),
+        "data.batch_size=8".into(),
+        "data.workers=1".into(),
+        "train.eval_every=0".into(),
+        "train.threads=1".into(),
+    ];
+    base.into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .flat_map(|kv| ["--set".to_string(), kv])
+        .collect()
+}
+
+/// `weft train` (world 1) or `weft launch --nproc-per-node world -- train` into `run`.
+fn train_args(world: usize, run: &Path, sets: &[String], resume: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = if world == 1 {
+        vec!["train".into()]
+    } else {
+        [
+            "launch",
+            "--nproc-per-node",
+            &world.to_string(),
+            "--",
+            "train",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    args.extend(["--run-dir".into(), run.display().to_string()]);
+    if let Some(r) = resume {
+        args.extend(["--resume".into(), r.display().to_string()]);
+    }
+    args.extend(sets.iter().cloned());
+    args
+}
+
+fn run(args: &[String], envs: &[(&str, &str)]) -> std::process::Output {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    weft_env_within(&repo(), &argv, envs, LIMIT)
+}
+
+fn latest(run: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    run.join("checkpoints").join(name.trim())
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every tensor of a family of the checkpoint in `dir`, as bits.
+fn bits(dir: &Path, family: Family) -> Vec<(String, Vec<u32>, Vec<i64>)> {
+    open_verified(dir)
+        .unwrap()
+        .read_all(family)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.f32.iter().map(|x| x.to_bits()).collect(), t.i64))
+        .collect()
+}
+
+/// The tensors of a safetensors file (f32), as bits, by name.
+fn file_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out: Vec<(String, Vec<u32>)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, t)| {
+            let [a, b] = [0, 1].map(|k| t["data_offsets"][k].as_u64().unwrap() as usize);
+            let values = data[a..b]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name.clone(), values)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn an_interrupted_run_resumes_bit_for_bit_on_one_and_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 96);
+    let s = sets(&data, &["train.max_steps=12", "checkpoint.every_steps=5"]);
+    for world in [1, 2] {
+        let whole = dir.path().join(format!("whole-{world}"));
+        ok(&run(&train_args(world, &whole, &s, None), &[]));
+        let cut = dir.path().join(format!("cut-{world}"));
+        let out = run(
+            &train_args(world, &cut, &s, None),
+            &[("WEFT_TEST_STOP_AT_STEP", "7")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "world {world}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(latest(&cut).ends_with("step-00000007"));
+        assert!(!cut.join("model.safetensors").exists());
+        // The same command again resumes from step 7 and finishes.
+        let out = run(&train_args(world, &cut, &s, None), &[]);
+        ok(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("resuming from") && log.contains("step 7"),
+            "{log}"
+        );
+        for family in Family::ALL {
+            assert_eq!(
+                bits(&latest(&whole), family),
+                bits(&latest(&cut), family),
+                "world {world}: {family:?} after 12 steps"
+            );
+        }
+        let (a, b) = (metrics(&whole), metrics(&cut));
+        assert_eq!(a.len(), 12);
+        assert_eq!(
+            b.len(),
+            12,
+            "world {world}: steps 8-12 of the first attempt are gone"
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["loss"], y["loss"], "world {world} step {}", x["step"]);
+            assert_eq!(x["samples_seen"], y["samples_seen"]);
+        }
+        assert_eq!(
+            file_bits(&whole.join("model.safetensors")),
+            file_bits(&cut.join("model.safetensors")),
+            "world {world}: the final weights"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_on_one_and_on_three() {
+    // 100 rows, 2 ranks of 8, pad: 7 steps an epoch. Stop after step 3 (48 positions, some of
+    // them padding), then finish the epoch on 1 rank and, separately, on 3: every row is
+    // trained on once either way.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 100);
+    let s = sets(
+        &data,
+        &[
+            "train.max_steps=0",
+            "train.epochs=1",
+            "data.last_batch=\"pad\"",
+        ],
+    );
+    let first = dir.path().join("first");
+    let out = run(
+        &train_args(2, &first, &s, None),
+        &[("WEFT_TEST_STOP_AT_STEP", "3")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = latest(&first);
+    let state = open_verified(&ckpt).unwrap().state;
+    // Rank 1's 12 padding rows are spread through its order by the shuffle buffer.
+    assert_eq!((state.step, state.world_size), (3, 2));
+    assert!(
+        (36..=48).contains(&state.samples_seen),
+        "{}",
+        state.samples_seen
+    );
+    for (world, steps) in [(1, 7), (3, 3)] {
+        let again = dir.path().join(format!("on-{world}"));
+        ok(&run(&train_args(world, &again, &s, Some(&ckpt)), &[]));
+        let m = metrics(&again);
+        assert_eq!(m.len(), steps, "world {world}: {m:?}");
+        let last = m.last().unwrap();
+        assert_eq!(last["step"], 3 + steps as u64, "world {world}");
+        assert_eq!(last["samples_seen"], 100, "world {world}: every row once");
+        let end = open_verified(&latest(&again)).unwrap().state;
+        assert_eq!(end.world_size, world);
+        assert_eq!(end.data_cursor.generation, 1, "re-planned once");
+    }
+}
+
+#[test]
+fn a_failing_writer_is_reported_and_the_previous_checkpoint_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 64);
+    let r = dir.path().join("run");
+    ok(&run(
+        &train_args(1, &r, &sets(&data, &["train.max_steps=4"]), None),
+        &[],
+    ));
+    assert!(latest(&r).ends_with("step-00000004"));
+    // A longer run resumes from step 4 and fails writing step 8.
+    let longer = sets(&data, &["train.max_steps=8", "checkpoint.every_steps=100"]);
+    let out = run(
+        &train_args(1, &r, &longer, None),
+        &[("WEFT_TEST_CKPT_FAIL_AFTER_BYTES", "300")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checkpoint of step 8")
+            && err.contains("model-00001-of-00001.safetensors")
+            && err.contains("injected write error after 300 bytes"),
+        "{err}"
+    );
+    assert!(latest(&r).ends_with("step-00000004"));
+    open_verified(&latest(&r)).unwrap();
+    // Damage the newest checkpoint: `auto` says so and falls back to an older one.
+    ok(&run(&train_args(1, &r, &longer, None), &[]));
+    assert!(latest(&r).ends_with("step-00000008"));
+    std::fs::write(latest(&r).join("model-00001-of-00001.safetensors"), b"junk").unwrap();
+    let out = run(
+        &train_args(1, &r, &sets(&data, &["train.max_steps=9"]), None),
+        &[],
+    );
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("step-00000008 is unusable")
+            && log.contains("resuming from the older checkpoint"),
+        "{log}"
+    );
+}
