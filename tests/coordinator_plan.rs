@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use weft_coordinator::rendezvous::{CoordinatorConfig, Message, Peer, RendezvousError, Session};
-use weft_coordinator::spawn_coordinator;
+use weft_coordinator::{spawn_coordinator, HostedCoordinator};
 use weft_data::{DataCursor, LastBatch, PlanOptions, Progress, Units};
 
 fn units(fingerprint: &str) -> Units {
@@ -27,6 +27,20 @@ fn options() -> PlanOptions {
         shuffle_buffer: 16,
         last_batch: LastBatch::Drop,
     }
+}
+
+/// A coordinator of 2 ranks on a thread.
+fn coordinator() -> HostedCoordinator {
+    spawn_coordinator(
+        "127.0.0.1:0",
+        CoordinatorConfig {
+            world_size: 2,
+            token: "job-token".into(),
+            heartbeat_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(10),
+        },
+    )
+    .unwrap()
 }
 
 fn join(addr: &str, rank: usize) -> (Session, mpsc::Receiver<String>) {
@@ -83,16 +97,7 @@ fn progress(rank: usize, epoch: u64, epoch_step: u64, consumed: u64, step: u64) 
 
 #[test]
 fn ranks_get_their_shares_and_progress_moves_the_job_cursor() {
-    let hosted = spawn_coordinator(
-        "127.0.0.1:0",
-        CoordinatorConfig {
-            world_size: 2,
-            token: "job-token".into(),
-            heartbeat_timeout: Duration::from_secs(5),
-            join_timeout: Duration::from_secs(10),
-        },
-    )
-    .unwrap();
+    let hosted = coordinator();
     let addr = hosted.addr.to_string();
     let start = DataCursor::new(&units("abc"), options(), 0);
 
@@ -184,16 +189,7 @@ fn ranks_get_their_shares_and_progress_moves_the_job_cursor() {
 
 #[test]
 fn a_rank_reading_other_data_fails_the_job_named() {
-    let hosted = spawn_coordinator(
-        "127.0.0.1:0",
-        CoordinatorConfig {
-            world_size: 2,
-            token: "job-token".into(),
-            heartbeat_timeout: Duration::from_secs(5),
-            join_timeout: Duration::from_secs(10),
-        },
-    )
-    .unwrap();
+    let hosted = coordinator();
     let addr = hosted.addr.to_string();
     let addr1 = addr.clone();
     let rank1 = thread::spawn(move || join(&addr1, 1));

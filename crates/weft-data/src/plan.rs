@@ -365,16 +365,11 @@ impl DataCursor {
 }
 
 impl DataCursor {
-    /// What `rank` needs to stream the rest of its part of the current epoch.
+    /// What `rank` needs to stream the rest of its part of the current epoch (the loader
+    /// checks it against its dataset: [`crate::Loader::stream_share`]).
     pub fn share(&self, data: &impl DatasetUnits, rank: usize) -> Result<Share> {
         let plan = self.plan_rank(data, rank)?;
         let consumed = self.consumed[rank];
-        if consumed > plan.len {
-            return Err(DataError::Cursor(format!(
-                "rank {rank} consumed {consumed} of only {} rows",
-                plan.len
-            )));
-        }
         Ok(Share {
             dataset: self.dataset.clone(),
             plan,
