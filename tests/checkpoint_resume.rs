@@ -8,9 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::ckpt::{assert_same_end, latest, metrics};
 use common::process::{ok, weft_env_within};
 use common::train::sample_dir;
-use weft_checkpoint::{open_verified, Family};
+use weft_checkpoint::open_verified;
 use weft_data::synth::{encode, write_hf_parquet, Scene, SynthFormat};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -77,54 +78,6 @@ fn run(args: &[String], envs: &[(&str, &str)]) -> std::process::Output {
     weft_env_within(&repo(), &argv, envs, LIMIT)
 }
 
-fn latest(run: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    run.join("checkpoints").join(name.trim())
-}
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Every tensor of a family of the checkpoint in `dir`, as bits.
-fn bits(dir: &Path, family: Family) -> Vec<(String, Vec<u32>, Vec<i64>)> {
-    open_verified(dir)
-        .unwrap()
-        .read_all(family)
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.name, t.f32.iter().map(|x| x.to_bits()).collect(), t.i64))
-        .collect()
-}
-
-/// The tensors of a safetensors file (f32), as bits, by name.
-fn file_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let mut out: Vec<(String, Vec<u32>)> = header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| *name != "__metadata__")
-        .map(|(name, t)| {
-            let [a, b] = [0, 1].map(|k| t["data_offsets"][k].as_u64().unwrap() as usize);
-            let values = data[a..b]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name.clone(), values)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn an_interrupted_run_resumes_bit_for_bit_on_one_and_two_ranks() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,29 +107,7 @@ fn an_interrupted_run_resumes_bit_for_bit_on_one_and_two_ranks() {
             log.contains("resuming from") && log.contains("step 7"),
             "{log}"
         );
-        for family in Family::ALL {
-            assert_eq!(
-                bits(&latest(&whole), family),
-                bits(&latest(&cut), family),
-                "world {world}: {family:?} after 12 steps"
-            );
-        }
-        let (a, b) = (metrics(&whole), metrics(&cut));
-        assert_eq!(a.len(), 12);
-        assert_eq!(
-            b.len(),
-            12,
-            "world {world}: steps 8-12 of the first attempt are gone"
-        );
-        for (x, y) in a.iter().zip(&b) {
-            assert_eq!(x["loss"], y["loss"], "world {world} step {}", x["step"]);
-            assert_eq!(x["samples_seen"], y["samples_seen"]);
-        }
-        assert_eq!(
-            file_bits(&whole.join("model.safetensors")),
-            file_bits(&cut.join("model.safetensors")),
-            "world {world}: the final weights"
-        );
+        assert_same_end(&whole, &cut, 12, &format!("world {world}"));
     }
 }
 

@@ -149,6 +149,10 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         stop_at_step: std::env::var("WEFT_TEST_STOP_AT_STEP")
             .ok()
             .and_then(|v| v.parse().ok()),
+        step_pause: std::env::var("WEFT_TEST_STEP_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
         checkpoint_write: weft_checkpoint::WriteOptions {
             // Fault injection for the tests of a failing checkpoint writer.
             fail_after_bytes: std::env::var("WEFT_TEST_CKPT_FAIL_AFTER_BYTES")

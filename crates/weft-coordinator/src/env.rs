@@ -10,7 +10,8 @@
 //!    (expanded by [`crate::hostlist`]), `SLURM_JOB_ID`. The coordinator is `WEFT_COORDINATOR`
 //!    when set, else `MASTER_ADDR`:`MASTER_PORT` when set, else the first node of the job on
 //!    port `WEFT_COORDINATOR_PORT`, or `29500 + job id mod 1000` so that two jobs sharing a node
-//!    pick different ports.
+//!    pick different ports. The ranks of this node are its entry of
+//!    `SLURM_STEP_TASKS_PER_NODE` (else `SLURM_TASKS_PER_NODE`, e.g. `2(x3),1`) at `SLURM_NODEID`.
 //!
 //! With none of them this is the only process: rank 0 of 1.
 //!
@@ -164,12 +165,37 @@ impl LaunchEnv {
                     None => None,
                 },
             };
-            return r.finish(
+            let mut env = r.finish(
                 ["SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", ""],
                 coordinator,
                 job_id,
                 nodes,
-            );
+            )?;
+            // The tasks of this node: its entry of the step's (else the job's) tasks per node.
+            let per_node = ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"]
+                .into_iter()
+                .find(|v| get(v).is_some());
+            if let Some(var) = per_node {
+                let node = match get("SLURM_NODEID") {
+                    Some(_) => r.number("SLURM_NODEID")?,
+                    None => 0,
+                };
+                let list = get(var).unwrap_or_default();
+                let n = tasks_on_node(&list, node).ok_or_else(|| {
+                    r.error(
+                        var,
+                        format!("has no task count for node {node} (SLURM_NODEID)"),
+                    )
+                })?;
+                if env.local_rank >= n {
+                    return Err(r.error(
+                        "SLURM_LOCALID",
+                        format!("must be below this node's task count {n} ({var})"),
+                    ));
+                }
+                env.local_world_size = Some(n);
+            }
+            return Ok(env);
         }
         Ok(Self {
             launcher: Launcher::None,
@@ -204,6 +230,25 @@ impl LaunchEnv {
             if self.host_coordinator { "yes (rank 0)" } else { "no" },
         )
     }
+}
+
+/// The task count of node `node` (from 0) in Slurm's tasks-per-node list, e.g. `2(x3),1`
+/// (three nodes of 2 tasks, then one of 1).
+fn tasks_on_node(list: &str, node: usize) -> Option<usize> {
+    let mut first = 0;
+    for part in list.split(',') {
+        let part = part.trim();
+        let (count, repeat) = match part.split_once("(x") {
+            Some((c, r)) => (c, r.strip_suffix(')')?.parse::<usize>().ok()?),
+            None => (part, 1),
+        };
+        let count = count.parse::<usize>().ok()?;
+        if node < first + repeat {
+            return Some(count);
+        }
+        first += repeat;
+    }
+    None
 }
 
 /// The variables weft's own launchers give a worker process: what [`LaunchEnv::from_env`]
@@ -430,6 +475,34 @@ mod tests {
         .unwrap();
         assert_eq!(e.coordinator.as_deref(), Some("n1:40000"));
         assert!(e.describe().contains("coordinator: n1:40000"));
+    }
+
+    #[test]
+    fn slurm_local_world_size_is_this_nodes_task_count() {
+        assert_eq!(tasks_on_node("4", 0), Some(4));
+        assert_eq!(tasks_on_node("2(x3),1", 0), Some(2));
+        assert_eq!(tasks_on_node("2(x3),1", 2), Some(2));
+        assert_eq!(tasks_on_node("2(x3),1", 3), Some(1));
+        assert_eq!(tasks_on_node("2(x3),1", 4), None);
+        assert_eq!(tasks_on_node("2(x", 0), None);
+        let vars = |node: &'static str, local: &'static str| {
+            env(&[
+                ("SLURM_PROCID", "5"),
+                ("SLURM_NTASKS", "7"),
+                ("SLURM_LOCALID", local),
+                ("SLURM_NODEID", node),
+                ("SLURM_JOB_NODELIST", "n[1-4]"),
+                ("SLURM_STEP_TASKS_PER_NODE", "2(x3),1"),
+                ("SLURM_TASKS_PER_NODE", "8(x4)"),
+            ])
+        };
+        assert_eq!(vars("2", "1").unwrap().local_world_size, Some(2));
+        assert_eq!(vars("3", "0").unwrap().local_world_size, Some(1));
+        let e = vars("3", "1").unwrap_err();
+        assert_eq!(e.variable, "SLURM_LOCALID", "{e}");
+        let e = vars("4", "0").unwrap_err();
+        assert_eq!(e.variable, "SLURM_STEP_TASKS_PER_NODE", "{e}");
+        assert!(e.to_string().contains("node 4"), "{e}");
     }
 
     #[test]

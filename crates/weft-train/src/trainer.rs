@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -69,6 +69,9 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Fault injection for tests: stop as if signalled during this optimizer step.
     pub stop_at_step: Option<u64>,
+    /// For tests: sleep this long at the end of every optimizer step, so that a signal sent
+    /// from outside (a Slurm test) lands mid-run. The numbers do not change.
+    pub step_pause: Option<Duration>,
     /// How checkpoint files are written (a failure can be injected for tests).
     pub checkpoint_write: WriteOptions,
 }
@@ -792,6 +795,9 @@ pub fn train_with<B: AutodiffBackend>(
                 }
                 _ => local.bad = true,
             }
+        }
+        if let Some(pause) = options.step_pause {
+            std::thread::sleep(pause);
         }
         local.stop = options.stop_at_step == Some(step)
             || options
