@@ -168,12 +168,12 @@ impl Job {
             // The job inherits this environment (sbatch --export=ALL).
             .env("WEFT", env!("CARGO_BIN_EXE_weft"))
             .env("WEFT_LOG", "info")
-            .envs(envs.iter().copied())
             .env_remove("WEFT_RUN_DIR")
             .env_remove("WEFT_RANK")
             .env_remove("RANK")
             .env_remove("MASTER_ADDR")
             .env_remove("MASTER_PORT")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -347,7 +347,17 @@ fn sbatch_wait_of_two_cpu_tasks_ends_with_a_committed_final_checkpoint() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut job = Job::submit(dir.path(), &[]);
+    // Launch variables of the submitting shell (sbatch exports them to the job) are not read.
+    let stale = [
+        ("RANK", "7"),
+        ("WORLD_SIZE", "9"),
+        ("LOCAL_RANK", "0"),
+        ("WEFT_RANK", "3"),
+        ("WEFT_WORLD_SIZE", "4"),
+        ("MASTER_ADDR", "nowhere.invalid"),
+        ("MASTER_PORT", "1"),
+    ];
+    let mut job = Job::submit(dir.path(), &stale);
     job.must_succeed();
     let run = job.run_dir();
     let out = job.output();
