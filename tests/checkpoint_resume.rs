@@ -202,3 +202,48 @@ fn a_failing_writer_is_reported_and_the_previous_checkpoint_stays() {
         "{log}"
     );
 }
+
+#[test]
+fn a_rank_whose_writer_fails_fails_the_job_and_the_previous_checkpoint_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 64);
+    let r = dir.path().join("run");
+    ok(&run(
+        &train_args(2, &r, &sets(&data, &["train.max_steps=2"]), None),
+        &[],
+    ));
+    assert!(latest(&r).ends_with("step-00000002"));
+    // Resumed, the job fails writing step 4 on rank 1 alone (rank 0 writes its share).
+    let longer = sets(&data, &["train.max_steps=4", "checkpoint.every_steps=100"]);
+    let out = run(
+        &train_args(2, &r, &longer, None),
+        &[
+            ("WEFT_TEST_CKPT_FAIL_AFTER_BYTES", "300"),
+            ("WEFT_TEST_CKPT_FAIL_RANK", "1"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Every rank names rank 1 and its reason (not only its connection dropping), once.
+    assert!(
+        err.contains("rank 1 failed: could not write its share of checkpoint 4")
+            && err.contains("model-00002-of-00002.safetensors")
+            && err.contains("injected write error after 300 bytes"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("connection dropped"),
+        "the reason, not the symptom: {err}"
+    );
+    for line in err.lines() {
+        assert!(line.matches("injected write error").count() <= 1, "{line}");
+    }
+    assert!(latest(&r).ends_with("step-00000002"));
+    open_verified(&latest(&r)).unwrap();
+    assert!(!r.join("checkpoints/step-00000004").exists());
+    // The same command again resumes from step 2 and commits step 4.
+    let out = run(&train_args(2, &r, &longer, None), &[]);
+    ok(&out);
+    assert!(latest(&r).ends_with("step-00000004"));
+    open_verified(&latest(&r)).unwrap();
+}

@@ -192,7 +192,7 @@ fn main() -> ExitCode {
     match run(cli, env) {
         Ok(code) => code,
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = error_message(&e);
             if log.is_some() {
                 // Into the rank's log file too (stderr gets the plain line below).
                 tracing::error!("{message}");
@@ -524,5 +524,62 @@ impl Iterator for CaptionIter {
             self.unit += 1;
             self.buffer = captions.into_iter();
         }
+    }
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already holds (errors that print their source in their own message).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    /// An error that prints its source in its own message, and also gives it as its source.
+    #[derive(Debug)]
+    struct Write {
+        path: String,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Write {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "writing {}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Write {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let e = anyhow::Error::new(Write {
+            path: "a/b.safetensors".into(),
+            source: std::io::Error::other("disk full"),
+        })
+        .context("saving the checkpoint of step 4");
+        assert_eq!(
+            error_message(&e),
+            "saving the checkpoint of step 4: writing a/b.safetensors: disk full"
+        );
+        let e = anyhow::anyhow!("no such file")
+            .context("reading x")
+            .context("loading y");
+        assert_eq!(error_message(&e), "loading y: reading x: no such file");
     }
 }

@@ -154,10 +154,17 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
         checkpoint_write: weft_checkpoint::WriteOptions {
-            // Fault injection for the tests of a failing checkpoint writer.
+            // Fault injection for the tests of a failing checkpoint writer: on every rank, or
+            // on the rank WEFT_TEST_CKPT_FAIL_RANK names.
             fail_after_bytes: std::env::var("WEFT_TEST_CKPT_FAIL_AFTER_BYTES")
                 .ok()
-                .and_then(|v| v.parse().ok()),
+                .and_then(|v| v.parse().ok())
+                .filter(|_| {
+                    std::env::var("WEFT_TEST_CKPT_FAIL_RANK")
+                        .ok()
+                        .and_then(|r| r.parse::<usize>().ok())
+                        .is_none_or(|r| r == env.rank)
+                }),
             pause_after_write: std::env::var("WEFT_TEST_CKPT_PAUSE_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())

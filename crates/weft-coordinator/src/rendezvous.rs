@@ -626,9 +626,22 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
             p.heard += 1;
             p.run_dir = run_dir;
             p.keep_last = keep_last;
-            match report {
-                Ok(r) => p.reports.push(r),
-                Err(why) => p.failures.push(format!("rank {rank}: {why}")),
+            let failed = match report {
+                Ok(r) => {
+                    p.reports.push(r);
+                    None
+                }
+                Err(why) => {
+                    p.failures.push(format!("rank {rank}: {why}"));
+                    Some(why)
+                }
+            };
+            if let Some(why) = failed {
+                // The rank fails the job now, named with its reason: the others would otherwise
+                // wait for its commit, or see only its connection drop.
+                return Err(format!(
+                    "could not write its share of checkpoint {step}: {why}"
+                ));
             }
             if let Some(state) = state {
                 p.state = Some(*state);
