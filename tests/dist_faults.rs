@@ -186,13 +186,9 @@ fn worker_env(
 
 /// Wait until rank 0 has written `n` steps (the job is training), at most 120 s.
 fn wait_for_steps(run: &Path, n: usize, procs: &mut [Proc]) {
-    let metrics = run.join("metrics.jsonl");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let lines = std::fs::read_to_string(&metrics)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= n {
+        if common::ckpt::steps_logged(run) >= n {
             return;
         }
         for p in procs.iter_mut() {

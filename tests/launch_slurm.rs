@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::ckpt::{assert_same_end, latest, metrics};
+use common::ckpt::{assert_same_end, latest, metrics, steps_logged};
 use common::train::sample_dir;
 use weft_checkpoint::open_verified;
 
@@ -225,12 +225,8 @@ impl Job {
     /// Waits until rank 0 has logged `n` steps, failing if the job ends first.
     fn wait_for_steps(&mut self, n: usize) {
         let deadline = Instant::now() + JOB_LIMIT;
-        let file = self.run_dir().join("metrics.jsonl");
         loop {
-            let lines = std::fs::read_to_string(&file)
-                .map(|s| s.lines().count())
-                .unwrap_or(0);
-            if lines >= n {
+            if steps_logged(&self.run_dir()) >= n {
                 return;
             }
             if let Some(status) = self.sbatch.try_wait().unwrap() {

@@ -10,6 +10,14 @@ pub fn latest(run: &Path) -> PathBuf {
     run.join("checkpoints").join(name.trim())
 }
 
+/// How many steps rank 0 has logged so far in the run's metrics.jsonl (0 before it exists): a
+/// running job's progress.
+pub fn steps_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
 /// The lines of the run's metrics.jsonl.
 pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -51,6 +51,12 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// A fault-injection or timing hook of the tests: the value of the variable `name`, when set
+/// and well-formed.
+fn test_hook<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 /// Arguments of `weft eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -146,29 +152,15 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         nonfinite_loss_at: Vec::new(),
         resume: args.resume.clone(),
         stop: Some(stop_flag()?),
-        stop_at_step: std::env::var("WEFT_TEST_STOP_AT_STEP")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-        step_pause: std::env::var("WEFT_TEST_STEP_PAUSE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis),
+        stop_at_step: test_hook("WEFT_TEST_STOP_AT_STEP"),
+        step_pause: test_hook("WEFT_TEST_STEP_PAUSE_MS").map(Duration::from_millis),
         checkpoint_write: weft_checkpoint::WriteOptions {
             // Fault injection for the tests of a failing checkpoint writer: on every rank, or
             // on the rank WEFT_TEST_CKPT_FAIL_RANK names.
-            fail_after_bytes: std::env::var("WEFT_TEST_CKPT_FAIL_AFTER_BYTES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|_| {
-                    std::env::var("WEFT_TEST_CKPT_FAIL_RANK")
-                        .ok()
-                        .and_then(|r| r.parse::<usize>().ok())
-                        .is_none_or(|r| r == env.rank)
-                }),
-            pause_after_write: std::env::var("WEFT_TEST_CKPT_PAUSE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis),
+            fail_after_bytes: test_hook("WEFT_TEST_CKPT_FAIL_AFTER_BYTES").filter(|_| {
+                test_hook::<usize>("WEFT_TEST_CKPT_FAIL_RANK").is_none_or(|r| r == env.rank)
+            }),
+            pause_after_write: test_hook("WEFT_TEST_CKPT_PAUSE_MS").map(Duration::from_millis),
         },
     };
     let device = Default::default();

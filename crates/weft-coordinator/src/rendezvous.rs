@@ -297,7 +297,6 @@ struct PendingCommit {
     run_dir: String,
     keep_last: usize,
     reports: Vec<ShardReport>,
-    failures: Vec<String>,
     state: Option<TrainerState>,
     heard: usize,
 }
@@ -621,28 +620,17 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
             report,
             state,
         } => {
+            // A rank that could not write its share fails the job now, named with its
+            // reason: the others would otherwise wait for its commit, or see only its
+            // connection drop. The checkpoint is never committed.
+            let report = report
+                .map_err(|why| format!("could not write its share of checkpoint {step}: {why}"))?;
             let world = st.ranks.len();
             let p = st.commits.entry(step).or_default();
             p.heard += 1;
             p.run_dir = run_dir;
             p.keep_last = keep_last;
-            let failed = match report {
-                Ok(r) => {
-                    p.reports.push(r);
-                    None
-                }
-                Err(why) => {
-                    p.failures.push(format!("rank {rank}: {why}"));
-                    Some(why)
-                }
-            };
-            if let Some(why) = failed {
-                // The rank fails the job now, named with its reason: the others would otherwise
-                // wait for its commit, or see only its connection drop.
-                return Err(format!(
-                    "could not write its share of checkpoint {step}: {why}"
-                ));
-            }
+            p.reports.push(report);
             if let Some(state) = state {
                 p.state = Some(*state);
             }
@@ -693,11 +681,6 @@ fn answer_plan(
 /// Commits a checkpoint every rank has reported (writing the indexes, the trainer state and
 /// the marker takes milliseconds; the shards are already written).
 fn commit_now(step: u64, p: PendingCommit) -> Result<String, String> {
-    if !p.failures.is_empty() {
-        let why = format!("not committed: {}", p.failures.join("; "));
-        tracing::error!("coordinator: checkpoint {step} {why}");
-        return Err(why);
-    }
     let state = p
         .state
         .ok_or_else(|| "rank 0 sent no trainer state".to_string())?;
