@@ -78,37 +78,63 @@ fn run(args: &[String], envs: &[(&str, &str)]) -> std::process::Output {
     weft_env_within(&repo(), &argv, envs, LIMIT)
 }
 
+/// 12 steps on `world` ranks with `extra` settings, uninterrupted and interrupted after step 7
+/// then resumed by the same command, end bit for bit alike. Returns the uninterrupted run's
+/// log.
+fn resumes_bit_for_bit(dir: &Path, world: usize, extra: &[&str], what: &str) -> String {
+    let data = dataset(dir, 96);
+    let mut settings = vec!["train.max_steps=12", "checkpoint.every_steps=5"];
+    settings.extend_from_slice(extra);
+    let s = sets(&data, &settings);
+    let whole = dir.join(format!("whole-{world}"));
+    let first = run(&train_args(world, &whole, &s, None), &[]);
+    ok(&first);
+    let cut = dir.join(format!("cut-{world}"));
+    let out = run(
+        &train_args(world, &cut, &s, None),
+        &[("WEFT_TEST_STOP_AT_STEP", "7")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(latest(&cut).ends_with("step-00000007"));
+    assert!(!cut.join("model.safetensors").exists());
+    // The same command again resumes from step 7 and finishes.
+    let out = run(&train_args(world, &cut, &s, None), &[]);
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("resuming from") && log.contains("step 7"),
+        "{log}"
+    );
+    assert_same_end(&whole, &cut, 12, what);
+    String::from_utf8_lossy(&first.stderr).into_owned()
+}
+
 #[test]
 fn an_interrupted_run_resumes_bit_for_bit_on_one_and_two_ranks() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 96);
-    let s = sets(&data, &["train.max_steps=12", "checkpoint.every_steps=5"]);
     for world in [1, 2] {
-        let whole = dir.path().join(format!("whole-{world}"));
-        ok(&run(&train_args(world, &whole, &s, None), &[]));
-        let cut = dir.path().join(format!("cut-{world}"));
-        let out = run(
-            &train_args(world, &cut, &s, None),
-            &[("WEFT_TEST_STOP_AT_STEP", "7")],
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(75),
-            "world {world}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(latest(&cut).ends_with("step-00000007"));
-        assert!(!cut.join("model.safetensors").exists());
-        // The same command again resumes from step 7 and finishes.
-        let out = run(&train_args(world, &cut, &s, None), &[]);
-        ok(&out);
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            log.contains("resuming from") && log.contains("step 7"),
-            "{log}"
-        );
-        assert_same_end(&whole, &cut, 12, &format!("world {world}"));
+        resumes_bit_for_bit(dir.path(), world, &[], &format!("world {world}"));
     }
+}
+
+#[test]
+fn the_update_on_the_device_resumes_bit_for_bit_on_two_ranks() {
+    // train.update_on = "device" (the GPU path, here on flex): the master parameters and the
+    // moments are device tensors; the 2 ranks average device gradients through the host and
+    // the TCP ring; checkpoints copy the state to the host and a resume copies it back.
+    let dir = tempfile::tempdir().unwrap();
+    let log = resumes_bit_for_bit(
+        dir.path(),
+        2,
+        &["train.update_on=\"device\""],
+        "update on the device",
+    );
+    assert!(log.contains("optimizer update on the device"), "{log}");
 }
 
 #[test]

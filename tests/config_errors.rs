@@ -144,3 +144,33 @@ fn resolved_config_round_trips_through_the_run_dir() {
     assert_eq!(back.data.batch_size, 7);
     assert_ne!(back, Config::default());
 }
+
+#[test]
+fn device_precision_and_dist_backend_are_checked() {
+    let load = |sets: &[&str]| {
+        ConfigLoader::new()
+            .overrides(sets.iter().map(|s| s.to_string()))
+            .load()
+    };
+    let err = load(&["train.device=\"tpu\""]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("train.device: unknown variant `tpu`, expected `cpu` or `cuda`"),
+        "{err}"
+    );
+    let err = load(&["train.precision=\"fp8\""]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("train.precision: unknown variant `fp8`"),
+        "{err}"
+    );
+    let err = load(&["dist.backend=\"nccl\""]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "dist.backend: nccl needs train.device = \"cuda\", found \"cpu\" in --set dist.backend=\"nccl\""
+    );
+    let c = load(&["train.device=\"cuda\"", "dist.backend=\"nccl\""]).unwrap();
+    assert!(c.dist.uses_nccl(c.train.device) && c.train.update_on_device());
+    let c = load(&["train.device=\"cuda\"", "train.update_on=\"host\""]).unwrap();
+    assert!(!c.train.update_on_device() && c.dist.uses_nccl(c.train.device));
+    let c = Config::default();
+    assert!(!c.train.update_on_device() && !c.dist.uses_nccl(c.train.device));
+}

@@ -315,12 +315,12 @@ fn every_objective_over_ranks_matches_one_process() {
     let world = 2;
     let full = batch(8, config.model.text.context_length, config.data.image_size);
     let model = build_model::<B>(&config, 64, &dev);
-    let single = weft_train::trainer::Engine::new(model.clone(), &config, special.clone());
+    let single = weft_train::trainer::Engine::new(model.clone(), &config, special.clone(), &dev);
     let one = single.micro(&full, &mut ChaCha8Rng::seed_from_u64(5), false, &dev);
     let (single_grad, _) = one.grads.expect("finite").into_vec();
 
     let engines: Vec<_> = (0..world)
-        .map(|_| weft_train::trainer::Engine::new(model.clone(), &config, special.clone()))
+        .map(|_| weft_train::trainer::Engine::new(model.clone(), &config, special.clone(), &dev))
         .collect();
     let shared = std::sync::Arc::new((
         std::sync::Mutex::new(vec![Vec::new(); world]),

@@ -4,9 +4,10 @@ mod common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
-use common::train::{random_images, set_objectives, small_train_config, special_tokens};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use common::train::{
+    caption_batch, random_images, set_objectives, small_train_config, special_tokens,
+};
+use weft_config::UpdateOn;
 use weft_model::ObjectiveBatch;
 use weft_train::eval::retrieval_from_embeddings;
 use weft_train::trainer::{build_model, objective_rng, Engine};
@@ -16,6 +17,7 @@ type B = Autodiff<Flex>;
 
 #[test]
 fn a_tiny_model_overfits_8_pairs_to_recall_1() {
+    let _one = common::train::one_training_at_a_time();
     let mut config = small_train_config();
     set_objectives(&mut config, [1.0, 0.0, 0.0, 0.0, 0.0]);
     config.train.grad_clip = 0.0;
@@ -23,21 +25,8 @@ fn a_tiny_model_overfits_8_pairs_to_recall_1() {
     let dev = Default::default();
     let (b, l, s) = (8, 8, config.data.image_size);
     let model = build_model::<B>(&config, 64, &dev);
-    let mut engine = Engine::new(model, &config, special_tokens());
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let ids: Vec<u32> = (0..b * l)
-        .map(|k| match k % l {
-            0 => 1,
-            t if t == l - 1 => 2,
-            _ => rng.random_range(7..64),
-        })
-        .collect();
-    let batch = ObjectiveBatch {
-        images: random_images::<B>(b, s, 1, &dev),
-        ids,
-        attention_mask: vec![1; b * l],
-        len: l,
-    };
+    let mut engine = Engine::new(model, &config, special_tokens(), &dev);
+    let batch = caption_batch::<B>(b, l, s, &dev);
     let mut first = None;
     let mut last = 0.0;
     for step in 0..150 {
@@ -70,6 +59,7 @@ fn a_tiny_model_overfits_8_pairs_to_recall_1() {
 
 #[test]
 fn the_same_seed_gives_identical_loss_sequences() {
+    let _one = common::train::one_training_at_a_time();
     let config = small_train_config();
     let run = |name: &str| {
         let dir = tempfile::tempdir().unwrap();
@@ -133,6 +123,7 @@ fn the_same_seed_gives_identical_loss_sequences() {
 
 #[test]
 fn a_nan_loss_skips_the_step_and_too_many_stop_the_run() {
+    let _one = common::train::one_training_at_a_time();
     let mut config = small_train_config();
     set_objectives(&mut config, [1.0, 0.0, 0.0, 0.0, 1.0]);
     config.train.max_nonfinite_steps = 2;
@@ -182,6 +173,7 @@ fn a_nan_loss_skips_the_step_and_too_many_stop_the_run() {
 
 #[test]
 fn gradient_accumulation_averages() {
+    let _one = common::train::one_training_at_a_time();
     // The gradient of one batch of 16 equals the accumulated gradient of 2 x 8 only when the
     // micro-batch gradients are averaged.
     let dev = Default::default();
@@ -213,8 +205,9 @@ fn gradient_accumulation_averages() {
         build_model::<B>(&config, 64, &dev),
         &config,
         special.clone(),
+        &dev,
     );
-    let mut two = Engine::new(build_model::<B>(&config, 64, &dev), &config, special);
+    let mut two = Engine::new(build_model::<B>(&config, 64, &dev), &config, special, &dev);
     let seed_rng = || objective_rng(0, 0);
     let g = one.micro(&full, &mut seed_rng(), false, &dev).grads;
     let (full_norm, applied) = one.apply(g, 1, 1e-2);
@@ -229,4 +222,44 @@ fn gradient_accumulation_averages() {
         (full_norm - accum_norm).abs() < 1e-4 * full_norm,
         "{full_norm} vs {accum_norm}"
     );
+}
+
+#[test]
+fn the_update_on_the_device_trains_what_the_host_update_trains() {
+    let _one = common::train::one_training_at_a_time();
+    // Without clipping the two paths run the same f32 operations: the same bits. With it, the
+    // norm is an f32 sum on the device and an f64 sum on the host, so the clip factors (and
+    // everything after) differ in the last bits.
+    for clip in [0.0, 0.5] {
+        let mut config = small_train_config();
+        config.train.grad_clip = clip;
+        let run = |update_on: UpdateOn| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = config.clone();
+            c.train.update_on = update_on;
+            let options = TrainOptions {
+                run_dir: dir.path().join("run"),
+                ..Default::default()
+            };
+            let summary = train::<B>(&c, &options, &Default::default()).unwrap();
+            let tensors = common::ckpt::file_bits(&options.run_dir.join("model.safetensors"));
+            (summary.losses, tensors)
+        };
+        let (host_losses, host) = run(UpdateOn::Host);
+        let (device_losses, device) = run(UpdateOn::Device);
+        let names = |t: &[(String, Vec<u32>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&host), names(&device));
+        if clip == 0.0 {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&host_losses), bits(&device_losses));
+            assert!(host == device, "the final weights differ");
+        } else {
+            for (a, b) in host_losses.iter().zip(&device_losses) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs(),
+                    "loss {a} (host) vs {b} (device)"
+                );
+            }
+        }
+    }
 }

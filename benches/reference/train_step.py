@@ -6,6 +6,11 @@ steps after W untimed ones, on one fixed synthetic batch).
     python3 benches/reference/train_step.py --variant itc --steps 10 --threads 2
     python3 benches/reference/train_step.py --variant albef --steps 10 --threads 2
 
+On a GPU, the shape of configs/clip-vit-b16.toml (what `weft doctor` times there):
+
+    python3 benches/reference/train_step.py --shape clip-vit-b16 --device cuda --batch 256
+    python3 benches/reference/train_step.py --shape clip-vit-b16 --device cuda --precision bf16
+
 Differences from tiny-bench.json are only where it leaves a choice; `--mlm-masked-only`
 computes the MLM logits at the masked positions only (what weft does) instead of at every
 position (what tiny-bench.json specifies).
@@ -23,6 +28,17 @@ import torch.nn.functional as F
 
 SPEC = dict(batch=64, size=64, patch=8, width=192, depth=4, heads=3, mlp=4, vocab=8192,
             context=32, embed=128, fusion_depth=2, eos=2, mask_token=1)
+# configs/clip-vit-b16.toml: ViT-B/16 image tower, a 12-layer 512-wide text tower, ITC only.
+# The towers differ in width (v*/t* keys; the tiny-bench shape uses `width` for both).
+CLIP_B16 = dict(batch=256, size=224, patch=16, vwidth=768, vdepth=12, vheads=12, twidth=512,
+                tdepth=12, theads=8, mlp=4, vocab=49408, context=77, embed=512, eos=2,
+                mask_token=1, fusion_depth=0)
+SHAPES = {"tiny-bench": SPEC, "clip-vit-b16": CLIP_B16}
+
+
+def tower(s, prefix):
+    """Width, depth and heads of the vision ("v") or text ("t") tower."""
+    return tuple(s.get(prefix + k, s.get(k)) for k in ("width", "depth", "heads"))
 
 
 def init_weights(m):
@@ -87,11 +103,12 @@ class Block(nn.Module):
 class Vit(nn.Module):
     def __init__(self, s):
         super().__init__()
-        w, n = s["width"], (s["size"] // s["patch"]) ** 2
+        w, depth, heads = tower(s, "v")
+        n = (s["size"] // s["patch"]) ** 2
         self.patch = nn.Conv2d(3, w, s["patch"], s["patch"], bias=True)
         self.cls = nn.Parameter(torch.randn(1, 1, w) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, n + 1, w) * 0.02)
-        self.blocks = nn.ModuleList(Block(w, s["heads"], s["mlp"]) for _ in range(s["depth"]))
+        self.blocks = nn.ModuleList(Block(w, heads, s["mlp"]) for _ in range(depth))
         self.ln = nn.LayerNorm(w, eps=1e-5)
 
     def forward(self, x):
@@ -105,10 +122,10 @@ class Vit(nn.Module):
 class TextEncoder(nn.Module):
     def __init__(self, s):
         super().__init__()
-        w = s["width"]
+        w, depth, heads = tower(s, "t")
         self.tok = nn.Embedding(s["vocab"], w)
         self.pos = nn.Parameter(torch.randn(1, s["context"], w) * 0.02)
-        self.blocks = nn.ModuleList(Block(w, s["heads"], s["mlp"]) for _ in range(s["depth"]))
+        self.blocks = nn.ModuleList(Block(w, heads, s["mlp"]) for _ in range(depth))
         self.ln = nn.LayerNorm(w, eps=1e-5)
 
     def forward(self, ids):
@@ -121,11 +138,11 @@ class TextEncoder(nn.Module):
 class Model(nn.Module):
     def __init__(self, s, albef):
         super().__init__()
-        w = s["width"]
+        w = s.get("width")
         self.vision = Vit(s)
         self.text = TextEncoder(s)
-        self.img_proj = nn.Linear(w, s["embed"], bias=False)
-        self.txt_proj = nn.Linear(w, s["embed"], bias=False)
+        self.img_proj = nn.Linear(tower(s, "v")[0], s["embed"], bias=False)
+        self.txt_proj = nn.Linear(tower(s, "t")[0], s["embed"], bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.albef = albef
         if albef:
@@ -148,7 +165,7 @@ class Model(nn.Module):
         fi = F.normalize(self.img_proj(img[:, 0]), dim=-1)
         ft = F.normalize(self.txt_proj(txt[:, -1]), dim=-1)
         logits = self.logit_scale.exp() * fi @ ft.t()
-        labels = torch.arange(len(ids))
+        labels = torch.arange(len(ids), device=ids.device)
         itc = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
         if not self.albef:
             return itc, dict(itc=itc.item())
@@ -162,6 +179,7 @@ class Model(nn.Module):
         fused = self.fuse(t_all, i_all)
         itm_logits = self.itm(fused[:, -1])
         itm_labels = torch.cat([torch.ones(len(ids)), torch.zeros(2 * len(ids))]).long()
+        itm_labels = itm_labels.to(ids.device)
         itm = F.cross_entropy(itm_logits, itm_labels)
         h = self.fuse(self.text(mlm_ids), img)
         targets = ids[mlm_mask]
@@ -177,6 +195,13 @@ class Model(nn.Module):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--variant", choices=["itc", "albef"], default="itc")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny-bench")
+    p.add_argument("--batch", type=int, help="default: the shape's")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: torch.autocast(bfloat16) around the forward, f32 master weights")
+    p.add_argument("--grad-clip", type=float, default=0.0,
+                   help="clip the global gradient norm (weft's configs use 1.0)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -185,28 +210,46 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    s = SPEC
-    model = Model(s, a.variant == "albef")
+    s = dict(SHAPES[a.shape])
+    if a.batch:
+        s["batch"] = a.batch
+    if a.variant == "albef" and not s.get("width"):
+        p.error("--variant albef needs the tiny-bench shape")
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    # f32 means f32: no TF32 tensor cores behind PyTorch's back (weft's f32 is plain f32).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = Model(s, a.variant == "albef").to(dev)
     decay = [q for q in model.parameters() if q.ndim >= 2]
     no_decay = [q for q in model.parameters() if q.ndim < 2]
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.1),
                              dict(params=no_decay, weight_decay=0.0)],
                             lr=5e-4, betas=(0.9, 0.999), eps=1e-8)
     b, l = s["batch"], s["context"]
-    images = torch.randn(b, 3, s["size"], s["size"])
+    images = torch.randn(b, 3, s["size"], s["size"]).to(dev)
     ids = torch.randint(7, s["vocab"], (b, l))
     ids[:, -1] = s["eos"]
     mlm_mask = torch.zeros(b, l, dtype=torch.bool)
     mlm_mask[:, : l - 1] = torch.rand(b, l - 1) < 0.15
     mlm_ids = ids.masked_fill(mlm_mask, s["mask_token"])
+    ids, mlm_ids, mlm_mask = ids.to(dev), mlm_ids.to(dev), mlm_mask.to(dev)
     times = []
     loss = None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     for i in range(a.warmup + a.steps):
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss, _ = model(images, ids, mlm_ids, mlm_mask, a.mlm_masked_only)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss, _ = model(images, ids, mlm_ids, mlm_mask, a.mlm_masked_only)
         loss.backward()
+        if a.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
         opt.step()
+        sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
@@ -214,7 +257,12 @@ def main():
     r = dict(variant=a.variant, steps=a.steps, batch=b, step_time_median_s=med,
              step_time_mean_s=statistics.mean(times), samples_per_s=b / med, params=params,
              last_loss=loss.item(), threads=torch.get_num_threads(), torch=torch.__version__,
-             mlm_masked_only=a.mlm_masked_only)
+             mlm_masked_only=a.mlm_masked_only, shape=a.shape, device=str(dev),
+             precision=a.precision)
+    if cuda:
+        r["gpu"] = torch.cuda.get_device_name(dev)
+        r["peak_memory_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        r["peak_memory_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
     if a.json:
         print(json.dumps(r, indent=2))
     else:

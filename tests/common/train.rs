@@ -1,4 +1,6 @@
 //! Helpers of the training tests: small configs and synthetic batches.
+// Included by several test crates (also as `#[path]` modules), each using some of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -76,4 +78,43 @@ pub fn random_images<B: burn::tensor::backend::Backend>(
         .map(|_| rng.random_range(-2.0f32..2.0))
         .collect();
     burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, [b, 3, s, s]), device)
+}
+
+/// `b` captions of `l` tokens (`[CLS]`, ids 7..64 drawn from seed 5, `[SEP]`; no padding) with
+/// random images of side `s` (seed 1): a batch to overfit.
+pub fn caption_batch<B: burn::tensor::backend::Backend>(
+    b: usize,
+    l: usize,
+    s: usize,
+    device: &B::Device,
+) -> weft_model::ObjectiveBatch<B> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let ids: Vec<u32> = (0..b * l)
+        .map(|k| match k % l {
+            0 => 1,
+            t if t == l - 1 => 2,
+            _ => rng.random_range(7..64),
+        })
+        .collect();
+    weft_model::ObjectiveBatch {
+        images: random_images::<B>(b, s, 1, device),
+        ids,
+        attention_mask: vec![1; b * l],
+        len: l,
+    }
+}
+
+/// Keeps every other test of this process that takes it from training while alive.
+///
+/// Two trainings on parallel test threads of one process were seen to end in different last
+/// bits (about one run in ten of `tests/train_loop.rs`, also with `RAYON_NUM_THREADS=1`; never
+/// with `--test-threads=1`). burn-autodiff 0.21 keeps one process-wide locator of autodiff
+/// graphs and cleans other threads' graphs after each backward pass
+/// (`GraphCleaner::cleanup_orphaned_entries`), the likely cause. weft trains one model per
+/// process, so only tests that compare runs bit for bit in one process need this.
+pub fn one_training_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

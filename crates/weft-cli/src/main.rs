@@ -1,11 +1,13 @@
 //! `weft`: the one binary of the weft vision-language pretraining framework.
 //!
 //! Commands: `weft train`, `weft launch`, `weft coordinator`, `weft eval`, `weft data inspect|synth|tokenizer`,
-//! `weft bench data|train|allreduce`, `weft config`.
+//! `weft bench data|train|allreduce|ckpt`, `weft ckpt`, `weft params`, `weft doctor`, `weft config`.
 
 mod allreduce;
+mod backend;
 mod bench;
 mod ckpt;
+mod doctor;
 mod launch;
 mod train;
 
@@ -71,6 +73,9 @@ enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Check the machine (build, GPU, driver, NCCL) and time one training step of each of
+    /// some configs: samples/s, FLOPs, MFU, peak memory.
+    Doctor(doctor::DoctorArgs),
     /// Print the resolved config, or write it into a run directory.
     Config {
         /// Write it as RUN_DIR/config.toml.
@@ -318,6 +323,13 @@ fn run(cli: Cli, env: Option<LaunchEnv>) -> anyhow::Result<ExitCode> {
         Command::Coordinator(args) => {
             launch::coordinator(args, &config).map(|()| ExitCode::SUCCESS)
         }
+        Command::Doctor(mut args) => {
+            // `weft --config FILE doctor` times that config alone.
+            if let Some(file) = &cli.config.config {
+                args.configs = Some(vec![file.clone()]);
+            }
+            doctor::run(args, &cli.config.sets)
+        }
         Command::Train(args) => {
             let env = match env {
                 Some(env) => env,
@@ -376,7 +388,7 @@ fn run_simple(command: Command, cfg_args: &ConfigArgs, config: &Config) -> anyho
         Command::Params { json } => train::params(&config, json),
         Command::Eval(args) => train::eval(args, cfg_args.config.clone(), &cfg_args.sets),
         Command::Ckpt(cmd) => ckpt::run(cmd),
-        Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) => {
+        Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) | Command::Doctor(_) => {
             unreachable!("handled by run")
         }
     }

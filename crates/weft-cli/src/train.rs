@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use weft_collective::Collective;
 use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{job_token, Job, JobOptions, LaunchEnv, Launcher};
 use weft_data::{Split, TextEncoder};
+use weft_train::dist::GradReduce;
 use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
-use weft_train::{CpuBackend, Rank, TrainOptions};
+use weft_train::{Rank, TrainOptions, TrainSummary};
+
+use crate::backend::{with_backend, GpuRank, OnBackend};
 
 /// The config `weft train` uses without `--config`.
 pub const DEFAULT_TRAIN_CONFIG: &str = "configs/tiny.toml";
@@ -163,62 +168,16 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
             pause_after_write: test_hook("WEFT_TEST_CKPT_PAUSE_MS").map(Duration::from_millis),
         },
     };
-    let device = Default::default();
-    let summary = if env.world_size > 1 {
-        let d = &config.dist;
-        let job_options = JobOptions {
-            token: job_token(env),
-            heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
-            heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
-            rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
-            collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
-            nccl_id: None,
-        };
-        let rank = env.rank;
-        let mut job = Job::join(
-            env.clone(),
-            &job_options,
-            Box::new(move |why| {
-                tracing::error!("rank {rank}: the job was aborted: {why}");
-                eprintln!("error: rank {rank}: the job was aborted: {why}");
-                std::process::exit(1);
-            }),
-        )?;
-        tracing::info!(
-            "rank {rank} of {} joined (coordinator {}, threads {})",
-            env.world_size,
-            env.coordinator.as_deref().unwrap_or("?"),
-            weft_train::current_threads()
-        );
-        let (ring, mut planner, committer) = job.parts();
-        let rank_parts = Rank {
-            collective: ring,
-            planner: &mut planner,
-            committer: Arc::new(committer.for_run(&run_dir, config.checkpoint.keep_last)),
-        };
-        let summary =
-            match weft_train::train_with::<CpuBackend>(config, &options, &device, rank_parts) {
-                Ok(summary) => summary,
-                Err(e) => {
-                    if matches!(e, weft_train::TrainError::Collective(_)) {
-                        // A peer's socket closing is often another rank's failure passed on:
-                        // the coordinator names the rank that failed first. Its verdict (the
-                        // abort handler) ends this process; wait for it, bounded.
-                        tracing::warn!(
-                            "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
-                            job_options.heartbeat_timeout
-                        );
-                        std::thread::sleep(job_options.heartbeat_timeout);
-                    }
-                    // Dropping the job closes the session: the coordinator aborts the others.
-                    return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
-                }
-            };
-        job.finish(job_options.heartbeat_timeout)?;
-        summary
-    } else {
-        weft_train::train::<CpuBackend>(config, &options, &device)?
-    };
+    let summary = with_backend(
+        config,
+        env.local_rank,
+        TrainRun {
+            config,
+            options: &options,
+            env,
+            run_dir: &run_dir,
+        },
+    )?;
     let code = if summary.interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
     } else {
@@ -251,6 +210,118 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         summary.model_path.display()
     );
     Ok(code)
+}
+
+/// `weft train` on one backend.
+struct TrainRun<'a> {
+    config: &'a Config,
+    options: &'a TrainOptions,
+    env: &'a LaunchEnv,
+    run_dir: &'a Path,
+}
+
+impl OnBackend for TrainRun<'_> {
+    type Output = TrainSummary;
+
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        gpu: Option<GpuRank<B::InnerBackend>>,
+    ) -> anyhow::Result<TrainSummary> {
+        let (config, env, options) = (self.config, self.env, self.options);
+        if env.world_size == 1 {
+            return Ok(weft_train::train::<B>(config, options, &device)?);
+        }
+        let d = &config.dist;
+        let rank = env.rank;
+        // A GPU job reduces over NCCL (dist.backend); rank 0 makes the communicator's id and
+        // the coordinator hands it to the others.
+        let nccl = gpu.filter(|_| d.uses_nccl(config.train.device));
+        let nccl_id = match (&nccl, rank) {
+            (Some(g), 0) => Some((g.nccl_id)()?),
+            _ => None,
+        };
+        let job_options = JobOptions {
+            token: job_token(env),
+            heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
+            heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
+            rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
+            collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
+            nccl_id,
+        };
+        let mut job = Job::join(
+            env.clone(),
+            &job_options,
+            Box::new(move |why| {
+                tracing::error!("rank {rank}: the job was aborted: {why}");
+                eprintln!("error: rank {rank}: the job was aborted: {why}");
+                std::process::exit(1);
+            }),
+        )?;
+        tracing::info!(
+            "rank {rank} of {} joined (coordinator {}, threads {})",
+            env.world_size,
+            env.coordinator.as_deref().unwrap_or("?"),
+            weft_train::current_threads()
+        );
+        let mut nccl_parts = match &nccl {
+            Some(g) => {
+                let id = job
+                    .nccl_id()
+                    .context(
+                        "rank 0 handed out no NCCL id: do all ranks have train.device = \"cuda\"?",
+                    )?
+                    .to_string();
+                let parts = (g.join_nccl)(rank, env.world_size, &id, d.nccl_host_staging)?;
+                tracing::info!(
+                    "rank {rank}: NCCL on GPU {} ({}), gradients {}",
+                    g.index,
+                    g.name,
+                    if d.nccl_host_staging {
+                        "staged through the host"
+                    } else {
+                        "in device memory"
+                    }
+                );
+                Some(parts)
+            }
+            None => None,
+        };
+        let (ring, mut planner, committer) = job.parts();
+        let (collective, grad_reduce) = match &mut nccl_parts {
+            Some((c, g)) => (
+                c.as_mut() as &mut dyn Collective,
+                Some(g.as_mut() as &mut dyn GradReduce<B::InnerBackend>),
+            ),
+            None => (ring as &mut dyn Collective, None),
+        };
+        let rank_parts = Rank {
+            collective,
+            grad_reduce,
+            planner: &mut planner,
+            committer: Arc::new(committer.for_run(self.run_dir, config.checkpoint.keep_last)),
+        };
+        let summary = match weft_train::train_with::<B>(config, options, &device, rank_parts) {
+            Ok(summary) => summary,
+            Err(e) => {
+                if matches!(e, weft_train::TrainError::Collective(_)) {
+                    // A peer's socket closing is often another rank's failure passed on:
+                    // the coordinator names the rank that failed first. Its verdict (the
+                    // abort handler) ends this process; wait for it, bounded.
+                    tracing::warn!(
+                        "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
+                        job_options.heartbeat_timeout
+                    );
+                    std::thread::sleep(job_options.heartbeat_timeout);
+                }
+                // Dropping the job closes the session: the coordinator aborts the others.
+                return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
+            }
+        };
+        drop(nccl_parts);
+        job.finish(job_options.heartbeat_timeout)?;
+        Ok(summary)
+    }
 }
 
 /// `weft eval`.
@@ -295,10 +366,16 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
         .text()
         .map(TextEncoder::vocab_size)
         .context("data.tokenizer: evaluation needs the tokenizer")?;
-    let device = Default::default();
-    let mut model = build_model::<Cpu>(&config, vocab, &device);
-    load_model(&mut model, &weights)?;
-    let r = weft_train::evaluate_retrieval(&model, &config, &loader, &device)?;
+    let r = with_backend(
+        &config,
+        0,
+        EvalRun {
+            config: &config,
+            loader: &loader,
+            vocab,
+            weights: &weights,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -314,6 +391,33 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
         println!("chance      R@1 {:6.2}", r.chance_r1);
     }
     Ok(())
+}
+
+/// `weft eval` on one backend.
+struct EvalRun<'a> {
+    config: &'a Config,
+    loader: &'a weft_data::Loader,
+    vocab: usize,
+    weights: &'a Path,
+}
+
+impl OnBackend for EvalRun<'_> {
+    type Output = weft_train::Retrieval;
+
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        _gpu: Option<GpuRank<B::InnerBackend>>,
+    ) -> anyhow::Result<weft_train::Retrieval> {
+        let mut model = build_model::<B::InnerBackend>(self.config, self.vocab, &device);
+        load_model(&mut model, self.weights)?;
+        Ok(weft_train::evaluate_retrieval(
+            &model,
+            self.config,
+            self.loader,
+            &device,
+        )?)
+    }
 }
 
 /// `weft params`: build the model on the CPU and count. The vocabulary is
@@ -358,8 +462,15 @@ pub fn bench_train(args: BenchTrainArgs, config: &Config) -> anyhow::Result<()> 
     if config.model.text.vocab_size == 0 {
         bail!("model.text.vocab_size: the train bench reads no tokenizer, set a vocabulary size");
     }
-    let device = Default::default();
-    let r = weft_train::bench::bench_train::<CpuBackend>(config, args.steps, args.warmup, &device);
+    let r = with_backend(
+        config,
+        0,
+        BenchRun {
+            config,
+            steps: args.steps,
+            warmup: args.warmup,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -375,6 +486,30 @@ pub fn bench_train(args: BenchTrainArgs, config: &Config) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// `weft bench train` (and `weft doctor`'s step) on one backend.
+pub(crate) struct BenchRun<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) steps: u64,
+    pub(crate) warmup: u64,
+}
+
+impl OnBackend for BenchRun<'_> {
+    type Output = weft_train::bench::TrainBench;
+
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        _gpu: Option<GpuRank<B::InnerBackend>>,
+    ) -> anyhow::Result<weft_train::bench::TrainBench> {
+        Ok(weft_train::bench::bench_train::<B>(
+            self.config,
+            self.steps,
+            self.warmup,
+            &device,
+        ))
+    }
 }
 
 /// `runs/YYYYMMDD-HHMMSS` in UTC.

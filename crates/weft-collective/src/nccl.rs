@@ -4,12 +4,16 @@
 //! other ranks in its rank table (`Peer::nccl_id`, hex); every rank then joins with
 //! [`Nccl::new`] (`ncclCommInitRank`). [`Nccl::all_reduce_device`] and
 //! [`Nccl::all_gather_device`] work on device buffers on the communicator's stream, which is
-//! what the trainer's gradients are; the [`Collective`] impl stages host buffers through the
-//! device for the small host-side exchanges.
+//! what the trainer's gradients are; the [`Collective`] impl (on `Rc<Nccl>`) stages host
+//! buffers through the device for the small host-side exchanges.
 //!
 //! NCCL calls have no timeout of their own: a dead peer is noticed by the coordinator's
 //! heartbeats, whose abort ends the process.
+//!
+//! The communicator is used through `&self`, so that one rank's gradient reducer (device
+//! buffers, `weft-gpu`) and its host-side collective can share it in an `Rc`.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
@@ -107,6 +111,17 @@ impl Nccl {
         &self.stream
     }
 
+    /// The communicator, for operations on device memory that cudarc's slices do not own
+    /// (burn's buffers, `weft-gpu`).
+    pub fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    /// This rank's error for a failed `op`.
+    pub fn error(&self, op: &'static str, e: impl std::fmt::Debug) -> CollectiveError {
+        self.failed(op, e)
+    }
+
     fn failed(&self, op: &'static str, e: impl std::fmt::Debug) -> CollectiveError {
         CollectiveError::Device {
             rank: self.rank,
@@ -157,7 +172,10 @@ impl Nccl {
     }
 }
 
-impl Collective for Nccl {
+/// Host buffers, staged through the device: the small exchanges of a step (its statistics,
+/// the ITC features) and the initial parameter broadcast. Implemented for `Rc<Nccl>` so that
+/// the gradient reducer of the same rank can hold the communicator too.
+impl Collective for Rc<Nccl> {
     fn rank(&self) -> usize {
         self.rank
     }

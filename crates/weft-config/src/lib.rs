@@ -97,6 +97,55 @@ pub enum LastBatch {
     Pad,
 }
 
+/// Where a rank's tensors live (`train.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// burn's `flex` backend on the CPU cores (`train.threads`).
+    Cpu,
+    /// burn's CUDA backend: each rank takes the GPU of its local rank (`WEFT_DEVICE`, set by
+    /// `weft launch`, overrides it). Needs a weft built with `--features cuda`.
+    Cuda,
+}
+
+/// The precision of the model's matrix products (`train.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    F32,
+    /// Mixed precision: the products of linear layers and attention take bf16 operands (f32
+    /// accumulation where the backend does it); parameters, gradients, optimizer state,
+    /// normalisation, softmax and losses stay f32 (PyTorch's `autocast(dtype=bfloat16)`).
+    Bf16,
+}
+
+/// Where gradient averaging, clipping and AdamW run (`train.update_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOn {
+    /// `host` on the CPU, `device` on a GPU.
+    Auto,
+    /// Flat host buffers, updated in parallel on the CPU cores (the CPU path: fastest there,
+    /// bit-for-bit repeatable for any thread count).
+    Host,
+    /// Flat tensors on the training device: no copy of gradients or parameters to the host
+    /// (the GPU path).
+    Device,
+}
+
+/// How the ranks of a job reduce gradients and gather ITC features (`dist.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    /// `nccl` when `train.device = "cuda"`, else `tcp`.
+    Auto,
+    /// weft's TCP ring (host buffers).
+    Tcp,
+    /// NCCL on the GPUs (needs `train.device = "cuda"`).
+    Nccl,
+}
+
 /// The tokenizer model trained by `weft data tokenizer --train`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -380,6 +429,23 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// CPU threads for the tensor backend (0: all cores).
     pub threads: usize,
+    /// Where the model runs: `cpu` or `cuda`.
+    pub device: Device,
+    /// Precision of the matrix products: `f32` or `bf16` (mixed precision, f32 master weights).
+    pub precision: Precision,
+    /// Where gradient averaging, clipping and AdamW run: `auto`, `host` or `device`.
+    pub update_on: UpdateOn,
+}
+
+impl TrainConfig {
+    /// Whether the update runs on the device's tensors (`update_on`, with `auto` resolved).
+    pub fn update_on_device(&self) -> bool {
+        match self.update_on {
+            UpdateOn::Auto => self.device == Device::Cuda,
+            UpdateOn::Host => false,
+            UpdateOn::Device => true,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -399,6 +465,9 @@ impl Default for TrainConfig {
             eval_every: 0,
             log_every: 10,
             threads: 0,
+            device: Device::Cpu,
+            precision: Precision::F32,
+            update_on: UpdateOn::Auto,
         }
     }
 }
@@ -418,6 +487,22 @@ pub struct DistConfig {
     pub rendezvous_timeout_s: f64,
     /// Bound of every collective operation (a step's all-reduce, a gather).
     pub collective_timeout_s: f64,
+    /// `auto`, `tcp` or `nccl`: what carries the gradients and the ITC features.
+    pub backend: DistBackend,
+    /// NCCL only: copy the gradients to the host and back around the all-reduce instead of
+    /// handing NCCL burn's device buffers (a fallback, and the baseline of its cost).
+    pub nccl_host_staging: bool,
+}
+
+impl DistConfig {
+    /// Whether a job of `device` reduces over NCCL (`backend`, with `auto` resolved).
+    pub fn uses_nccl(&self, device: Device) -> bool {
+        match self.backend {
+            DistBackend::Auto => device == Device::Cuda,
+            DistBackend::Tcp => false,
+            DistBackend::Nccl => true,
+        }
+    }
 }
 
 impl Default for DistConfig {
@@ -428,6 +513,8 @@ impl Default for DistConfig {
             heartbeat_interval_s: 1.0,
             rendezvous_timeout_s: 300.0,
             collective_timeout_s: 600.0,
+            backend: DistBackend::Auto,
+            nccl_host_staging: false,
         }
     }
 }
@@ -752,6 +839,15 @@ impl Config {
                 return Err((key.into(), format!("must be positive, found {v}")));
             }
         }
+        if d.backend == DistBackend::Nccl && self.train.device != Device::Cuda {
+            return Err((
+                "dist.backend".into(),
+                format!(
+                    "nccl needs train.device = \"cuda\", found \"{}\"",
+                    self.train.device
+                ),
+            ));
+        }
         if d.heartbeat_interval_s >= d.heartbeat_timeout_s {
             return Err((
                 "dist.heartbeat_interval_s".into(),
@@ -890,6 +986,24 @@ fn friendly_type(expected: &str) -> String {
         "f32" | "f64" => "a number".to_string(),
         "a boolean" | "bool" => "a boolean".to_string(),
         other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
     }
 }
 

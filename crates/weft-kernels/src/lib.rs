@@ -23,8 +23,16 @@
 //!
 //! The backend is recognised by `TypeId` and the primitive tensors are converted by a safe
 //! `Any` downcast, so the models stay generic over `B: Backend`.
+//!
+//! # Mixed precision
+//! While an [`autocast`] guard is alive on a thread, [`linear`], [`linear_add`], [`matmul`]
+//! and the attention products of that thread take the [`reference`] route with bf16 (or f16)
+//! operands and give f32 results, as PyTorch's `torch.autocast` does for its matmuls:
+//! parameters, gradients, LayerNorm, softmax and the losses stay f32. The casts are burn ops,
+//! so autodiff casts every gradient back to the f32 of its parameter.
 
 pub mod cpu;
+pub mod flops;
 pub mod reference;
 
 use std::any::{Any, TypeId};
@@ -32,7 +40,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
@@ -87,6 +95,46 @@ fn wrap<A: Backend, B: Backend, const D: usize>(p: FloatTensor<A>) -> Tensor<B, 
     Tensor::from_primitive(TensorPrimitive::Float(same::<_, FloatTensor<B>>(p)))
 }
 
+thread_local! {
+    static PRODUCT_DTYPE: std::cell::Cell<Option<FloatDType>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, the matrix products of this thread run in the guard's dtype (see the crate
+/// docs); dropping it restores what was there before.
+#[must_use = "autocast lasts as long as the guard"]
+pub struct Autocast {
+    previous: Option<FloatDType>,
+}
+
+/// Mixed precision on this thread until the guard drops: products in `dtype` (`None`, or
+/// `Some(FloatDType::F32)`: full precision).
+pub fn autocast(dtype: Option<FloatDType>) -> Autocast {
+    let dtype = dtype.filter(|d| *d != FloatDType::F32);
+    Autocast {
+        previous: PRODUCT_DTYPE.with(|c| c.replace(dtype)),
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        PRODUCT_DTYPE.with(|c| c.set(self.previous));
+    }
+}
+
+/// The dtype of this thread's matrix products under [`autocast`], `None` for f32.
+pub fn product_dtype() -> Option<FloatDType> {
+    PRODUCT_DTYPE.with(std::cell::Cell::get)
+}
+
+/// `a·b` (burn's batched matmul), with the operands in the [`autocast`] dtype when one is on
+/// and an f32 result.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let (da, db) = (a.dims(), b.dims());
+    let batch: usize = da[..D - 2].iter().product();
+    flops::product(batch * da[D - 2], db[D - 1], da[D - 1]);
+    reference::matmul(a, b)
+}
+
 /// The route a call takes (see the crate docs).
 enum Route {
     Autodiff,
@@ -95,7 +143,7 @@ enum Route {
 }
 
 fn route<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Route {
-    if x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || product_dtype().is_some() {
         Route::Reference
     } else if is::<B, AdFlex>() {
         Route::Autodiff
@@ -194,6 +242,7 @@ pub fn linear<B: Backend, const D: usize>(
         d_in, w_in,
         "linear: input width {d_in} but weight [{w_in}, {out}]"
     );
+    flops::linear(x.dims()[..D - 1].iter().product(), w_in, out);
     let Some(bias) = bias else {
         return rows_linear(x, weight, None);
     };
@@ -253,6 +302,7 @@ pub fn linear_add<B: Backend, const D: usize>(
     let mut expected = x.dims();
     expected[D - 1] = out;
     assert_eq!(residual.dims(), expected, "linear: residual shape");
+    flops::linear(expected[..D - 1].iter().product(), w_in, out);
     match route(&x) {
         Route::Autodiff => wrap::<AdFlex, B, D>(linear_add_ad(
             prim::<AdFlex, B, D>(x),
@@ -718,6 +768,10 @@ fn attention_dims<B: Backend>(
 ) -> cpu::attention::Dims {
     let [kv_batch, lk, kw] = k.dims();
     assert_eq!(kw, w, "attention: keys must match the queries' width");
+    // Q·Kᵀ and P·V of every query row, over all heads.
+    let queries = rows.last().copied().unwrap_or(0);
+    flops::product(queries, lk, w);
+    flops::product(queries, w, lk);
     assert_eq!(
         k.dims(),
         v.dims(),

@@ -1,17 +1,37 @@
 //! The same operations composed from burn tensor ops: the path for every backend other
-//! than flex (CUDA), and the reference the fused kernels are tested against.
+//! than flex (CUDA), for mixed precision ([`crate::autocast`]), and the reference the fused
+//! kernels are tested against.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
-/// burn's own linear op (what `burn::nn::Linear` calls).
+use crate::product_dtype;
+
+/// `a·b` with both operands cast to the [`crate::autocast`] dtype and the product cast back
+/// to f32; plain `a.matmul(b)` without autocast.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    match product_dtype() {
+        None => a.matmul(b),
+        Some(low) => a.cast(low).matmul(b.cast(low)).cast(FloatDType::F32),
+    }
+}
+
+/// burn's own linear op (what `burn::nn::Linear` calls); under [`crate::autocast`] the product
+/// is [`matmul`]'s and the bias is added in f32.
 pub fn linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    burn::tensor::module::linear(x, weight, bias)
+    if product_dtype().is_none() {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let y = matmul(x, weight.unsqueeze());
+    match bias {
+        Some(b) => y + b.unsqueeze(),
+        None => y,
+    }
 }
 
 /// burn's own LayerNorm op (what `burn::nn::LayerNorm` calls).
@@ -85,11 +105,11 @@ pub fn attention<B: Backend>(
         split_heads(k, heads),
         split_heads(v, heads),
     );
-    let mut scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    let mut scores = matmul(q.mul_scalar(scale), k.swap_dims(2, 3));
     if let Some(b) = bias {
         scores = scores + b;
     }
-    merge_heads(softmax(scores, 3).matmul(v))
+    merge_heads(matmul(softmax(scores, 3), v))
 }
 
 /// Host indices as a `[N]` int tensor (for `select`).

@@ -37,6 +37,14 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
     weft_kernels::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
+/// burn's own `Linear::forward` (the small heads), its product counted in
+/// [`weft_kernels::flops`].
+pub fn head_linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let [d_in, d_out] = layer.weight.dims();
+    weft_kernels::flops::linear(x.dims()[..D - 1].iter().product(), d_in, d_out);
+    layer.forward(x)
+}
+
 /// `residual + layer(x)` in one pass (weft-kernels' fused linear with the residual add of a
 /// pre-norm block folded in).
 pub fn linear_add<B: Backend, const D: usize>(

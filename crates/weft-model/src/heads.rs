@@ -60,12 +60,18 @@ impl<B: Backend> ItcHead<B> {
 
     /// L2-normalised image embeddings `[B, E]` from image tokens.
     pub fn image_embedding(&self, image_tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        l2_normalize(self.image_projection.forward(first_token(image_tokens)))
+        l2_normalize(crate::block::head_linear(
+            &self.image_projection,
+            first_token(image_tokens),
+        ))
     }
 
     /// L2-normalised text embeddings `[B, E]` from text tokens.
     pub fn text_embedding(&self, text_tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        l2_normalize(self.text_projection.forward(first_token(text_tokens)))
+        l2_normalize(crate::block::head_linear(
+            &self.text_projection,
+            first_token(text_tokens),
+        ))
     }
 
     /// `exp(min(logit_scale, max))`, shape `[1]`.
@@ -109,7 +115,7 @@ impl<B: Backend> MlmHead<B> {
         match &self.decoder {
             Some(decoder) => crate::block::linear(decoder, h),
             None => {
-                let logits = h.matmul(embedding.transpose());
+                let logits = weft_kernels::matmul(h, embedding.transpose());
                 match &self.bias {
                     Some(b) => logits + b.val().unsqueeze_dim(0),
                     None => logits,

@@ -205,7 +205,7 @@ impl<B: Backend> TextDecoder<B> {
                 let [b, l, w] = h.dims();
                 let weight = self.token_embedding.weight.val(); // [V, W]
                 let v = weight.dims()[0];
-                let mut logits = h.reshape([b * l, w]).matmul(weight.transpose());
+                let mut logits = weft_kernels::matmul(h.reshape([b * l, w]), weight.transpose());
                 if let Some(bias) = bias {
                     logits = logits + bias.val().unsqueeze_dim(0);
                 }

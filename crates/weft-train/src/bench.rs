@@ -36,6 +36,14 @@ pub struct TrainBench {
     pub params: usize,
     /// The last total loss (a sanity check that the step ran).
     pub last_loss: f64,
+    /// FLOPs of the matrix products of one forward pass of every enabled objective
+    /// ([`weft_kernels::flops`]).
+    pub forward_flops: u64,
+    /// FLOPs of one training step: three times the forward's (the backward pass computes two
+    /// products for each forward one).
+    pub step_flops: f64,
+    /// `step_flops` over the median step time, in TFLOP/s.
+    pub achieved_tflops: f64,
 }
 
 /// Time `steps` optimizer steps (after `warmup` untimed ones) of the config's model on a
@@ -58,7 +66,7 @@ pub fn bench_train<B: AutodiffBackend>(
         bos: 4,
         all: (0..SPECIAL_TOKENS.len() as u32).collect(),
     };
-    let mut engine = Engine::new(model, config, special);
+    let mut engine = Engine::new(model, config, special, device);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let first = SPECIAL_TOKENS.len() as u32;
     let mut ids = Vec::with_capacity(b * l);
@@ -77,10 +85,15 @@ pub fn bench_train<B: AutodiffBackend>(
     };
     let mut times = Vec::with_capacity(steps as usize);
     let mut last_loss = f64::NAN;
+    let mut forward_flops = 0;
     for i in 0..warmup + steps {
         let started = Instant::now();
         let mut rng = objective_rng(config.seed, i);
+        let counter = (i == 0).then(weft_kernels::flops::Counter::start);
         let micro = engine.micro(&batch, &mut rng, false, device);
+        if let Some(c) = counter {
+            forward_flops = c.finish();
+        }
         last_loss = micro.loss;
         engine.apply(micro.grads, 1, config.train.lr);
         // Wait for the backend before reading the clock.
@@ -93,6 +106,7 @@ pub fn bench_train<B: AutodiffBackend>(
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let step_flops = 3.0 * forward_flops as f64;
     TrainBench {
         steps,
         warmup,
@@ -102,5 +116,8 @@ pub fn bench_train<B: AutodiffBackend>(
         samples_per_s: b as f64 / median,
         params,
         last_loss,
+        forward_flops,
+        step_flops,
+        achieved_tflops: step_flops / median / 1e12,
     }
 }

@@ -5,8 +5,50 @@
 //! Every rank runs the same code in the same order; a one-process run goes through it with
 //! [`weft_collective::SingleRank`], where every operation is the identity.
 
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use weft_collective::{Collective, CollectiveError, ReduceOp};
 use weft_model::FeatureGather;
+
+use crate::update::{to_device, to_host, Grads};
+
+/// Averages flat gradients that live on the training device over the ranks, without taking
+/// them through the host (NCCL on the GPUs' memory: `weft_gpu::NcclGrads`).
+pub trait GradReduce<B: Backend> {
+    /// The mean over the ranks of every rank's `grads` (`[numel]`), in buckets of `bucket`
+    /// elements.
+    fn mean(&mut self, grads: Tensor<B, 1>, bucket: usize)
+        -> Result<Tensor<B, 1>, CollectiveError>;
+}
+
+/// Average flat gradients over the ranks where they are: host buffers over `collective`;
+/// device tensors through `device` when given, else through the host and `collective` (the
+/// staging a GPU job without NCCL, or with `dist.nccl_host_staging`, pays).
+pub fn all_reduce_grads<B: Backend>(
+    collective: &mut dyn Collective,
+    device: Option<&mut (dyn GradReduce<B> + '_)>,
+    grads: Grads<B>,
+    bucket: usize,
+) -> Result<Grads<B>, CollectiveError> {
+    if collective.world_size() == 1 {
+        return Ok(grads);
+    }
+    match grads {
+        Grads::Host(mut v) => {
+            all_reduce_mean(collective, &mut v, bucket)?;
+            Ok(Grads::Host(v))
+        }
+        Grads::Device(t) => match device {
+            Some(reduce) => reduce.mean(t, bucket).map(Grads::Device),
+            None => {
+                let at = t.device();
+                let mut v = to_host(t);
+                all_reduce_mean(collective, &mut v, bucket)?;
+                Ok(Grads::Device(to_device(v, &at)))
+            }
+        },
+    }
+}
 
 /// Elements of one all-reduce bucket of `bucket_mb` MiB of `f32`.
 pub fn bucket_elems(bucket_mb: f64) -> usize {

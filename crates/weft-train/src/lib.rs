@@ -8,8 +8,11 @@
 //!   retrieval evaluation and the final safetensors weights.
 //! - [`checkpointing`]: snapshots written in the background and committed, and the restore of
 //!   a checkpoint (the files themselves are `weft-checkpoint`'s).
-//! - [`dist`]: the data-parallel parts of a step: bucketed gradient all-reduce, the ITC
-//!   feature gather over a collective, the step statistics every rank agrees on.
+//! - [`update`]: the update on the training device (AdamW over flat tensors), for GPUs: no
+//!   trip of gradients or parameters through the host.
+//! - [`dist`]: the data-parallel parts of a step: bucketed gradient all-reduce (host buffers,
+//!   or device tensors through a [`dist::GradReduce`] such as NCCL), the ITC feature gather
+//!   over a collective, the step statistics every rank agrees on.
 //! - [`eval`]: Recall@K image-to-text and text-to-image from ITC embeddings.
 //! - [`metrics`], [`progress`]: `metrics.jsonl` / `eval.jsonl` and the terminal output.
 //! - [`bench`]: step timing for `weft bench train`.
@@ -25,6 +28,7 @@ pub mod params;
 pub mod progress;
 pub mod schedule;
 pub mod trainer;
+pub mod update;
 
 pub use error::TrainError;
 pub use eval::{evaluate_retrieval, Retrieval};

@@ -34,7 +34,7 @@ use weft_data::{
 use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelConfig};
 
 use crate::checkpointing::{checkpoint_layout, read_restored, Restored, Saver};
-use crate::dist::{all_reduce_mean, bucket_elems, CollectiveGather};
+use crate::dist::{all_reduce_grads, bucket_elems, CollectiveGather, GradReduce};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
 use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, StepMetrics};
@@ -45,6 +45,7 @@ use crate::params::{
 };
 use crate::progress::Progress;
 use crate::schedule::WarmupCosine;
+use crate::update::{device_norm, set_flat_params_device, to_device, to_host, DeviceAdamW, Grads};
 
 /// File name of the final weights in the run directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -77,10 +78,14 @@ pub struct TrainOptions {
 }
 
 /// What one rank of a run trains with: its collective, where it gets its data plan, and who
-/// commits its checkpoints. [`train`] uses the single-process ones.
-pub struct Rank<'a> {
+/// commits its checkpoints. [`train`] uses the single-process ones. `I` is the backend the
+/// gradients live on (the training backend's inner one).
+pub struct Rank<'a, I: burn::tensor::backend::Backend> {
     /// The collective of the job ([`SingleRank`] alone).
     pub collective: &'a mut dyn Collective,
+    /// Averages device gradients without the host (NCCL); None: device gradients that must be
+    /// averaged go through the host and `collective`.
+    pub grad_reduce: Option<&'a mut dyn GradReduce<I>>,
     /// The data plan ([`LocalPlanner`] alone, the coordinator's in a job).
     pub planner: &'a mut dyn Planner,
     /// The checkpoint committer ([`LocalCommitter`] alone, the coordinator in a job).
@@ -234,14 +239,20 @@ impl Batches<'_> {
     }
 }
 
+/// The master copy of the parameters and the optimizer state (`train.update_on`).
+enum Master<I: burn::tensor::backend::Backend> {
+    /// Flat host buffers: the model's parameter values in layout order (gathering them from
+    /// the model's tensors every step cost a serial copy) and AdamW's moments.
+    Host { values: Vec<f32>, optim: FlatAdamW },
+    /// Flat tensors on the training device.
+    Device(DeviceAdamW<I>),
+}
+
 /// One optimizer step's machinery: the model, AdamW, the parameter layout and the rules of the
 /// `[train]` section. [`train`] and `weft bench train` run the same code.
 pub struct Engine<B: AutodiffBackend> {
     model: VlModel<B>,
-    /// The model's parameter values, flat in `layout` order: the master copy that AdamW
-    /// updates (gathering them from the model's tensors every step cost a serial copy).
-    values: Vec<f32>,
-    optim: FlatAdamW,
+    master: Master<B::InnerBackend>,
     layout: Vec<ParamInfo>,
     decays: Vec<bool>,
     weights: LossConfig,
@@ -260,17 +271,34 @@ pub struct Micro<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Engine<B> {
-    /// Wrap a freshly built model.
-    pub fn new(model: VlModel<B>, config: &Config, special: SpecialTokens) -> Self {
+    /// Wrap a freshly built model on `device`; the update runs where `train.update_on` says.
+    pub fn new(
+        model: VlModel<B>,
+        config: &Config,
+        special: SpecialTokens,
+        device: &B::Device,
+    ) -> Self {
         let t = &config.train;
         let layout = params(&model);
-        let decays = layout.iter().map(ParamInfo::decays).collect();
-        let optim = FlatAdamW::new(&layout, t.betas, t.eps);
+        let decays: Vec<bool> = layout.iter().map(ParamInfo::decays).collect();
         let values = flat_params(&model);
+        let master = if t.update_on_device() {
+            Master::Device(DeviceAdamW::new(
+                to_device(values, device),
+                &layout,
+                &decays,
+                t.betas,
+                t.eps,
+            ))
+        } else {
+            Master::Host {
+                values,
+                optim: FlatAdamW::new(&layout, t.betas, t.eps),
+            }
+        };
         Self {
             model,
-            values,
-            optim,
+            master,
             layout,
             decays,
             weights: config.loss.clone(),
@@ -287,6 +315,19 @@ impl<B: AutodiffBackend> Engine<B> {
     /// The parameters in visit order.
     pub fn layout(&self) -> &[ParamInfo] {
         &self.layout
+    }
+
+    /// Whether the update runs on the device's tensors (`train.update_on`).
+    pub fn updates_on_device(&self) -> bool {
+        matches!(self.master, Master::Device(_))
+    }
+
+    /// The dtype of the matrix products (`train.precision`), for [`weft_kernels::autocast`].
+    fn product_dtype(&self) -> Option<burn::tensor::FloatDType> {
+        match self.train.precision {
+            weft_config::Precision::F32 => None,
+            weft_config::Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
     }
 
     /// Forward and backward of one micro-batch. `poison` multiplies the loss by NaN (fault
@@ -312,6 +353,9 @@ impl<B: AutodiffBackend> Engine<B> {
         gather: Option<&mut (dyn FeatureGather + '_)>,
     ) -> Micro<B> {
         let mut gather = gather;
+        // Mixed precision for this micro-batch's products (their backward is recorded in the
+        // graph and needs no guard).
+        let _autocast = weft_kernels::autocast(self.product_dtype());
         let mut out = self.model.losses_with(
             batch,
             &self.weights,
@@ -363,11 +407,47 @@ impl<B: AutodiffBackend> Engine<B> {
             return (f64::NAN, false);
         };
         let device = flat.buffer.device();
-        let (mut grads, has_grad) = flat.into_vec();
-        if accum > 1 {
-            scale_in_place(&mut grads, 1.0 / accum as f32);
-        }
+        let (grads, has_grad) = self.grads(Some(flat), accum, &device);
         self.update(grads, &has_grad, lr, &device)
+    }
+
+    /// The summed gradients of `accum` micro-batches, averaged, where the update runs (zeros
+    /// and no parameter with a gradient when there are none), and which parameters have one.
+    pub fn grads(
+        &self,
+        summed: Option<FlatGrads<B::InnerBackend>>,
+        accum: u64,
+        device: &B::Device,
+    ) -> (Grads<B::InnerBackend>, Vec<bool>) {
+        let scale = 1.0 / accum as f32;
+        match (summed, self.updates_on_device()) {
+            (Some(flat), true) => {
+                let buffer = if accum > 1 {
+                    flat.buffer.mul_scalar(scale)
+                } else {
+                    flat.buffer
+                };
+                (Grads::Device(buffer), flat.has_grad)
+            }
+            (Some(flat), false) => {
+                let (mut grads, has_grad) = flat.into_vec();
+                if accum > 1 {
+                    scale_in_place(&mut grads, scale);
+                }
+                (Grads::Host(grads), has_grad)
+            }
+            (None, on_device) => {
+                let none = vec![false; self.layout.len()];
+                if on_device {
+                    (
+                        Grads::Device(burn::tensor::Tensor::zeros([self.numel()], device)),
+                        none,
+                    )
+                } else {
+                    (Grads::Host(vec![0.0; self.numel()]), none)
+                }
+            }
+        }
     }
 
     /// Copies of the parameters and the optimizer state, for a checkpoint (into `spare`'s
@@ -377,28 +457,45 @@ impl<B: AutodiffBackend> Engine<B> {
         layout: &Arc<weft_checkpoint::Layout>,
         spare: Option<Snapshot>,
     ) -> Snapshot {
-        Snapshot::copy_of(
-            layout,
-            &self.values,
-            &self.optim.moment1,
-            &self.optim.moment2,
-            &self.optim.steps,
-            spare,
-        )
+        match &self.master {
+            Master::Host { values, optim } => Snapshot::copy_of(
+                layout,
+                values,
+                &optim.moment1,
+                &optim.moment2,
+                &optim.steps,
+                spare,
+            ),
+            Master::Device(adam) => Snapshot::copy_of(
+                layout,
+                &to_host(adam.values.clone()),
+                &to_host(adam.moment1.clone()),
+                &to_host(adam.moment2.clone()),
+                &adam.steps,
+                spare,
+            ),
+        }
     }
 
     /// Takes the parameters and optimizer state of a checkpoint.
     pub fn restore(&mut self, r: Restored, device: &B::Device) {
-        assert_eq!(
-            r.values.len(),
-            self.values.len(),
-            "restore: parameter count"
-        );
-        self.values = r.values;
-        self.optim.moment1 = r.exp_avg;
-        self.optim.moment2 = r.exp_avg_sq;
-        self.optim.steps = r.steps;
-        self.model = set_flat_params(self.model.clone(), &self.values, device);
+        assert_eq!(r.values.len(), self.numel(), "restore: parameter count");
+        match &mut self.master {
+            Master::Host { values, optim } => {
+                *values = r.values;
+                optim.moment1 = r.exp_avg;
+                optim.moment2 = r.exp_avg_sq;
+                optim.steps = r.steps;
+                self.model = set_flat_params(self.model.clone(), values, device);
+            }
+            Master::Device(adam) => {
+                adam.values = to_device(r.values, device);
+                adam.moment1 = to_device(r.exp_avg, device);
+                adam.moment2 = to_device(r.exp_avg_sq, device);
+                adam.steps = r.steps;
+                self.model = set_flat_params_device(self.model.clone(), &adam.values);
+            }
+        }
     }
 
     /// Make every rank start from rank 0's parameters (DDP's initial broadcast), whatever
@@ -408,46 +505,72 @@ impl<B: AutodiffBackend> Engine<B> {
         collective: &mut dyn Collective,
         device: &B::Device,
     ) -> Result<(), TrainError> {
-        if collective.world_size() > 1 {
-            collective.broadcast(&mut self.values, 0)?;
-            self.model = set_flat_params(self.model.clone(), &self.values, device);
+        if collective.world_size() == 1 {
+            return Ok(());
+        }
+        match &mut self.master {
+            Master::Host { values, .. } => {
+                collective.broadcast(values, 0)?;
+                self.model = set_flat_params(self.model.clone(), values, device);
+            }
+            Master::Device(adam) => {
+                let mut values = to_host(adam.values.clone());
+                collective.broadcast(&mut values, 0)?;
+                adam.values = to_device(values, device);
+                self.model = set_flat_params_device(self.model.clone(), &adam.values);
+            }
         }
         Ok(())
     }
 
     /// Total elements of the parameters.
     pub fn numel(&self) -> usize {
-        self.values.len()
+        self.layout.iter().map(ParamInfo::numel).sum()
     }
 
     /// Clip the averaged flat `grads` to the global norm, decay and step. Returns the norm
     /// before clipping and whether the update was applied (not when the norm is not finite).
     pub fn update(
         &mut self,
-        mut grads: Vec<f32>,
+        grads: Grads<B::InnerBackend>,
         has_grad: &[bool],
         lr: f64,
         device: &B::Device,
     ) -> (f64, bool) {
-        let norm = global_norm(&grads);
-        if !norm.is_finite() {
-            return (norm, false);
-        }
         let clip = self.train.grad_clip;
-        if clip > 0.0 && norm > clip {
-            scale_in_place(&mut grads, (clip / (norm + 1e-6)) as f32);
+        let factor = |norm: f64| (clip > 0.0 && norm > clip).then(|| (clip / (norm + 1e-6)) as f32);
+        let wd = self.train.weight_decay;
+        match &mut self.master {
+            Master::Host { values, optim } => {
+                let mut grads = grads.into_host();
+                let norm = global_norm(&grads);
+                if !norm.is_finite() {
+                    return (norm, false);
+                }
+                if let Some(f) = factor(norm) {
+                    scale_in_place(&mut grads, f);
+                }
+                optim.step(values, &grads, &self.layout, has_grad, &self.decays, lr, wd);
+                self.model = set_flat_params(self.model.clone(), values, device);
+                (norm, true)
+            }
+            Master::Device(adam) => {
+                let mut grads = match grads {
+                    Grads::Device(t) => t,
+                    Grads::Host(v) => to_device(v, device),
+                };
+                let norm = device_norm(&grads);
+                if !norm.is_finite() {
+                    return (norm, false);
+                }
+                if let Some(f) = factor(norm) {
+                    grads = grads.mul_scalar(f);
+                }
+                adam.step(grads, &self.layout, has_grad, lr, wd);
+                self.model = set_flat_params_device(self.model.clone(), &adam.values);
+                (norm, true)
+            }
         }
-        self.optim.step(
-            &mut self.values,
-            &grads,
-            &self.layout,
-            has_grad,
-            &self.decays,
-            lr,
-            self.train.weight_decay,
-        );
-        self.model = set_flat_params(self.model.clone(), &self.values, device);
-        (norm, true)
     }
 }
 
@@ -469,6 +592,7 @@ pub fn train<B: AutodiffBackend>(
         device,
         Rank {
             collective: &mut SingleRank,
+            grad_reduce: None,
             planner: &mut LocalPlanner::new(0),
             committer: Arc::new(LocalCommitter {
                 run_dir: options.run_dir.clone(),
@@ -562,10 +686,11 @@ pub fn train_with<B: AutodiffBackend>(
     config: &Config,
     options: &TrainOptions,
     device: &B::Device,
-    job: Rank<'_>,
+    job: Rank<'_, B::InnerBackend>,
 ) -> Result<TrainSummary, TrainError> {
     let Rank {
         collective,
+        mut grad_reduce,
         planner,
         committer,
     } = job;
@@ -599,7 +724,10 @@ pub fn train_with<B: AutodiffBackend>(
     if lead {
         log_param_counts(&counts);
     }
-    let mut engine = Engine::new(model, config, special);
+    let mut engine = Engine::new(model, config, special, device);
+    if lead && engine.updates_on_device() {
+        tracing::info!("optimizer update on the device (train.update_on)");
+    }
     engine.broadcast_params(collective, device)?;
     let ckpt_layout = checkpoint_layout(engine.layout());
     // Every rank reads the same checkpoint (the run directory is shared).
@@ -810,17 +938,8 @@ pub fn train_with<B: AutodiffBackend>(
         let (grad_norm, applied) = if global.bad {
             (f64::NAN, false)
         } else {
-            let (mut grads, has_grad) = match acc {
-                Some(flat) => flat.into_vec(),
-                None => (
-                    vec![0.0; engine.numel()],
-                    vec![false; engine.layout().len()],
-                ),
-            };
-            if t.grad_accum > 1 {
-                scale_in_place(&mut grads, 1.0 / t.grad_accum as f32);
-            }
-            all_reduce_mean(collective, &mut grads, bucket)?;
+            let (grads, has_grad) = engine.grads(acc, t.grad_accum, device);
+            let grads = all_reduce_grads(collective, grad_reduce.as_deref_mut(), grads, bucket)?;
             let mut flags: Vec<f32> = has_grad.iter().map(|&h| f32::from(u8::from(h))).collect();
             if world > 1 {
                 collective.all_reduce(&mut flags, ReduceOp::Max)?;

@@ -15,7 +15,9 @@ pub fn itc_loss<B: Backend>(
     scale: Tensor<B, 1>,
     label_smoothing: f64,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
-    let b = image.dims()[0];
+    let [b, dim] = image.dims();
+    // In f32 whatever the autocast: the temperature-scaled logits are the loss.
+    weft_kernels::flops::product(b, text.dims()[0], dim);
     let logits = image.matmul(text.transpose()) * scale.unsqueeze_dim(0);
     let targets: Vec<usize> = (0..b).collect();
     let i2t = cross_entropy(logits.clone(), &targets, None, label_smoothing);

@@ -501,7 +501,7 @@ impl<B: AutodiffBackend> VlModel<B> {
                 .as_ref()
                 .expect("ITM head is built when loss.itm > 0");
             let (fused, n, _) = fused.as_ref().expect("the ITM pairs");
-            let logits = head.forward(fused.clone().narrow(0, 0, *n));
+            let logits = crate::block::head_linear(head, fused.clone().narrow(0, 0, *n));
             let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
             parts.push(("itm", cross_entropy(logits, &targets, None, 0.0)));
         }

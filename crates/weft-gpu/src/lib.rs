@@ -1,0 +1,34 @@
+//! weft-gpu: weft on NVIDIA GPUs.
+//!
+//! - [`select`]: which GPU a rank takes (`WEFT_DEVICE`, one visible GPU, the local rank).
+//! - [`libs`]: the libraries the CUDA path opens at run time (driver, NVRTC, NCCL), and an
+//!   error for a missing one that says which names were tried, what was found and what to set.
+//! - [`peak`]: peak FLOP rates of data-centre GPUs, for MFU.
+//! - `cuda` (the `cuda` feature): burn's CUDA backend, the driver checks made before the first
+//!   tensor, NCCL on burn's own device buffers for the trainer's gradient averaging
+//!   (`cuda::NcclGrads`, a [`weft_train::dist::GradReduce`]), device memory readings.
+//!
+//! Without the `cuda` feature the CUDA items are absent and [`require_cuda`] says how to build
+//! them.
+
+pub mod error;
+pub mod libs;
+pub mod peak;
+pub mod select;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use error::GpuError;
+
+/// Whether this weft was built with the `cuda` feature.
+pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
+/// Ok in a weft built with the `cuda` feature, else the error that says how to build one.
+pub fn require_cuda() -> Result<(), GpuError> {
+    if BUILT_WITH_CUDA {
+        Ok(())
+    } else {
+        Err(GpuError::NotBuilt)
+    }
+}

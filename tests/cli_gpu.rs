@@ -1,0 +1,193 @@
+//! The GPU path of the `weft` binary on a machine without a GPU: `weft doctor` on the CPU
+//! (its checks, one training step with FLOPs, achieved TFLOP/s and peak memory), and
+//! `train.device = "cuda"` refused with an error that says what to do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::weft_within;
+use common::train::sample_dir;
+
+fn repo() -> std::path::PathBuf {
+    sample_dir().join("../..")
+}
+
+#[test]
+fn doctor_on_the_cpu_times_a_step_and_counts_its_flops() {
+    let out = weft_within(
+        &repo(),
+        &[
+            "doctor",
+            "--device",
+            "cpu",
+            "--configs",
+            "configs/tiny.toml",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "8",
+            "--set",
+            "train.threads=1",
+            "--json",
+        ],
+        Duration::from_secs(300),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A cuda build on a machine without a GPU fails its GPU check, and says so.
+    let gpu_failed = r["gpu"]["status"] == "failed";
+    assert_eq!(out.status.code(), Some(i32::from(gpu_failed)), "{r}");
+    assert_eq!(r["device"], "cpu", "{r}");
+    assert_eq!(r["cuda_feature"], cfg!(feature = "cuda"), "{r}");
+    if !cfg!(feature = "cuda") {
+        assert_eq!(r["gpu"]["status"], "not built", "{r}");
+        assert!(r["nccl"].is_null(), "{r}");
+    }
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{r}");
+    let s = &steps[0];
+    assert_eq!(s["status"], "ok", "{s}");
+    assert_eq!(
+        (s["batch"].as_u64(), s["precision"].as_str()),
+        (Some(8), Some("f32"))
+    );
+    let flops = s["step_flops"].as_f64().unwrap();
+    let time = s["step_time_s"].as_f64().unwrap();
+    // 3 × the forward's products: at least 6 FLOPs per parameter and sample (each weight
+    // multiplies at least one token of each sample, forward and twice backward).
+    let params = s["params"].as_f64().unwrap();
+    assert!(
+        flops >= 6.0 * params * 8.0,
+        "{flops} FLOPs for {params} parameters"
+    );
+    let achieved = s["achieved_tflops"].as_f64().unwrap();
+    assert!(
+        (achieved - flops / time / 1e12).abs() <= 1e-9 * achieved.max(1e-12),
+        "{s}"
+    );
+    assert!(s["mfu"].is_null(), "no peak is known for a CPU: {s}");
+    assert!(s["peak_memory_gib"].as_f64().unwrap() > 0.0, "{s}");
+
+    // The text report says the same in lines.
+    let out = weft_within(&repo(), &["doctor", "--no-steps"], Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("weft "), "{text}");
+    assert!(text.contains("GPU: "), "{text}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_in_a_weft_without_the_cuda_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = weft_within(
+        &repo(),
+        &[
+            "train",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            "train.device=cuda",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train.device = \"cuda\": this weft was built without the cuda feature; build it with `cargo build --release --features cuda`"),
+        "{err}"
+    );
+    let out = weft_within(
+        &repo(),
+        &["doctor", "--device", "cuda", "--no-steps"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "doctor --device cuda without cuda fails"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("built without the cuda feature"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Whether the dynamic loader's cache lists a library matching `pattern` (then the tests of
+/// its absence do not apply).
+#[cfg(feature = "cuda")]
+fn system_has(pattern: &str) -> bool {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("ldconfig -p 2>/dev/null | grep -q '{pattern}'"),
+        ])
+        .status();
+    out.is_ok_and(|s| s.success())
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_without_a_driver_names_the_library_and_what_to_set() {
+    if system_has("libcuda\\.so") {
+        eprintln!("SKIPPED cuda_without_a_driver_names_the_library_and_what_to_set: this machine has a CUDA driver");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = weft_within(
+        &repo(),
+        &[
+            "train",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            "train.device=cuda",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the CUDA driver library (libcuda) cannot be loaded: none of libcuda.so,")
+            && err.contains("libcuda.so.1 opens")
+            && err.contains("set LD_LIBRARY_PATH"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn an_nccl_under_its_soname_only_gets_the_link_to_make() {
+    // pip's nvidia-nccl-cu12 ships libnccl.so.2 alone, a name cudarc does not try.
+    if system_has("libnccl\\.so ") {
+        eprintln!("SKIPPED an_nccl_under_its_soname_only_gets_the_link_to_make: this machine has libnccl.so");
+        return;
+    }
+    let libs = tempfile::tempdir().unwrap();
+    std::fs::write(libs.path().join("libnccl.so.2"), b"not a library").unwrap();
+    let out = common::process::weft_env_within(
+        &repo(),
+        &["doctor", "--no-steps", "--json"],
+        &[("LD_LIBRARY_PATH", libs.path().to_str().unwrap())],
+        Duration::from_secs(60),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nccl = &r["gpu"]["libraries"][2];
+    assert_eq!(nccl["loaded"], false, "{r}");
+    let e = nccl["error"].as_str().unwrap();
+    let dir = libs.path().display();
+    assert!(
+        e.contains(&format!("ln -s {dir}/libnccl.so.2 {dir}/libnccl.so")),
+        "{e}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed check fails the doctor"
+    );
+}
