@@ -43,6 +43,7 @@ fn shipped_configs_enable_what_they_promise() {
     assert_eq!(objectives(&load("clip-vit-b16.toml")), ["itc"]);
     assert_eq!(objectives(&load("albef-base.toml")), ["itc", "itm", "mlm"]);
     assert_eq!(objectives(&load("blip-base.toml")), ["itc", "itm", "lm"]);
+    assert_eq!(objectives(&load("fashion-mnist.toml")), ["itc"]);
 }
 
 #[test]

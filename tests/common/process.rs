@@ -51,3 +51,23 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8(out.stdout.clone()).unwrap()
 }
+
+/// The repository (where `datasets/sample` and `configs/` are).
+pub fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `weft args...` in the repository within `limit`; its stdout (failing with its stderr).
+pub fn weft_ok(args: &[&str], limit: Duration) -> String {
+    ok(&weft_within(&repo(), args, limit))
+}
+
+/// `weft train --run-dir RUN --set S...` in the repository (the default config, the sample
+/// dataset), within 5 minutes.
+pub fn train_with_sets<S: AsRef<str>>(run: &Path, sets: &[S]) {
+    let mut args = vec!["train", "--run-dir", run.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s.as_ref()]);
+    }
+    weft_ok(&args, Duration::from_secs(300));
+}

@@ -8,6 +8,7 @@ mod backend;
 mod bench;
 mod ckpt;
 mod doctor;
+mod eval;
 mod launch;
 mod train;
 
@@ -57,7 +58,7 @@ enum Command {
     /// Run a job's coordinator on its own (jobs of several nodes without `weft launch`).
     Coordinator(launch::CoordinatorArgs),
     /// Retrieval Recall@1/5/10 of saved weights on any image-caption data.
-    Eval(train::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Inspect, verify or export checkpoints.
     #[command(subcommand)]
     Ckpt(ckpt::CkptCommand),
@@ -124,6 +125,29 @@ enum DataCommand {
         /// Image encoding.
         #[arg(long, value_enum, default_value_t = FormatArg::Png)]
         format: FormatArg,
+    },
+    /// Convert an MNIST-style IDX image/label pair (Fashion-MNIST: Debian's
+    /// dataset-fashion-mnist) into Parquet: PNG images, captions from templates, a `label`
+    /// column with the class names.
+    ImportIdx {
+        /// The `*-images-idx3-ubyte[.gz]` file.
+        #[arg(long)]
+        images: PathBuf,
+        /// The `*-labels-idx1-ubyte[.gz]` file.
+        #[arg(long)]
+        labels: PathBuf,
+        /// The Parquet file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Class names by label: `fashion-mnist`, `mnist`, or a comma-separated list.
+        #[arg(long, default_value = "fashion-mnist")]
+        classes: String,
+        /// Import the first N images only.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Rows per row group.
+        #[arg(long, default_value_t = 1000)]
+        row_group_size: usize,
     },
     /// Train a tokenizer on the captions of a dataset, or encode a caption with one.
     Tokenizer {
@@ -386,7 +410,7 @@ fn run_simple(command: Command, cfg_args: &ConfigArgs, config: &Config) -> anyho
         Command::Bench(BenchCommand::Allreduce(args)) => allreduce::run(args),
         Command::Bench(BenchCommand::Ckpt(args)) => ckpt::bench(args),
         Command::Params { json } => train::params(&config, json),
-        Command::Eval(args) => train::eval(args, cfg_args.config.clone(), &cfg_args.sets),
+        Command::Eval(args) => eval::eval(args, cfg_args.config.clone(), &cfg_args.sets),
         Command::Ckpt(cmd) => ckpt::run(cmd),
         Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) | Command::Doctor(_) => {
             unreachable!("handled by run")
@@ -445,6 +469,32 @@ fn data(cmd: DataCommand, config: &Config) -> anyhow::Result<()> {
                 files.len(),
                 out.display()
             );
+            Ok(())
+        }
+        DataCommand::ImportIdx {
+            images,
+            labels,
+            out,
+            classes,
+            limit,
+            row_group_size,
+        } => {
+            let classes: Vec<String> = match classes.as_str() {
+                "fashion-mnist" => weft_data::idx::FASHION_MNIST_CLASSES
+                    .map(String::from)
+                    .to_vec(),
+                "mnist" => weft_data::idx::MNIST_CLASSES.map(String::from).to_vec(),
+                list => list.split(',').map(|c| c.trim().to_string()).collect(),
+            };
+            let opts = weft_data::idx::ImportOptions {
+                images,
+                labels,
+                classes,
+                limit,
+                row_group_size,
+            };
+            let n = weft_data::idx::import(&opts, &out)?;
+            println!("wrote {} ({n} rows)", out.display());
             Ok(())
         }
         DataCommand::Tokenizer {

@@ -13,9 +13,9 @@ use clap::Args;
 use weft_collective::Collective;
 use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{job_token, Job, JobOptions, LaunchEnv, Launcher};
-use weft_data::{Split, TextEncoder};
+use weft_data::TextEncoder;
 use weft_train::dist::GradReduce;
-use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
+use weft_train::trainer::build_model;
 use weft_train::{Rank, TrainOptions, TrainSummary};
 
 use crate::backend::{with_backend, GpuRank, OnBackend};
@@ -60,21 +60,6 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 /// and well-formed.
 fn test_hook<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// Arguments of `weft eval`.
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    /// Weights saved by `weft train` (RUN_DIR/model.safetensors) or their run directory; the
-    /// model config is RUN_DIR/config.toml unless --config is given.
-    #[arg(long, value_name = "PATH")]
-    checkpoint: PathBuf,
-    /// Parquet files, directories or globs of image-caption pairs (default: data.val).
-    #[arg(long, num_args = 1.., value_name = "PATHS")]
-    data: Vec<String>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Arguments of `weft bench train`.
@@ -321,102 +306,6 @@ impl OnBackend for TrainRun<'_> {
         drop(nccl_parts);
         job.finish(job_options.heartbeat_timeout)?;
         Ok(summary)
-    }
-}
-
-/// `weft eval`.
-///
-/// The model config is `--config` if given, else the run directory's config.toml; `--set`
-/// overrides apply to either.
-pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<()> {
-    let (weights, dir) = if args.checkpoint.is_dir() {
-        (args.checkpoint.join(MODEL_FILE), args.checkpoint.clone())
-    } else {
-        let dir = args
-            .checkpoint
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        (args.checkpoint.clone(), dir)
-    };
-    if !weights.exists() {
-        bail!("checkpoint {} does not exist", weights.display());
-    }
-    let file = config_file.unwrap_or_else(|| dir.join(weft_config::RUN_CONFIG_FILE));
-    let mut config = ConfigLoader::new()
-        .file(&file)
-        .overrides(sets.iter().cloned())
-        .load()
-        .with_context(|| format!("the model config of {}", weights.display()))?;
-    let tokenizer = dir.join(TOKENIZER_FILE);
-    if tokenizer.exists() {
-        config.data.tokenizer = Some(tokenizer.display().to_string());
-    }
-    weft_train::init_threads(config.train.threads);
-    let data = if args.data.is_empty() {
-        config.data.val.clone()
-    } else {
-        args.data.clone()
-    };
-    if data.is_empty() {
-        bail!("no data: pass --data PATHS (or set data.val)");
-    }
-    let loader = weft_data::loader_from_config(&config, Split::Val, &data)?;
-    let vocab = loader
-        .text()
-        .map(TextEncoder::vocab_size)
-        .context("data.tokenizer: evaluation needs the tokenizer")?;
-    let r = with_backend(
-        &config,
-        0,
-        EvalRun {
-            config: &config,
-            loader: &loader,
-            vocab,
-            weights: &weights,
-        },
-    )?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!("{} image-caption pairs from {}", r.n, data.join(" "));
-        println!(
-            "image->text R@1 {:6.2}  R@5 {:6.2}  R@10 {:6.2}",
-            r.i2t_r1, r.i2t_r5, r.i2t_r10
-        );
-        println!(
-            "text->image R@1 {:6.2}  R@5 {:6.2}  R@10 {:6.2}",
-            r.t2i_r1, r.t2i_r5, r.t2i_r10
-        );
-        println!("chance      R@1 {:6.2}", r.chance_r1);
-    }
-    Ok(())
-}
-
-/// `weft eval` on one backend.
-struct EvalRun<'a> {
-    config: &'a Config,
-    loader: &'a weft_data::Loader,
-    vocab: usize,
-    weights: &'a Path,
-}
-
-impl OnBackend for EvalRun<'_> {
-    type Output = weft_train::Retrieval;
-
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        _gpu: Option<GpuRank<B::InnerBackend>>,
-    ) -> anyhow::Result<weft_train::Retrieval> {
-        let mut model = build_model::<B::InnerBackend>(self.config, self.vocab, &device);
-        load_model(&mut model, self.weights)?;
-        Ok(weft_train::evaluate_retrieval(
-            &model,
-            self.config,
-            self.loader,
-            &device,
-        )?)
     }
 }
 

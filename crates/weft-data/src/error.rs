@@ -54,6 +54,16 @@ pub enum DataError {
         /// The columns the file has.
         present: Vec<String>,
     },
+    /// The label column of a classification dataset is missing.
+    #[error("{path}: no label column {column:?} (--label-column); columns present: [{}]", present.join(", "))]
+    MissingLabelColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column asked for.
+        column: String,
+        /// The columns the file has.
+        present: Vec<String>,
+    },
     /// A column has a type the pipeline cannot read.
     #[error("{path}: column {column:?} has type {found}, expected {expected}")]
     ColumnType {

@@ -11,6 +11,8 @@
 //! - [`loader`]: the bounded, multi-threaded pipeline that yields [`Batch`]es.
 //! - [`inspect`]: what `weft data inspect` reports.
 //! - [`synth`]: a synthetic, learnable dataset of coloured shapes.
+//! - [`labels`]: a label column beside the image-text columns (zero-shot classification).
+//! - [`idx`]: MNIST-style IDX files (Fashion-MNIST) to Parquet with labels.
 //!
 //! ```no_run
 //! use weft_data::{DataCursor, Split};
@@ -26,8 +28,10 @@
 
 pub mod catalog;
 pub mod error;
+pub mod idx;
 pub mod image;
 pub mod inspect;
+pub mod labels;
 pub mod layout;
 pub mod loader;
 pub mod plan;

@@ -260,18 +260,40 @@ pub fn write_hf_parquet_with_paths(
     rows: &[HfRow],
     row_group_size: usize,
 ) -> Result<()> {
+    write_hf_parquet_with_columns(path, rows, &[], row_group_size)
+}
+
+/// [`write_hf_parquet_with_paths`] with more string columns after `text` (e.g. a `label`
+/// column for zero-shot classification), each with one value per row.
+pub fn write_hf_parquet_with_columns(
+    path: &Path,
+    rows: &[HfRow],
+    extra: &[(&str, Vec<Option<String>>)],
+    row_group_size: usize,
+) -> Result<()> {
     let err = |message: String| DataError::Write {
         path: path.to_path_buf(),
         message,
     };
+    if let Some((name, _)) = extra.iter().find(|(_, v)| v.len() != rows.len()) {
+        return Err(err(format!(
+            "column {name:?} has another length than the rows"
+        )));
+    }
     let image_fields = Fields::from(vec![
         Field::new("bytes", DataType::Binary, true),
         Field::new("path", DataType::Utf8, true),
     ]);
-    let schema = Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("image", DataType::Struct(image_fields.clone()), true),
         Field::new("text", DataType::Utf8, true),
-    ]));
+    ];
+    fields.extend(
+        extra
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Utf8, true)),
+    );
+    let schema = Arc::new(Schema::new(fields));
     let file = File::create(path).map_err(|e| err(e.to_string()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -279,7 +301,8 @@ pub fn write_hf_parquet_with_paths(
         .build();
     let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
         .map_err(|e| err(e.to_string()))?;
-    for chunk in rows.chunks(row_group_size.max(1)) {
+    let group = row_group_size.max(1);
+    for (g, chunk) in rows.chunks(group).enumerate() {
         let bytes = BinaryArray::from_iter(chunk.iter().map(|r| r.0.as_deref()));
         let paths = StringArray::from_iter(chunk.iter().map(|r| r.1.as_deref()));
         let image = StructArray::new(
@@ -288,11 +311,14 @@ pub fn write_hf_parquet_with_paths(
             None,
         );
         let text = StringArray::from_iter(chunk.iter().map(|r| r.2.as_deref()));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(image) as ArrayRef, Arc::new(text) as ArrayRef],
-        )
-        .map_err(|e| err(e.to_string()))?;
+        let mut columns = vec![Arc::new(image) as ArrayRef, Arc::new(text) as ArrayRef];
+        let range = g * group..g * group + chunk.len();
+        for (_, values) in extra {
+            let col = StringArray::from_iter(values[range.clone()].iter().map(Option::as_deref));
+            columns.push(Arc::new(col) as ArrayRef);
+        }
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| err(e.to_string()))?;
         writer.write(&batch).map_err(|e| err(e.to_string()))?;
         writer.flush().map_err(|e| err(e.to_string()))?;
     }

@@ -9,8 +9,10 @@
 //! - [`model`]: [`VlModel`], built from a [`VlModelConfig`] with only the modules that the
 //!   enabled objectives need.
 //! - [`objectives`]: ITC, ITM with hard negatives, MLM, LM and MIM, and their weighted sum.
+//! - [`decode`]: captions from the decoder, greedy or by beam search.
 
 pub mod block;
+pub mod decode;
 pub mod fusion;
 pub mod heads;
 pub mod model;
@@ -18,6 +20,7 @@ pub mod objectives;
 pub mod text;
 pub mod vision;
 
+pub use decode::DecodeOptions;
 pub use model::{Objectives, VlModel, VlModelConfig};
 pub use objectives::{
     Exchange, FeatureGather, LossOutput, ObjectiveBatch, Sampling, SpecialTokens,

@@ -249,6 +249,59 @@ impl<B: Backend> VlModel<B> {
         Some(itc.text_embedding(self.text_cls(text, ids, padding)))
     }
 
+    /// Whether the ITM head (and the fusion encoder it reads) exists.
+    pub fn has_itm(&self) -> bool {
+        self.itm.is_some() && self.fusion.is_some()
+    }
+
+    /// Every output token of the image encoder, `[B, N, W]`.
+    pub fn image_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.vision.forward(images)
+    }
+
+    /// Every output token of the text encoder, `[B, L, W]`; None without a text encoder.
+    pub fn text_tokens(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        padding: Option<Tensor<B, 2, Bool>>,
+    ) -> Option<Tensor<B, 3>> {
+        Some(self.text.as_ref()?.forward(ids, padding))
+    }
+
+    /// ITM scores of image-text pairs: pair `p` fuses text `text_index[p]` of `text_tokens`
+    /// (`[T, L, W]`, `padding` `[T, L]`, true = pad) with image `image_index[p]` of
+    /// `image_tokens` (`[I, N, W]`); its score is the log-odds of "match", the head's logit of
+    /// the matching class minus the other's. `[P]`; None without an ITM head.
+    pub fn itm_scores(
+        &self,
+        image_tokens: Tensor<B, 3>,
+        text_tokens: Tensor<B, 3>,
+        padding: Tensor<B, 2, Bool>,
+        text_index: &[usize],
+        image_index: &[usize],
+    ) -> Option<Tensor<B, 1>> {
+        let (fusion, head) = (self.fusion.as_ref()?, self.itm.as_ref()?);
+        assert_eq!(
+            text_index.len(),
+            image_index.len(),
+            "itm_scores: one image per text"
+        );
+        let device = text_tokens.device();
+        let [_, _, w] = text_tokens.dims();
+        let p = text_index.len();
+        let rows = weft_kernels::reference::index_tensor::<B>(text_index, &device);
+        let bias =
+            crate::block::AttentionBias::new(Some(padding), None, &device).select(rows.clone());
+        let fused = fusion.forward_pairs(
+            text_tokens.select(0, rows),
+            &bias,
+            image_tokens,
+            Some(image_index),
+        );
+        let logits = crate::block::head_linear(head, fused.narrow(1, 0, 1).reshape([p, w]));
+        Some((logits.clone().narrow(1, 1, 1) - logits.narrow(1, 0, 1)).reshape([p]))
+    }
+
     /// The image encoder's CLS output `[B, 1, W]` (see [`VlModelConfig::prune_unread_tokens`]).
     pub(crate) fn image_cls(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
         if self.prune_unread_tokens {

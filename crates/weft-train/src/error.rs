@@ -24,6 +24,9 @@ pub enum TrainError {
     /// The model has no ITC head, so there are no retrieval embeddings.
     #[error("the model has no ITC head (loss.itc and loss.itm are 0): no retrieval embeddings")]
     NoEmbeddings,
+    /// Captioning needs the captioning decoder.
+    #[error("the model has no captioning decoder (loss.lm is 0): nothing generates captions")]
+    NoDecoder,
     /// The training split gives no optimizer step.
     #[error("the training data gives no optimizer step: {rows} rows with a global batch of {batch} and train.grad_accum = {accum}")]
     NoSteps {
