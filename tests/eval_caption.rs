@@ -1,7 +1,8 @@
 //! Captioning end to end with the real binary: a small captioning model trained for a few
 //! steps on the sample dataset, then `weft eval --task caption` with greedy decoding and beam
-//! search, scored with BLEU, ROUGE-L and CIDEr-D against the validation captions; a model
-//! without the LM objective is refused with an error that says why.
+//! search, scored with BLEU, ROUGE-L and CIDEr-D against the validation captions, on one rank
+//! and sharded across three (the same numbers); a model without the LM objective is refused
+//! with an error that says why.
 
 mod common;
 
@@ -31,21 +32,19 @@ fn captions_of_a_trained_decoder_are_scored_greedy_and_by_beam_search() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     train(&run, "1.0", "0", 150);
-    let out = weft_ok(
-        &[
-            "eval",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--data",
-            "datasets/sample/val",
-            "--task",
-            "caption",
-            "--beams",
-            "2",
-            "--json",
-        ],
-        Duration::from_secs(300),
-    );
+    let eval = [
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        "datasets/sample/val",
+        "--task",
+        "caption",
+        "--beams",
+        "2",
+        "--json",
+    ];
+    let out = weft_ok(&eval, Duration::from_secs(300));
     let c: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(c["images"], 500, "{c}");
     assert_eq!(c["greedy"]["n"], 500);
@@ -64,6 +63,13 @@ fn captions_of_a_trained_decoder_are_scored_greedy_and_by_beam_search() {
     }
     let e = &c["examples"][0];
     assert!(!e["greedy"].as_str().unwrap().is_empty(), "{e}");
+
+    // Sharded across 3 ranks under weft launch: the same captions and scores, to the bit.
+    let mut launch = vec!["launch", "--nproc-per-node", "3", "--"];
+    launch.extend(eval);
+    let sharded: serde_json::Value =
+        serde_json::from_str(&weft_ok(&launch, Duration::from_secs(300))).unwrap();
+    assert_eq!(sharded, c);
 
     // An ITC-only model has no decoder.
     let itc = dir.path().join("itc");

@@ -1,5 +1,6 @@
-//! `weft eval` retrieval with the real binary: Recall@K, mean and median ranks both ways, and
-//! ALBEF's re-ranking of the top K by the ITM head.
+//! `weft eval` retrieval with the real binary: Recall@K, mean and median ranks both ways,
+//! ALBEF's re-ranking of the top K by the ITM head, and the evaluation sharded across the
+//! ranks of `weft launch`, which must give one rank's numbers.
 
 mod common;
 
@@ -83,4 +84,51 @@ fn itm_re_ranking_reorders_only_the_top_k() {
         r.get("itm_rerank").is_none() && r.get("i2t_r1").is_some(),
         "{r}"
     );
+}
+
+#[test]
+fn retrieval_sharded_across_ranks_gives_one_ranks_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_with_sets(
+        &run,
+        &[
+            "data.val=[]",
+            "train.max_steps=20",
+            "train.threads=1",
+            "loss.lm=0",
+            "loss.mim=0",
+        ],
+    );
+    let eval = [
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        "datasets/sample/val",
+        "--json",
+    ];
+    let one = weft_ok(&eval, Duration::from_secs(300));
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["n"], 500, "{one}");
+    // 500 rows in batches of 64: 2 ranks get 4 batches each, 3 ranks 3, 3 and 2 (the last
+    // padded); every number must be the same, mean ranks included.
+    for ranks in ["2", "3"] {
+        let mut args = vec!["launch", "--nproc-per-node", ranks, "--"];
+        args.extend(eval);
+        let many = weft_ok(&args, Duration::from_secs(300));
+        let many: serde_json::Value = serde_json::from_str(&many).unwrap();
+        assert_eq!(many, one, "{ranks} ranks");
+    }
+    // ITM re-ranking: every rank embeds all rows and re-scores its share of the queries.
+    let mut rerank = eval.to_vec();
+    rerank.extend(["--rerank-k", "5"]);
+    let one: serde_json::Value =
+        serde_json::from_str(&weft_ok(&rerank, Duration::from_secs(300))).unwrap();
+    assert!(one["itm_rerank"]["n"] == 500, "{one}");
+    let mut args = vec!["launch", "--nproc-per-node", "3", "--"];
+    args.extend(rerank);
+    let many: serde_json::Value =
+        serde_json::from_str(&weft_ok(&args, Duration::from_secs(300))).unwrap();
+    assert_eq!(many, one, "re-ranked on 3 ranks");
 }

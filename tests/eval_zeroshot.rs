@@ -51,9 +51,11 @@ fn weft(args: &[&str]) -> String {
     ok(&weft_within(&repo(), args, Duration::from_secs(300)))
 }
 
-/// `weft eval --task zeroshot` of `run` on `data`, with more arguments.
-fn zero_shot(run: &Path, data: &Path, more: &[&str]) -> Output {
-    let mut args = vec![
+/// `weft eval --task zeroshot` of `run` on `data`, with more arguments; after `launch` (e.g.
+/// `["launch", "--nproc-per-node", "3", "--"]`) if given.
+fn zero_shot(launch: &[&str], run: &Path, data: &Path, more: &[&str]) -> Output {
+    let mut args = launch.to_vec();
+    args.extend([
         "eval",
         "--checkpoint",
         run.to_str().unwrap(),
@@ -61,7 +63,7 @@ fn zero_shot(run: &Path, data: &Path, more: &[&str]) -> Output {
         data.to_str().unwrap(),
         "--task",
         "zeroshot",
-    ];
+    ]);
     args.extend(more);
     weft_within(&repo(), &args, Duration::from_secs(300))
 }
@@ -136,11 +138,8 @@ fn a_model_trained_on_captions_classifies_held_out_images_zero_shot() {
     weft(&argv);
 
     let test = d.join("test");
-    let out = ok(&zero_shot(
-        &run,
-        &test,
-        &["--prompts", "a photo of a {}.", "--prompts", "{}", "--json"],
-    ));
+    let prompts = ["--prompts", "a photo of a {}.", "--prompts", "{}", "--json"];
+    let out = ok(&zero_shot(&[], &run, &test, &prompts));
     let z: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(z["n"], 96, "{z}");
     assert_eq!(z["chance_top1"], 25.0, "{z}");
@@ -152,8 +151,14 @@ fn a_model_trained_on_captions_classifies_held_out_images_zero_shot() {
     assert!(top1 >= 75.0, "zero-shot top-1 {top1}% (chance 25%): {z}");
     assert_eq!(z["top5"], 100.0, "4 classes are all in the top 5");
 
+    // Sharded across 3 ranks (96 images in batches of 32: one batch each): the same result.
+    let launch = ["launch", "--nproc-per-node", "3", "--"];
+    let sharded = ok(&zero_shot(&launch, &run, &test, &prompts));
+    let sharded: serde_json::Value = serde_json::from_str(&sharded).unwrap();
+    assert_eq!(sharded, z);
+
     // A missing label column is named, with the columns there are.
-    let o = zero_shot(&run, &test, &["--label-column", "class"]);
+    let o = zero_shot(&[], &run, &test, &["--label-column", "class"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(

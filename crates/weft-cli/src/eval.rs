@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use weft_collective::{Collective, SingleRank};
 use weft_config::{Config, ConfigLoader};
+use weft_coordinator::LaunchEnv;
 use weft_data::{Split, TextEncoder};
 use weft_train::eval::{Captioning, ZeroShot};
 use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
@@ -154,14 +156,40 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
                 .unwrap_or(config.model.text.context_length.saturating_sub(1)),
         },
     };
+    // Under `weft launch` every rank embeds its share of the rows; rank 0 prints.
+    let env = LaunchEnv::from_env()?;
+    let mut job = if env.world_size > 1 {
+        let (job, options) = crate::train::join_job(&env, &config, None)?;
+        tracing::info!(
+            "rank {} of {} joined the evaluation",
+            env.rank,
+            env.world_size
+        );
+        Some((job, options))
+    } else {
+        None
+    };
+    let mut single = SingleRank;
+    let collective: &mut dyn Collective = match &mut job {
+        Some((job, _)) => job.parts().0,
+        None => &mut single,
+    };
     let run = EvalRun {
         config: &config,
         vocab,
         weights: &weights,
         loader: &loader,
         work,
+        collective,
     };
-    match with_backend(&config, 0, run)? {
+    let output = with_backend(&config, env.local_rank, run)?;
+    if let Some((job, options)) = job {
+        job.finish(options.heartbeat_timeout)?;
+    }
+    if env.rank > 0 {
+        return Ok(());
+    }
+    match output {
         Output::Retrieval(r, rerank) => print_retrieval_report(&args, &data, r, rerank),
         Output::ZeroShot(z) => print_zero_shot(&args, &data, &z),
         Output::Caption(c) => print_captioning(&args, &data, &c),
@@ -294,6 +322,8 @@ struct EvalRun<'a> {
     weights: &'a Path,
     loader: &'a weft_data::Loader,
     work: Work,
+    /// The job's ranks (one alone without `weft launch`).
+    collective: &'a mut dyn Collective,
 }
 
 impl OnBackend for EvalRun<'_> {
@@ -310,8 +340,14 @@ impl OnBackend for EvalRun<'_> {
         use weft_train::eval as e;
         Ok(match self.work {
             Work::Retrieval { rerank_k } => {
-                let (r, x) =
-                    e::evaluate_retrieval_rerank(&model, config, loader, &device, rerank_k)?;
+                let (r, x) = e::evaluate_retrieval_rerank(
+                    &model,
+                    config,
+                    loader,
+                    &device,
+                    rerank_k,
+                    self.collective,
+                )?;
                 Output::Retrieval(r, x)
             }
             Work::ZeroShot {
@@ -319,10 +355,25 @@ impl OnBackend for EvalRun<'_> {
                 classes,
                 prompts,
             } => Output::ZeroShot(e::evaluate_zero_shot(
-                &model, config, loader, &labels, classes, &prompts, &device,
+                &model,
+                config,
+                loader,
+                e::ZeroShotTask {
+                    labels: &labels,
+                    classes,
+                    prompts: &prompts,
+                },
+                &device,
+                self.collective,
             )?),
             Work::Caption { beams, max_len } => Output::Caption(e::evaluate_captioning(
-                &model, config, loader, beams, max_len, &device,
+                &model,
+                config,
+                loader,
+                beams,
+                max_len,
+                &device,
+                self.collective,
             )?),
         })
     }

@@ -211,11 +211,20 @@ pub fn launch(args: LaunchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Only `weft train` has a run directory.
+    let trains = args.command.iter().any(|a| a == "train");
+    let dir_note = if trains {
+        format!(
+            ", run dir {} unless the command gives --run-dir",
+            run_dir.display()
+        )
+    } else {
+        String::new()
+    };
     tracing::info!(
-        "launched ranks {}..{} of {world} (coordinator {coordinator}, run dir {} unless the command gives --run-dir)",
+        "launched ranks {}..{} of {world} (coordinator {coordinator}{dir_note})",
         args.node_rank * n,
         args.node_rank * n + n,
-        run_dir.display()
     );
     let code = supervise(&mut workers, signals);
     if let Some(h) = hosted {

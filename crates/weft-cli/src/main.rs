@@ -1,6 +1,7 @@
 //! `weft`: the one binary of the weft vision-language pretraining framework.
 //!
-//! Commands: `weft train`, `weft launch`, `weft coordinator`, `weft eval`, `weft data inspect|synth|tokenizer`,
+//! Commands: `weft train`, `weft launch`, `weft coordinator`, `weft eval`, `weft report`,
+//! `weft data inspect|synth|tokenizer|import-idx`,
 //! `weft bench data|train|allreduce|ckpt`, `weft ckpt`, `weft params`, `weft doctor`, `weft config`.
 
 mod allreduce;
@@ -10,6 +11,7 @@ mod ckpt;
 mod doctor;
 mod eval;
 mod launch;
+mod report;
 mod train;
 
 use std::io::IsTerminal;
@@ -57,8 +59,12 @@ enum Command {
     Launch(launch::LaunchArgs),
     /// Run a job's coordinator on its own (jobs of several nodes without `weft launch`).
     Coordinator(launch::CoordinatorArgs),
-    /// Retrieval Recall@1/5/10 of saved weights on any image-caption data.
+    /// Evaluate saved weights: retrieval Recall@K and ranks (with ITM re-ranking), zero-shot
+    /// classification, captioning metrics.
     Eval(eval::EvalArgs),
+    /// One self-contained HTML page of a run: plots of every loss, lr, grad norm, samples/s,
+    /// data wait and evaluation metric over steps; the config and the environment.
+    Report(report::ReportArgs),
     /// Inspect, verify or export checkpoints.
     #[command(subcommand)]
     Ckpt(ckpt::CkptCommand),
@@ -412,6 +418,7 @@ fn run_simple(command: Command, cfg_args: &ConfigArgs, config: &Config) -> anyho
         Command::Params { json } => train::params(&config, json),
         Command::Eval(args) => eval::eval(args, cfg_args.config.clone(), &cfg_args.sets),
         Command::Ckpt(cmd) => ckpt::run(cmd),
+        Command::Report(args) => report::report(args),
         Command::Train(_) | Command::Launch(_) | Command::Coordinator(_) | Command::Doctor(_) => {
             unreachable!("handled by run")
         }

@@ -226,23 +226,7 @@ impl OnBackend for TrainRun<'_> {
             (Some(g), 0) => Some((g.nccl_id)()?),
             _ => None,
         };
-        let job_options = JobOptions {
-            token: job_token(env),
-            heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
-            heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
-            rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
-            collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
-            nccl_id,
-        };
-        let mut job = Job::join(
-            env.clone(),
-            &job_options,
-            Box::new(move |why| {
-                tracing::error!("rank {rank}: the job was aborted: {why}");
-                eprintln!("error: rank {rank}: the job was aborted: {why}");
-                std::process::exit(1);
-            }),
-        )?;
+        let (mut job, job_options) = join_job(env, config, nccl_id)?;
         tracing::info!(
             "rank {rank} of {} joined (coordinator {}, threads {})",
             env.world_size,
@@ -307,6 +291,35 @@ impl OnBackend for TrainRun<'_> {
         job.finish(job_options.heartbeat_timeout)?;
         Ok(summary)
     }
+}
+
+/// Join the job of `env` (rendezvous with the coordinator): the ring, planner and committer
+/// of this rank. A job aborted by the coordinator (a peer died) ends this process.
+pub(crate) fn join_job(
+    env: &LaunchEnv,
+    config: &Config,
+    nccl_id: Option<String>,
+) -> anyhow::Result<(Job, JobOptions)> {
+    let d = &config.dist;
+    let rank = env.rank;
+    let job_options = JobOptions {
+        token: job_token(env),
+        heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
+        heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
+        rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
+        collective_timeout: Duration::from_secs_f64(d.collective_timeout_s),
+        nccl_id,
+    };
+    let job = Job::join(
+        env.clone(),
+        &job_options,
+        Box::new(move |why| {
+            tracing::error!("rank {rank}: the job was aborted: {why}");
+            eprintln!("error: rank {rank}: the job was aborted: {why}");
+            std::process::exit(1);
+        }),
+    )?;
+    Ok((job, job_options))
 }
 
 /// `weft params`: build the model on the CPU and count. The vocabulary is

@@ -6,7 +6,9 @@
 //! character that is not a letter, digit or in-word apostrophe, which is close to (not the same
 //! as) the Stanford PTB tokenizer `pycocoevalcap` runs first: PTB also splits contractions.
 
-use std::collections::{HashMap, HashSet};
+// Ordered maps: the sums over n-grams run in one order, so that a score has the same bits
+// in every process (a HashMap's order, and so the rounding, changes from run to run).
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A caption as tokens.
 pub type Tokens = Vec<String>;
@@ -35,8 +37,8 @@ pub fn tokenize(s: &str) -> Tokens {
 type Ngram<'a> = &'a [String];
 
 /// Counts of the n-grams of `tokens` for n in 1..=max_n.
-fn ngram_counts(tokens: &[String], max_n: usize) -> HashMap<Ngram<'_>, usize> {
-    let mut counts = HashMap::new();
+fn ngram_counts(tokens: &[String], max_n: usize) -> BTreeMap<Ngram<'_>, usize> {
+    let mut counts = BTreeMap::new();
     for n in 1..=max_n {
         for g in tokens.windows(n) {
             *counts.entry(g).or_insert(0) += 1;
@@ -69,7 +71,7 @@ pub fn bleu_counts(candidates: &[Tokens], references: &[Vec<Tokens>]) -> BleuCou
     );
     let mut c = BleuCounts::default();
     for (cand, refs) in candidates.iter().zip(references) {
-        let mut max_counts: HashMap<Ngram<'_>, usize> = HashMap::new();
+        let mut max_counts: BTreeMap<Ngram<'_>, usize> = BTreeMap::new();
         for r in refs {
             for (g, n) in ngram_counts(r, 4) {
                 let m = max_counts.entry(g).or_insert(0);
@@ -178,12 +180,12 @@ pub fn rouge_l_corpus(candidates: &[Tokens], references: &[Vec<Tokens>]) -> f64 
 /// TF-IDF vectors of one caption, per n (pycocoevalcap's `counts2vec`), with their norms and
 /// the caption's "length" as pycocoevalcap counts it: the number of its bigrams.
 struct Vectors<'a> {
-    vec: [HashMap<Ngram<'a>, f64>; 4],
+    vec: [BTreeMap<Ngram<'a>, f64>; 4],
     norm: [f64; 4],
     length: f64,
 }
 
-fn vectors<'a>(tokens: &'a [String], df: &HashMap<Ngram<'_>, usize>, ref_len: f64) -> Vectors<'a> {
+fn vectors<'a>(tokens: &'a [String], df: &BTreeMap<Ngram<'_>, usize>, ref_len: f64) -> Vectors<'a> {
     let mut v = Vectors {
         vec: Default::default(),
         norm: [0.0; 4],
@@ -220,9 +222,9 @@ pub fn cider_d(candidates: &[Tokens], references: &[Vec<Tokens>]) -> (f64, Vec<f
     if candidates.is_empty() {
         return (0.0, Vec::new());
     }
-    let mut df: HashMap<Ngram<'_>, usize> = HashMap::new();
+    let mut df: BTreeMap<Ngram<'_>, usize> = BTreeMap::new();
     for refs in references {
-        let grams: HashSet<Ngram<'_>> = refs
+        let grams: BTreeSet<Ngram<'_>> = refs
             .iter()
             .flat_map(|r| ngram_counts(r, 4).into_keys())
             .collect();

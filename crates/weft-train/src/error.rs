@@ -27,6 +27,12 @@ pub enum TrainError {
     /// Captioning needs the captioning decoder.
     #[error("the model has no captioning decoder (loss.lm is 0): nothing generates captions")]
     NoDecoder,
+    /// The ranks' shares of an evaluation set do not fit together.
+    #[error("sharded evaluation: {reason}")]
+    EvalShards {
+        /// What is wrong.
+        reason: String,
+    },
     /// The training split gives no optimizer step.
     #[error("the training data gives no optimizer step: {rows} rows with a global batch of {batch} and train.grad_accum = {accum}")]
     NoSteps {

@@ -1,10 +1,19 @@
-//! Retrieval evaluation: Recall@K image-to-text and text-to-image from ITC embeddings.
+//! Evaluation of a model on a validation set: retrieval Recall@K and ranks both ways (with
+//! ALBEF's ITM re-ranking), zero-shot classification, captioning.
+//!
+//! Every evaluation runs sharded across the ranks of a job: each rank embeds (or captions) its
+//! share of the rows ([`eval_batches`]), [`gather_rows`] / [`gather_strings`] bring every
+//! rank's results together in the order of their [`RowId`]s, and every rank computes the same
+//! numbers from them, as one rank alone does (it goes through the same gather). ITM
+//! re-ranking, which needs every row's tokens, embeds all rows on every rank and shares out
+//! the re-scoring of the queries (as ALBEF does).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
+use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::Config;
-use weft_data::{DataCursor, Loader, Split};
+use weft_data::{BatchStream, DataCursor, Loader, RowId, Split};
 use weft_model::objectives::ObjectiveBatch;
 use weft_model::VlModel;
 
@@ -105,7 +114,117 @@ pub fn evaluate_retrieval<B: Backend>(
     loader: &Loader,
     device: &B::Device,
 ) -> Result<Retrieval, TrainError> {
-    Ok(evaluate_retrieval_rerank(model, config, loader, device, None)?.0)
+    Ok(evaluate_retrieval_rerank(model, config, loader, device, None, &mut SingleRank)?.0)
+}
+
+/// This rank's share of `loader`'s rows for an evaluation over the ranks of `collective`: the
+/// validation plan (no shuffle, the last batch padded) cut for that many ranks.
+pub fn eval_batches(
+    config: &Config,
+    loader: &Loader,
+    collective: &dyn Collective,
+) -> Result<BatchStream, TrainError> {
+    let options = weft_data::plan_options(config, Split::Val, collective.world_size());
+    let cursor = DataCursor::new(loader.catalog(), options, 0);
+    Ok(loader.stream(&cursor, collective.rank())?)
+}
+
+/// Every rank's rows, gathered on every rank in [`RowId`] order. `rows[i]` is the id of this
+/// rank's `i`-th row and `values[i * width..]` its `width` values; the result holds the ids and
+/// values of all ranks' rows, sorted by id (so one rank alone gets its rows in that order too).
+pub fn gather_rows(
+    collective: &mut dyn Collective,
+    rows: &[RowId],
+    values: &[f32],
+    width: usize,
+) -> Result<(Vec<RowId>, Vec<f32>), TrainError> {
+    // Ids travel as f32: the unit and two 24-bit halves of the row, all exact.
+    const EXACT: u64 = 1 << 24;
+    if let Some(id) = rows
+        .iter()
+        .find(|id| u64::from(id.unit) >= EXACT || id.row >= EXACT * EXACT)
+    {
+        return Err(TrainError::EvalShards {
+            reason: format!("row {id:?} is past the 2^24 units or 2^48 rows that travel exactly"),
+        });
+    }
+    let mut meta = [rows.len() as f32, width as f32];
+    collective.all_reduce(&mut meta, ReduceOp::Max)?;
+    let (most, width) = (meta[0] as usize, meta[1] as usize);
+    if values.len() != rows.len() * width {
+        return Err(TrainError::EvalShards {
+            reason: format!(
+                "rank {}: {} values for {} rows of width {width}",
+                collective.rank(),
+                values.len(),
+                rows.len()
+            ),
+        });
+    }
+    let stride = 4 + width;
+    let mut send = vec![0f32; most * stride];
+    for (i, id) in rows.iter().enumerate() {
+        let s = &mut send[i * stride..(i + 1) * stride];
+        s[0] = 1.0;
+        s[1] = id.unit as f32;
+        s[2] = (id.row % EXACT) as f32;
+        s[3] = (id.row / EXACT) as f32;
+        s[4..].copy_from_slice(&values[i * width..(i + 1) * width]);
+    }
+    let mut recv = vec![0f32; collective.world_size() * send.len()];
+    collective.all_gather(&send, &mut recv)?;
+    let mut all: Vec<(RowId, &[f32])> = recv
+        .chunks(stride.max(1))
+        .filter(|c| c[0] == 1.0)
+        .map(|c| {
+            let id = RowId {
+                unit: c[1] as u32,
+                row: c[2] as u64 + c[3] as u64 * EXACT,
+            };
+            (id, &c[4..])
+        })
+        .collect();
+    all.sort_by_key(|(id, _)| (id.unit, id.row));
+    if let Some(w) = all.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(TrainError::EvalShards {
+            reason: format!("row {:?} was evaluated by two ranks", w[0].0),
+        });
+    }
+    let ids = all.iter().map(|(id, _)| *id).collect();
+    let values = all.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    Ok((ids, values))
+}
+
+/// [`gather_rows`] of one string per row: the UTF-8 bytes travel as f32 values, exactly.
+pub fn gather_strings<S: AsRef<str>>(
+    collective: &mut dyn Collective,
+    rows: &[RowId],
+    strings: &[S],
+) -> Result<(Vec<RowId>, Vec<String>), TrainError> {
+    let longest = strings.iter().map(|s| s.as_ref().len()).max().unwrap_or(0);
+    let mut longest = [longest as f32];
+    collective.all_reduce(&mut longest, ReduceOp::Max)?;
+    let width = 1 + longest[0] as usize;
+    let mut values = vec![0f32; rows.len() * width];
+    for (v, s) in values.chunks_mut(width).zip(strings) {
+        let s = s.as_ref();
+        v[0] = s.len() as f32;
+        v[1..]
+            .iter_mut()
+            .zip(s.bytes())
+            .for_each(|(x, b)| *x = f32::from(b));
+    }
+    let (ids, all) = gather_rows(collective, rows, &values, width)?;
+    let strings = all
+        .chunks(width)
+        .map(|v| {
+            let bytes: Vec<u8> = v[1..1 + v[0] as usize].iter().map(|&b| b as u8).collect();
+            String::from_utf8(bytes).map_err(|e| TrainError::EvalShards {
+                reason: format!("a gathered string is not UTF-8: {e}"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((ids, strings))
 }
 
 /// Pairs fused at a time when re-ranking.
@@ -121,19 +240,28 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
     loader: &Loader,
     device: &B::Device,
     rerank_k: Option<usize>,
+    collective: &mut dyn Collective,
 ) -> Result<(Retrieval, Option<Retrieval>), TrainError> {
     if !model.has_embeddings() {
         return Err(TrainError::NoEmbeddings);
     }
     let rerank_k = rerank_k.filter(|&k| k > 0 && model.has_itm());
-    let options = weft_data::plan_options(config, Split::Val, 1);
-    let cursor = DataCursor::new(loader.catalog(), options, 0);
-    let mut image = Vec::new();
-    let mut text = Vec::new();
+    let (rank, world) = (collective.rank(), collective.world_size());
+    // Re-ranking needs every row's tokens on every rank: then (ALBEF's way) each rank embeds
+    // all rows and re-scores its share of the queries, the expensive part.
+    let mut single = SingleRank;
+    let pass: &mut dyn Collective = if rerank_k.is_some() {
+        &mut single
+    } else {
+        collective
+    };
+    // Each row's image and text embedding side by side.
+    let mut both = Vec::new();
+    let mut ids = Vec::new();
     let mut dim = 0;
     // For re-ranking: every image's and caption's tokens, and the captions' padding.
     let (mut image_tokens, mut text_tokens, mut paddings) = (Vec::new(), Vec::new(), Vec::new());
-    for batch in loader.stream(&cursor, 0)? {
+    for batch in eval_batches(config, loader, pass)? {
         let batch = batch?;
         let real: Vec<usize> = (0..batch.len()).filter(|&i| !batch.is_pad[i]).collect();
         if real.is_empty() {
@@ -151,8 +279,9 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
         let img: Vec<f32> = to_vec(img);
         let txt: Vec<f32> = to_vec(txt);
         for &i in &real {
-            image.extend_from_slice(&img[i * dim..(i + 1) * dim]);
-            text.extend_from_slice(&txt[i * dim..(i + 1) * dim]);
+            ids.push(batch.rows[i]);
+            both.extend_from_slice(&img[i * dim..(i + 1) * dim]);
+            both.extend_from_slice(&txt[i * dim..(i + 1) * dim]);
         }
         if rerank_k.is_some() {
             let keep = weft_kernels::reference::index_tensor::<B>(&real, device);
@@ -180,22 +309,46 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
             ));
         }
     }
-    let n = image.len().checked_div(dim).unwrap_or(0);
+    // The order of the gathered rows, for the tokens (kept in the order streamed).
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| (ids[i].unit, ids[i].row));
+    let (ids, both) = gather_rows(pass, &ids, &both, 2 * dim)?;
+    let n = ids.len();
+    let dim = both.len().checked_div(2 * n).unwrap_or(0);
+    let (mut image, mut text) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
+    for row in both.chunks(2 * dim.max(1)) {
+        image.extend_from_slice(&row[..dim]);
+        text.extend_from_slice(&row[dim..]);
+    }
     let itc = retrieval_from_embeddings(&image, &text, n, dim);
     let Some(k) = rerank_k.filter(|_| n > 0) else {
         return Ok((itc, None));
     };
-    let image_tokens = Tensor::cat(image_tokens, 0);
-    let text_tokens = Tensor::cat(text_tokens, 0);
-    let padding = Tensor::cat(paddings, 0);
+    if n >= 1 << 24 {
+        return Err(TrainError::EvalShards {
+            reason: format!("{n} rows: re-ranking gathers ranks as f32, exact below 2^24"),
+        });
+    }
+    let mut image_tokens = Tensor::cat(image_tokens, 0);
+    let mut text_tokens = Tensor::cat(text_tokens, 0);
+    let mut padding = Tensor::cat(paddings, 0);
+    if order.iter().enumerate().any(|(i, &j)| i != j) {
+        let order = weft_kernels::reference::index_tensor::<B>(&order, device);
+        image_tokens = image_tokens.select(0, order.clone());
+        text_tokens = text_tokens.select(0, order.clone());
+        padding = padding.select(0, order);
+    }
     let i2t = similarities(&image, &text, n, dim);
     let t2i = transpose(&i2t, n);
-    // For each query row of a similarity matrix: its top k by ITC, re-scored by ITM.
+    // This rank's queries: a contiguous share (all of them on one rank).
+    let queries = n * rank / world..n * (rank + 1) / world;
+    // For each query row of a similarity matrix: its top k by ITC, re-scored by ITM; the
+    // rank of the true item (0 for the queries of other ranks).
     let rerank = |sim: &[f32], query_is_image: bool| -> Vec<usize> {
         let k = k.min(n);
-        let mut out = Vec::with_capacity(n);
+        let mut out = vec![0; n];
         let mut pairs: Vec<(usize, usize)> = Vec::new(); // (query, candidate)
-        for q in 0..n {
+        for q in queries.clone() {
             for c in weft_eval::retrieval::top_k(&sim[q * n..(q + 1) * n], k) {
                 pairs.push((q, c));
             }
@@ -218,23 +371,33 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
             scores.extend(to_vec(s));
         }
         let itc_ranks = ranks(sim, n);
-        for q in 0..n {
-            let cands = &pairs[q * k..(q + 1) * k];
-            let s = &scores[q * k..(q + 1) * k];
+        for (j, q) in queries.clone().enumerate() {
+            let cands = &pairs[j * k..(j + 1) * k];
+            let s = &scores[j * k..(j + 1) * k];
             // The true item's place among the top k by ITM, else its ITC rank.
-            out.push(match cands.iter().position(|&(_, c)| c == q) {
+            out[q] = match cands.iter().position(|&(_, c)| c == q) {
                 Some(p) => s
                     .iter()
                     .enumerate()
                     .filter(|&(j, &x)| x > s[p] || (x == s[p] && j < p))
                     .count(),
                 None => itc_ranks[q],
-            });
+            };
         }
         out
     };
-    let ri = rerank(&i2t, true);
-    let rt = rerank(&t2i, false);
+    // Every rank's share of the ranks, to all (each query is one rank's; ranks < 2^24 are
+    // exact in f32).
+    let mut both: Vec<f32> = rerank(&i2t, true)
+        .into_iter()
+        .chain(rerank(&t2i, false))
+        .map(|r| r as f32)
+        .collect();
+    collective.all_reduce(&mut both, ReduceOp::Sum)?;
+    let (ri, rt): (Vec<usize>, Vec<usize>) = (
+        both[..n].iter().map(|&r| r as usize).collect(),
+        both[n..].iter().map(|&r| r as usize).collect(),
+    );
     Ok((itc, Some(retrieval_from_ranks(&ri, &rt))))
 }
 
@@ -291,30 +454,41 @@ pub fn class_embeddings<B: Backend>(
     Ok(out)
 }
 
+/// What zero-shot classification asks.
+#[derive(Debug, Clone)]
+pub struct ZeroShotTask<'a> {
+    /// The true class name of each row.
+    pub labels: &'a weft_data::labels::Labels,
+    /// The classes to choose from (None: the sorted distinct labels).
+    pub classes: Option<Vec<String>>,
+    /// Prompt templates, `{}` standing for the class name.
+    pub prompts: &'a [String],
+}
+
 /// Zero-shot classification of every row of `loader` (one pass, in order): each image's
-/// class is the one whose [`class_embeddings`] is most similar to its embedding. `labels`
-/// holds the true class names; `classes` (default: the sorted distinct labels) the ones to
-/// choose from.
+/// class is the one of `task.classes` whose [`class_embeddings`] is most similar to its
+/// embedding.
 pub fn evaluate_zero_shot<B: Backend>(
     model: &VlModel<B>,
     config: &Config,
     loader: &Loader,
-    labels: &weft_data::labels::Labels,
-    classes: Option<Vec<String>>,
-    prompts: &[String],
+    task: ZeroShotTask<'_>,
     device: &B::Device,
+    collective: &mut dyn Collective,
 ) -> Result<ZeroShot, TrainError> {
+    let ZeroShotTask {
+        labels,
+        classes,
+        prompts,
+    } = task;
     if !model.has_embeddings() {
         return Err(TrainError::NoEmbeddings);
     }
     let text = loader.text().ok_or(TrainError::NoTokenizer)?;
-    let options = weft_data::plan_options(config, Split::Val, 1);
-    let cursor = DataCursor::new(loader.catalog(), options, 0);
-    let mut image = Vec::new();
-    let mut truth: Vec<String> = Vec::new();
-    let mut unlabelled = 0;
+    let mut local = Vec::new();
+    let mut ids = Vec::new();
     let mut dim = 0;
-    for batch in loader.stream(&cursor, 0)? {
+    for batch in eval_batches(config, loader, collective)? {
         let batch = batch?;
         let real: Vec<usize> = (0..batch.len()).filter(|&i| !batch.is_pad[i]).collect();
         if real.is_empty() {
@@ -327,13 +501,22 @@ pub fn evaluate_zero_shot<B: Backend>(
         dim = img.dims()[1];
         let img = to_vec(img);
         for &i in &real {
-            match labels.get(batch.rows[i]) {
-                Some(label) => {
-                    image.extend_from_slice(&img[i * dim..(i + 1) * dim]);
-                    truth.push(label.to_string());
-                }
-                None => unlabelled += 1,
+            ids.push(batch.rows[i]);
+            local.extend_from_slice(&img[i * dim..(i + 1) * dim]);
+        }
+    }
+    let (ids, all) = gather_rows(collective, &ids, &local, dim)?;
+    let dim = all.len().checked_div(ids.len()).unwrap_or(0);
+    let mut image = Vec::with_capacity(all.len());
+    let mut truth: Vec<String> = Vec::new();
+    let mut unlabelled = 0;
+    for (id, row) in ids.iter().zip(all.chunks(dim.max(1))) {
+        match labels.get(*id) {
+            Some(label) => {
+                image.extend_from_slice(row);
+                truth.push(label.to_string());
             }
+            None => unlabelled += 1,
         }
     }
     let classes = classes.unwrap_or_else(|| {
@@ -410,6 +593,7 @@ pub fn evaluate_captioning<B: Backend>(
     beams: usize,
     max_len: usize,
     device: &B::Device,
+    collective: &mut dyn Collective,
 ) -> Result<Captioning, TrainError> {
     if model.decoder.is_none() {
         return Err(TrainError::NoDecoder);
@@ -423,12 +607,6 @@ pub fn evaluate_captioning<B: Backend>(
         })
     };
     let (bos, eos) = (token("[BOS]")?, token("[SEP]")?);
-    let options = weft_data::plan_options(config, Split::Val, 1);
-    let cursor = DataCursor::new(loader.catalog(), options, 0);
-    let mut order: Vec<String> = Vec::new();
-    let mut refs: std::collections::HashMap<String, Vec<String>> = Default::default();
-    let mut greedy: std::collections::HashMap<String, String> = Default::default();
-    let mut beam: std::collections::HashMap<String, String> = Default::default();
     let decode = |images: Tensor<B, 4>, beams: usize| -> Result<Vec<String>, TrainError> {
         let opts = weft_model::DecodeOptions {
             bos,
@@ -440,30 +618,60 @@ pub fn evaluate_captioning<B: Backend>(
         let ids = model.generate(images, &opts).ok_or(TrainError::NoDecoder)?;
         ids.iter().map(|t| Ok(text.decode(t)?)).collect()
     };
-    for batch in loader.stream(&cursor, 0)? {
+    // This rank's rows: id, key, caption, and the generated captions of each key's first row
+    // here (empty for the others). A key's first row overall is its first row on its rank, so
+    // after the gather every key has its captions from the same row as on one rank.
+    let mut seen = std::collections::HashSet::new();
+    let (mut ids, mut keys, mut captions) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut greedy, mut beam) = (Vec::new(), Vec::new());
+    for batch in eval_batches(config, loader, collective)? {
         let batch = batch?;
         let mut new = Vec::new();
         for i in (0..batch.len()).filter(|&i| !batch.is_pad[i]) {
-            let key = batch.keys[i].clone();
-            if !refs.contains_key(&key) {
+            if seen.insert(batch.keys[i].clone()) {
                 new.push(i);
-                order.push(key.clone());
-            }
-            refs.entry(key).or_default().push(batch.captions[i].clone());
-        }
-        if new.is_empty() {
-            continue;
-        }
-        let images = objective_batch::<B>(&batch, device)?.images;
-        let images = images.select(0, weft_kernels::reference::index_tensor::<B>(&new, device));
-        for (&i, c) in new.iter().zip(decode(images.clone(), 1)?) {
-            greedy.insert(batch.keys[i].clone(), c);
-        }
-        if beams > 1 {
-            for (&i, c) in new.iter().zip(decode(images, beams)?) {
-                beam.insert(batch.keys[i].clone(), c);
             }
         }
+        let mut generated = std::collections::HashMap::new();
+        if !new.is_empty() {
+            let images = objective_batch::<B>(&batch, device)?.images;
+            let images = images.select(0, weft_kernels::reference::index_tensor::<B>(&new, device));
+            let g = decode(images.clone(), 1)?;
+            let b = if beams > 1 {
+                decode(images, beams)?
+            } else {
+                vec![String::new(); new.len()]
+            };
+            for ((&i, g), b) in new.iter().zip(g).zip(b) {
+                generated.insert(i, (g, b));
+            }
+        }
+        for i in (0..batch.len()).filter(|&i| !batch.is_pad[i]) {
+            ids.push(batch.rows[i]);
+            keys.push(batch.keys[i].clone());
+            captions.push(batch.captions[i].clone());
+            let (g, b) = generated.remove(&i).unwrap_or_default();
+            greedy.push(g);
+            beam.push(b);
+        }
+    }
+    let (_, keys) = gather_strings(collective, &ids, &keys)?;
+    let (_, captions) = gather_strings(collective, &ids, &captions)?;
+    let (_, greedy_all) = gather_strings(collective, &ids, &greedy)?;
+    let (_, beam_all) = gather_strings(collective, &ids, &beam)?;
+    let mut order: Vec<String> = Vec::new();
+    let mut refs: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut greedy: std::collections::HashMap<String, String> = Default::default();
+    let mut beam: std::collections::HashMap<String, String> = Default::default();
+    for (j, key) in keys.iter().enumerate() {
+        if !refs.contains_key(key) {
+            order.push(key.clone());
+            greedy.insert(key.clone(), greedy_all[j].clone());
+            beam.insert(key.clone(), beam_all[j].clone());
+        }
+        refs.entry(key.clone())
+            .or_default()
+            .push(captions[j].clone());
     }
     let references: Vec<Vec<String>> = order.iter().map(|k| refs[k].clone()).collect();
     let of = |m: &std::collections::HashMap<String, String>| -> Vec<String> {

@@ -50,6 +50,65 @@ pub struct EvalRecord {
     pub retrieval: Retrieval,
 }
 
+/// One line of `runs.jsonl`: who ran a start of the run (the first, then each resume), on
+/// what. `weft report` shows them as the environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// When this start began (RFC 3339, UTC).
+    pub started_at: String,
+    /// weft's version.
+    pub weft_version: String,
+    /// The tensor backend as burn names it.
+    pub backend: String,
+    /// `train.device`.
+    pub device: serde_json::Value,
+    /// `train.precision`.
+    pub precision: serde_json::Value,
+    /// Ranks of the job.
+    pub world_size: usize,
+    /// `dist.backend` (the gradient all-reduce; `auto` picks NCCL for CUDA, TCP otherwise).
+    pub dist_backend: serde_json::Value,
+    /// Step of the checkpoint resumed from (0: a fresh start).
+    pub resumed_from_step: u64,
+    /// Host name of rank 0.
+    pub host: String,
+    /// `os/arch` of rank 0.
+    pub platform: String,
+    /// Cores rank 0 may use.
+    pub cpus: usize,
+    /// The command line of rank 0.
+    pub command: String,
+}
+
+impl RunRecord {
+    /// The record of a start now, of `config` (resolved, as JSON) on `backend`.
+    pub fn now(
+        config: &serde_json::Value,
+        backend: String,
+        world_size: usize,
+        resumed: u64,
+    ) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "?".into());
+        Self {
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            weft_version: env!("CARGO_PKG_VERSION").into(),
+            backend,
+            device: config["train"]["device"].clone(),
+            precision: config["train"]["precision"].clone(),
+            world_size,
+            dist_backend: config["dist"]["backend"].clone(),
+            resumed_from_step: resumed,
+            host,
+            platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
 /// An append-only JSON-lines file, flushed after every record.
 pub struct JsonLines {
     path: PathBuf,

@@ -37,7 +37,7 @@ use crate::checkpointing::{checkpoint_layout, read_restored, Restored, Saver};
 use crate::dist::{all_reduce_grads, bucket_elems, CollectiveGather, GradReduce};
 use crate::error::{io, TrainError};
 use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
-use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, StepMetrics};
+use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, RunRecord, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
     flat_params, global_norm, params, scale_in_place, set_flat_params, stable_ids, FlatGrads,
@@ -743,6 +743,12 @@ pub fn train_with<B: AutodiffBackend>(
                 ckpt.state.world_size
             );
         }
+    }
+
+    if lead {
+        let resumed_from = resumed.as_ref().map_or(0, |c| c.state.step);
+        let record = RunRecord::now(&resolved_json, B::name(device), world, resumed_from);
+        JsonLines::append(&run_dir.join("runs.jsonl"))?.write(&record)?;
     }
 
     let val_loader = if lead && !config.data.val.is_empty() && engine.model().has_embeddings() {
