@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{repo, train_with_sets, weft_ok, weft_within};
+use common::process::{repo, train_with_sets, weft_json, weft_within};
 
 /// A model with the LM and ITC objectives at these weights (the others off), `steps` steps.
 fn train(run: &std::path::Path, lm: &str, itc: &str, steps: usize) {
@@ -44,8 +44,7 @@ fn captions_of_a_trained_decoder_are_scored_greedy_and_by_beam_search() {
         "2",
         "--json",
     ];
-    let out = weft_ok(&eval, Duration::from_secs(300));
-    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = weft_json(None, &eval);
     assert_eq!(c["images"], 500, "{c}");
     assert_eq!(c["greedy"]["n"], 500);
     assert_eq!(c["beam"]["n"], 500);
@@ -65,11 +64,7 @@ fn captions_of_a_trained_decoder_are_scored_greedy_and_by_beam_search() {
     assert!(!e["greedy"].as_str().unwrap().is_empty(), "{e}");
 
     // Sharded across 3 ranks under weft launch: the same captions and scores, to the bit.
-    let mut launch = vec!["launch", "--nproc-per-node", "3", "--"];
-    launch.extend(eval);
-    let sharded: serde_json::Value =
-        serde_json::from_str(&weft_ok(&launch, Duration::from_secs(300))).unwrap();
-    assert_eq!(sharded, c);
+    assert_eq!(weft_json(Some("3"), &eval), c);
 
     // An ITC-only model has no decoder.
     let itc = dir.path().join("itc");

@@ -5,13 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::process::{train_with_sets, weft_ok};
+use common::process::{train_with_sets, weft_json};
 
 /// `weft eval` of `run` on the sample's validation split with `--rerank-k 5`, as JSON.
 fn eval_rerank(run: &Path) -> serde_json::Value {
-    let out = weft_ok(
+    weft_json(
+        None,
         &[
             "eval",
             "--checkpoint",
@@ -22,9 +22,7 @@ fn eval_rerank(run: &Path) -> serde_json::Value {
             "5",
             "--json",
         ],
-        Duration::from_secs(300),
-    );
-    serde_json::from_str(&out).unwrap()
+    )
 }
 
 #[test]
@@ -108,27 +106,17 @@ fn retrieval_sharded_across_ranks_gives_one_ranks_numbers() {
         "datasets/sample/val",
         "--json",
     ];
-    let one = weft_ok(&eval, Duration::from_secs(300));
-    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    let one = weft_json(None, &eval);
     assert_eq!(one["n"], 500, "{one}");
     // 500 rows in batches of 64: 2 ranks get 4 batches each, 3 ranks 3, 3 and 2 (the last
     // padded); every number must be the same, mean ranks included.
     for ranks in ["2", "3"] {
-        let mut args = vec!["launch", "--nproc-per-node", ranks, "--"];
-        args.extend(eval);
-        let many = weft_ok(&args, Duration::from_secs(300));
-        let many: serde_json::Value = serde_json::from_str(&many).unwrap();
-        assert_eq!(many, one, "{ranks} ranks");
+        assert_eq!(weft_json(Some(ranks), &eval), one, "{ranks} ranks");
     }
     // ITM re-ranking: every rank embeds all rows and re-scores its share of the queries.
     let mut rerank = eval.to_vec();
     rerank.extend(["--rerank-k", "5"]);
-    let one: serde_json::Value =
-        serde_json::from_str(&weft_ok(&rerank, Duration::from_secs(300))).unwrap();
+    let one = weft_json(None, &rerank);
     assert!(one["itm_rerank"]["n"] == 500, "{one}");
-    let mut args = vec!["launch", "--nproc-per-node", "3", "--"];
-    args.extend(rerank);
-    let many: serde_json::Value =
-        serde_json::from_str(&weft_ok(&args, Duration::from_secs(300))).unwrap();
-    assert_eq!(many, one, "re-ranked on 3 ranks");
+    assert_eq!(weft_json(Some("3"), &rerank), one, "re-ranked on 3 ranks");
 }

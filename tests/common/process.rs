@@ -71,3 +71,15 @@ pub fn train_with_sets<S: AsRef<str>>(run: &Path, sets: &[S]) {
     }
     weft_ok(&args, Duration::from_secs(300));
 }
+
+/// The JSON object that `weft args...` (a `--json` command) prints, run in the repository
+/// within 5 minutes; with `ranks`, as the workers of `weft launch --nproc-per-node RANKS --`.
+pub fn weft_json(ranks: Option<&str>, args: &[&str]) -> serde_json::Value {
+    let mut all = Vec::new();
+    if let Some(n) = ranks {
+        all.extend(["launch", "--nproc-per-node", n, "--"]);
+    }
+    all.extend(args);
+    let out = weft_ok(&all, Duration::from_secs(300));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {all:?}: {e}: {out}"))
+}

@@ -121,7 +121,9 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
     if tokenizer.exists() {
         config.data.tokenizer = Some(tokenizer.display().to_string());
     }
-    weft_train::init_threads(config.train.threads);
+    // Under `weft launch` every rank evaluates its share of the rows; rank 0 prints.
+    let env = LaunchEnv::from_env()?;
+    crate::train::init_rank_threads(&config, &env);
     let data = if args.data.is_empty() {
         config.data.val.clone()
     } else {
@@ -156,8 +158,6 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
                 .unwrap_or(config.model.text.context_length.saturating_sub(1)),
         },
     };
-    // Under `weft launch` every rank embeds its share of the rows; rank 0 prints.
-    let env = LaunchEnv::from_env()?;
     let mut job = if env.world_size > 1 {
         let (job, options) = crate::train::join_job(&env, &config, None)?;
         tracing::info!(

@@ -125,9 +125,9 @@ pub fn log_file(run_dir: &Path, rank: usize) -> PathBuf {
     run_dir.join("logs").join(format!("rank-{rank}.log"))
 }
 
-/// `weft train`, on one process or as one rank of the job `env` describes.
-pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<ExitCode> {
-    // Ranks sharing a node share its cores.
+/// Size the tensor backend's thread pool of this rank: `train.threads`, or (0) this node's cores
+/// shared out among the ranks on it.
+pub(crate) fn init_rank_threads(config: &Config, env: &LaunchEnv) {
     let threads = match (config.train.threads, env.local_world_size) {
         (0, Some(n)) if n > 1 => std::thread::available_parallelism()
             .map(|c| (c.get() / n).max(1))
@@ -135,6 +135,11 @@ pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Resul
         (t, _) => t,
     };
     weft_train::init_threads(threads);
+}
+
+/// `weft train`, on one process or as one rank of the job `env` describes.
+pub fn train(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<ExitCode> {
+    init_rank_threads(config, env);
     let run_dir = run_dir(&args, env)?;
     let options = TrainOptions {
         run_dir: run_dir.clone(),

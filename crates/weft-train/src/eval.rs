@@ -320,7 +320,10 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
         image.extend_from_slice(&row[..dim]);
         text.extend_from_slice(&row[dim..]);
     }
-    let itc = retrieval_from_embeddings(&image, &text, n, dim);
+    let i2t = similarities(&image, &text, n, dim);
+    let t2i = transpose(&i2t, n);
+    let (itc_ri, itc_rt) = (ranks(&i2t, n), ranks(&t2i, n));
+    let itc = retrieval_from_ranks(&itc_ri, &itc_rt);
     let Some(k) = rerank_k.filter(|_| n > 0) else {
         return Ok((itc, None));
     };
@@ -338,13 +341,11 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
         text_tokens = text_tokens.select(0, order.clone());
         padding = padding.select(0, order);
     }
-    let i2t = similarities(&image, &text, n, dim);
-    let t2i = transpose(&i2t, n);
     // This rank's queries: a contiguous share (all of them on one rank).
     let queries = n * rank / world..n * (rank + 1) / world;
     // For each query row of a similarity matrix: its top k by ITC, re-scored by ITM; the
     // rank of the true item (0 for the queries of other ranks).
-    let rerank = |sim: &[f32], query_is_image: bool| -> Vec<usize> {
+    let rerank = |sim: &[f32], itc_ranks: &[usize], query_is_image: bool| -> Vec<usize> {
         let k = k.min(n);
         let mut out = vec![0; n];
         let mut pairs: Vec<(usize, usize)> = Vec::new(); // (query, candidate)
@@ -370,7 +371,6 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
                 .expect("re-ranking needs ITM");
             scores.extend(to_vec(s));
         }
-        let itc_ranks = ranks(sim, n);
         for (j, q) in queries.clone().enumerate() {
             let cands = &pairs[j * k..(j + 1) * k];
             let s = &scores[j * k..(j + 1) * k];
@@ -388,9 +388,9 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
     };
     // Every rank's share of the ranks, to all (each query is one rank's; ranks < 2^24 are
     // exact in f32).
-    let mut both: Vec<f32> = rerank(&i2t, true)
+    let mut both: Vec<f32> = rerank(&i2t, &itc_ri, true)
         .into_iter()
-        .chain(rerank(&t2i, false))
+        .chain(rerank(&t2i, &itc_rt, false))
         .map(|r| r as f32)
         .collect();
     collective.all_reduce(&mut both, ReduceOp::Sum)?;
@@ -657,42 +657,42 @@ pub fn evaluate_captioning<B: Backend>(
     }
     let (_, keys) = gather_strings(collective, &ids, &keys)?;
     let (_, captions) = gather_strings(collective, &ids, &captions)?;
-    let (_, greedy_all) = gather_strings(collective, &ids, &greedy)?;
-    let (_, beam_all) = gather_strings(collective, &ids, &beam)?;
-    let mut order: Vec<String> = Vec::new();
-    let mut refs: std::collections::HashMap<String, Vec<String>> = Default::default();
-    let mut greedy: std::collections::HashMap<String, String> = Default::default();
-    let mut beam: std::collections::HashMap<String, String> = Default::default();
-    for (j, key) in keys.iter().enumerate() {
-        if !refs.contains_key(key) {
-            order.push(key.clone());
-            greedy.insert(key.clone(), greedy_all[j].clone());
-            beam.insert(key.clone(), beam_all[j].clone());
-        }
-        refs.entry(key.clone())
-            .or_default()
-            .push(captions[j].clone());
-    }
-    let references: Vec<Vec<String>> = order.iter().map(|k| refs[k].clone()).collect();
-    let of = |m: &std::collections::HashMap<String, String>| -> Vec<String> {
-        order.iter().map(|k| m[k].clone()).collect()
+    let (_, greedy) = gather_strings(collective, &ids, &greedy)?;
+    let beam = if beams > 1 {
+        Some(gather_strings(collective, &ids, &beam)?.1)
+    } else {
+        None
     };
+    // Each image (distinct key, in row order): its first row, which was captioned, and the
+    // captions of all its rows.
+    let mut slot: std::collections::HashMap<&str, usize> = Default::default();
+    let mut images: Vec<(usize, Vec<String>)> = Vec::new();
+    for (j, key) in keys.iter().enumerate() {
+        let at = *slot.entry(key).or_insert_with(|| {
+            images.push((j, Vec::new()));
+            images.len() - 1
+        });
+        images[at].1.push(captions[j].clone());
+    }
+    let references: Vec<Vec<String>> = images.iter().map(|(_, r)| r.clone()).collect();
+    let of =
+        |all: &[String]| -> Vec<String> { images.iter().map(|&(j, _)| all[j].clone()).collect() };
     let greedy_captions = of(&greedy);
-    let beam_captions = (beams > 1).then(|| of(&beam));
+    let beam_captions = beam.as_deref().map(of);
     Ok(Captioning {
-        images: order.len(),
+        images: images.len(),
         greedy: weft_eval::caption::score_captions(&greedy_captions, &references),
         beam: beam_captions
             .as_ref()
             .map(|c| weft_eval::caption::score_captions(c, &references)),
         beams,
         max_len,
-        examples: order
+        examples: images
             .iter()
             .enumerate()
             .take(CAPTION_EXAMPLES)
-            .map(|(j, k)| CaptionExample {
-                key: k.clone(),
+            .map(|(j, &(row, _))| CaptionExample {
+                key: keys[row].clone(),
                 greedy: greedy_captions[j].clone(),
                 beam: beam_captions.as_ref().map(|c| c[j].clone()),
                 references: references[j].clone(),
