@@ -26,8 +26,8 @@ pub struct EvalArgs {
     /// Parquet files, directories or globs of image-caption pairs (default: data.val).
     #[arg(long, num_args = 1.., value_name = "PATHS")]
     data: Vec<String>,
-    /// What to measure: text<->image retrieval, or zero-shot classification (a label column,
-    /// prompt templates).
+    /// What to measure: text<->image retrieval, zero-shot classification (a label column,
+    /// prompt templates), or captioning (models with the LM objective).
     #[arg(long, value_enum, default_value_t = EvalTask::Retrieval)]
     task: EvalTask,
     /// ALBEF's re-ranking: the K best candidates by ITC ranked again by the ITM head
