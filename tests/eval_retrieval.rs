@@ -120,3 +120,90 @@ fn retrieval_sharded_across_ranks_gives_one_ranks_numbers() {
     assert!(one["itm_rerank"]["n"] == 500, "{one}");
     assert_eq!(weft_json(Some("3"), &rerank), one, "re-ranked on 3 ranks");
 }
+
+/// The rows that `log` says its rank embedded for a retrieval evaluation, one entry per
+/// evaluation: `(rank, world, rows)`.
+fn embedded(log: &Path) -> Vec<(usize, usize, usize)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("retrieval: rank ")?;
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            // "R of W embedded N rows"
+            Some((w[0].parse().ok()?, w[2].parse().ok()?, w[4].parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn evaluation_during_training_is_shared_by_the_ranks_and_gives_weft_evals_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = vec![
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--run-dir",
+    ];
+    args.push(run.to_str().unwrap());
+    for s in [
+        "data.image_size=32",
+        "data.batch_size=32",
+        "model.embed_dim=16",
+        "model.vision.width=16",
+        "model.vision.depth=1",
+        "model.text.width=16",
+        "model.text.depth=1",
+        "loss.lm=0",
+        "loss.mim=0",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.threads=1",
+    ] {
+        args.extend(["--set", s]);
+    }
+    common::process::weft_ok(&args, std::time::Duration::from_secs(300));
+    // Steps 2 and 4, every one of the 500 validation rows, each embedded by one rank.
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<_> = evals.iter().map(|e| e["step"].as_u64()).collect();
+    assert_eq!(steps, [Some(2), Some(4)], "{evals:?}");
+    let logs = [0, 1].map(|r| embedded(&run.join(format!("logs/rank-{r}.log"))));
+    for (r, log) in logs.iter().enumerate() {
+        assert_eq!(log.len(), 2, "rank {r}: {log:?}");
+        assert!(log
+            .iter()
+            .all(|&(rank, world, rows)| (rank, world) == (r, 2) && rows > 0));
+    }
+    for e in 0..2 {
+        assert_eq!(logs[0][e].2 + logs[1][e].2, 500, "{logs:?}");
+    }
+    // The last one is what `weft eval` of the final weights on one process gives, to the bit.
+    let last = evals[1].as_object().unwrap();
+    let one = weft_json(
+        None,
+        &[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            "datasets/sample/val",
+            "--json",
+        ],
+    );
+    assert_eq!(last["n"], 500);
+    for (key, value) in last {
+        if !["step", "samples_seen"].contains(&key.as_str()) {
+            assert_eq!(
+                &one[key], value,
+                "{key}: training {last:?}, weft eval {one}"
+            );
+        }
+    }
+}

@@ -309,6 +309,10 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
             ));
         }
     }
+    tracing::info!(
+        "retrieval: rank {rank} of {world} embedded {} rows",
+        ids.len()
+    );
     // The order of the gathered rows, for the tokens (kept in the order streamed).
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| (ids[i].unit, ids[i].row));

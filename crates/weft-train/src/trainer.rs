@@ -36,7 +36,7 @@ use weft_model::{FeatureGather, ObjectiveBatch, SpecialTokens, VlModel, VlModelC
 use crate::checkpointing::{checkpoint_layout, read_restored, Restored, Saver};
 use crate::dist::{all_reduce_grads, bucket_elems, CollectiveGather, GradReduce};
 use crate::error::{io, TrainError};
-use crate::eval::{evaluate_retrieval, training_rows, Retrieval};
+use crate::eval::{evaluate_retrieval_rerank, training_rows, Retrieval};
 use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, RunRecord, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
@@ -751,7 +751,9 @@ pub fn train_with<B: AutodiffBackend>(
         JsonLines::append(&run_dir.join("runs.jsonl"))?.write(&record)?;
     }
 
-    let val_loader = if lead && !config.data.val.is_empty() && engine.model().has_embeddings() {
+    // Every rank embeds its share of the validation rows; the embeddings are gathered over the
+    // job's collective and every rank computes the same numbers (rank 0 writes them).
+    let val_loader = if !config.data.val.is_empty() && engine.model().has_embeddings() {
         Some(weft_data::loader_from_config(
             config,
             Split::Val,
@@ -996,7 +998,9 @@ pub fn train_with<B: AutodiffBackend>(
 
         let periodic = t.eval_every > 0 && step.is_multiple_of(t.eval_every) && step != total;
         if let (true, Some(val)) = (periodic || (step == total && !global.stop), &val_loader) {
-            let r = evaluate_retrieval(&engine.model().valid(), config, val, device)?;
+            let model = engine.model().valid();
+            let (r, _) =
+                evaluate_retrieval_rerank(&model, config, val, device, None, &mut *collective)?;
             progress.eval(step, &r);
             if let Some(e) = evals.as_mut() {
                 e.write(&EvalRecord {
