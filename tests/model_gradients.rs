@@ -379,3 +379,23 @@ fn every_objective_over_ranks_matches_one_process() {
         offset += p.numel();
     }
 }
+
+#[test]
+fn a_seed_builds_the_same_initial_parameters_every_time_and_another_seed_others() {
+    let mut config = train_common::small_train_config();
+    let dev = Default::default();
+    let first = weft_train::params::flat_params(&build_model::<B>(&config, 64, &dev));
+    // The generator has moved on since: the build must seed it again.
+    let again = weft_train::params::flat_params(&build_model::<B>(&config, 64, &dev));
+    assert_eq!(first.len(), again.len());
+    assert!(first == again, "same seed, other initial parameters");
+    config.seed += 1;
+    let other = weft_train::params::flat_params(&build_model::<B>(&config, 64, &dev));
+    let same = first.iter().zip(&other).filter(|(a, b)| a == b).count();
+    // Only the deterministic initialisations (LayerNorm's ones and zeros, zero biases) agree.
+    assert!(
+        same < first.len() / 2,
+        "{same} of {} values equal",
+        first.len()
+    );
+}

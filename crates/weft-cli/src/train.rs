@@ -261,7 +261,8 @@ impl OnBackend for TrainRun<'_> {
             }
             None => None,
         };
-        let (ring, mut planner, committer) = job.parts();
+        let (ring, mut planner, committer) =
+            job.training_parts(self.run_dir, config.checkpoint.keep_last);
         let (collective, grad_reduce) = match &mut nccl_parts {
             Some((c, g)) => (
                 c.as_mut() as &mut dyn Collective,
@@ -273,7 +274,7 @@ impl OnBackend for TrainRun<'_> {
             collective,
             grad_reduce,
             planner: &mut planner,
-            committer: Arc::new(committer.for_run(self.run_dir, config.checkpoint.keep_last)),
+            committer: Arc::new(committer),
         };
         let summary = match weft_train::train_with::<B>(config, options, &device, rank_parts) {
             Ok(summary) => summary,

@@ -228,8 +228,8 @@ impl Job {
         })
     }
 
-    /// The ring, the job's data plan and its checkpoint committer, to use together.
-    pub fn parts(&mut self) -> (&mut TcpRing, JobPlanner<'_>, JobCommitter) {
+    /// The ring and the job's data plan, to use together.
+    pub fn parts(&mut self) -> (&mut TcpRing, JobPlanner<'_>) {
         (
             &mut self.ring,
             JobPlanner {
@@ -237,13 +237,25 @@ impl Job {
                 timeout: self.plan_timeout,
                 asked: None,
             },
-            JobCommitter {
-                session: Arc::clone(&self.session),
-                timeout: self.commit_timeout,
-                run_dir: None,
-                keep_last: 0,
-            },
         )
+    }
+
+    /// The ring, the job's data plan and its checkpoint committer for `run_dir` (keeping the
+    /// last `keep_last` checkpoints), to use together.
+    pub fn training_parts(
+        &mut self,
+        run_dir: &std::path::Path,
+        keep_last: usize,
+    ) -> (&mut TcpRing, JobPlanner<'_>, JobCommitter) {
+        let abs = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+        let committer = JobCommitter {
+            session: Arc::clone(&self.session),
+            timeout: self.commit_timeout,
+            run_dir: abs.display().to_string(),
+            keep_last,
+        };
+        let (ring, planner) = self.parts();
+        (ring, planner, committer)
     }
 
     /// The NCCL unique id rank 0 handed out, if it did.
@@ -273,19 +285,12 @@ impl Job {
 pub struct JobCommitter {
     session: Arc<Session>,
     timeout: Duration,
-    run_dir: Option<String>,
+    /// The run directory, absolute: the coordinator may run elsewhere.
+    run_dir: String,
     keep_last: usize,
 }
 
 impl JobCommitter {
-    /// Commits go to `run_dir`'s checkpoints, keeping `keep_last`.
-    pub fn for_run(mut self, run_dir: &std::path::Path, keep_last: usize) -> Self {
-        let abs = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
-        self.run_dir = Some(abs.display().to_string());
-        self.keep_last = keep_last;
-        self
-    }
-
     fn send(
         &self,
         step: u64,
@@ -294,7 +299,7 @@ impl JobCommitter {
     ) -> Result<Result<String, String>, RendezvousError> {
         let m = Message::Commit {
             step,
-            run_dir: self.run_dir.clone().unwrap_or_default(),
+            run_dir: self.run_dir.clone(),
             keep_last: self.keep_last,
             report,
             state: state.map(Box::new),
@@ -324,7 +329,7 @@ impl Committer for JobCommitter {
         // The outcome (a failure naming this rank) is read by no one: this rank fails anyway.
         let m = Message::Commit {
             step,
-            run_dir: self.run_dir.clone().unwrap_or_default(),
+            run_dir: self.run_dir.clone(),
             keep_last: self.keep_last,
             report: Err(reason.to_string()),
             state: None,
