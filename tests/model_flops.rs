@@ -50,6 +50,7 @@ fn counted(prune: bool) -> (u64, u64) {
         ids,
         attention_mask: vec![1; b * l],
         len: l,
+        is_pad: Vec::new(),
     };
     let counter = weft_kernels::flops::Counter::start();
     let out = model.losses_with(

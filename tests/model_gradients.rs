@@ -36,6 +36,7 @@ fn batch(b: usize, l: usize, s: usize) -> ObjectiveBatch<B> {
         ids,
         attention_mask: mask,
         len: l,
+        is_pad: Vec::new(),
     }
 }
 
@@ -179,6 +180,11 @@ impl weft_model::FeatureGather for Gathered {
     }
     fn all_gather(&mut self, local: &[f32]) -> Vec<f32> {
         let n = local.len();
+        if n * self.world != self.all.len() {
+            // The rows' padding flags and token counts: no padding and no tokens on any rank.
+            assert!(local.iter().all(|&x| x == 0.0), "{local:?}");
+            return vec![0.0; n * self.world];
+        }
         assert_eq!(
             local,
             &self.all[self.rank * n..(self.rank + 1) * n],
@@ -193,12 +199,25 @@ impl weft_model::FeatureGather for Gathered {
 
 /// Rows `rows` of a batch.
 fn slice_batch(b: &ObjectiveBatch<B>, rows: std::ops::Range<usize>) -> ObjectiveBatch<B> {
+    pick_rows(b, &rows.collect::<Vec<_>>(), 0)
+}
+
+/// Rows `rows` of a batch, the last `pads` of them flagged as padding.
+fn pick_rows(b: &ObjectiveBatch<B>, rows: &[usize], pads: usize) -> ObjectiveBatch<B> {
     let l = b.len;
+    let index = weft_kernels::reference::index_tensor::<B>(rows, &b.images.device());
     ObjectiveBatch {
-        images: b.images.clone().narrow(0, rows.start, rows.len()),
-        ids: b.ids[rows.start * l..rows.end * l].to_vec(),
-        attention_mask: b.attention_mask[rows.start * l..rows.end * l].to_vec(),
+        images: b.images.clone().select(0, index),
+        ids: rows
+            .iter()
+            .flat_map(|&r| b.ids[r * l..(r + 1) * l].to_vec())
+            .collect(),
+        attention_mask: rows
+            .iter()
+            .flat_map(|&r| b.attention_mask[r * l..(r + 1) * l].to_vec())
+            .collect(),
         len: l,
+        is_pad: (0..rows.len()).map(|i| i + pads >= rows.len()).collect(),
     }
 }
 
@@ -304,34 +323,29 @@ impl weft_model::FeatureGather for Threads {
 /// A rank's loss, components and flat gradients.
 type RankResult = (f64, Vec<(&'static str, f64)>, Vec<f32>);
 
-#[test]
-fn every_objective_over_ranks_matches_one_process() {
-    // ITM's hard negatives come from the global batch and pair one rank's texts with another's
-    // images; MLM and LM are normalised by global token counts; every sample draws its masks
-    // from its own generator. The mean of the ranks' gradients is the one-process gradient.
-    let config = train_common::small_train_config();
-    let dev = Default::default();
+/// One micro-batch of `config`'s objectives on each of `shards`, each a rank of an in-process
+/// job (one thread each): every rank's loss, components and flat gradients.
+fn ranks(
+    config: &weft_config::Config,
+    model: &weft_model::VlModel<B>,
+    shards: Vec<ObjectiveBatch<B>>,
+) -> Vec<RankResult> {
+    let world = shards.len();
     let special = train_common::special_tokens();
-    let world = 2;
-    let full = batch(8, config.model.text.context_length, config.data.image_size);
-    let model = build_model::<B>(&config, 64, &dev);
-    let single = weft_train::trainer::Engine::new(model.clone(), &config, special.clone(), &dev);
-    let one = single.micro(&full, &mut ChaCha8Rng::seed_from_u64(5), false, &dev);
-    let (single_grad, _) = one.grads.expect("finite").into_vec();
-
+    let dev = Default::default();
     let engines: Vec<_> = (0..world)
-        .map(|_| weft_train::trainer::Engine::new(model.clone(), &config, special.clone(), &dev))
+        .map(|_| weft_train::trainer::Engine::new(model.clone(), config, special.clone(), &dev))
         .collect();
     let shared = std::sync::Arc::new((
         std::sync::Mutex::new(vec![Vec::new(); world]),
         std::sync::Barrier::new(world),
     ));
-    let results: Vec<RankResult> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = engines
             .iter()
+            .zip(shards)
             .enumerate()
-            .map(|(rank, engine)| {
-                let half = slice_batch(&full, rank * 4..(rank + 1) * 4);
+            .map(|(rank, (engine, shard))| {
                 let mut gather = Threads {
                     rank,
                     world,
@@ -340,7 +354,7 @@ fn every_objective_over_ranks_matches_one_process() {
                 s.spawn(move || {
                     let dev = Default::default();
                     let micro = engine.micro_with(
-                        &half,
+                        &shard,
                         &mut ChaCha8Rng::seed_from_u64(5),
                         false,
                         &dev,
@@ -352,10 +366,44 @@ fn every_objective_over_ranks_matches_one_process() {
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    })
+}
 
-    // Every component's mean over the ranks is its one-process value.
-    for (k, (name, want)) in one.parts.iter().enumerate() {
+/// One process's micro-batch of `config`'s objectives on `batch`: its components and flat
+/// gradients.
+fn one_process(
+    config: &weft_config::Config,
+    model: &weft_model::VlModel<B>,
+    batch: &ObjectiveBatch<B>,
+) -> (Vec<(&'static str, f64)>, Vec<f32>) {
+    let dev = Default::default();
+    let special = train_common::special_tokens();
+    let single = weft_train::trainer::Engine::new(model.clone(), config, special, &dev);
+    let one = single.micro(batch, &mut ChaCha8Rng::seed_from_u64(5), false, &dev);
+    (one.parts, one.grads.expect("finite").into_vec().0)
+}
+
+/// The largest difference between the mean of `results`' gradients and `single`, relative to
+/// `single`'s largest magnitude.
+fn gradient_gap(single: &[f32], results: &[RankResult]) -> f32 {
+    let scale = single.iter().fold(0f32, |m, g| m.max(g.abs()));
+    let world = results.len() as f32;
+    let worst = (0..single.len())
+        .map(|i| (results.iter().map(|r| r.2[i]).sum::<f32>() / world - single[i]).abs())
+        .fold(0f32, f32::max);
+    worst / scale
+}
+
+/// The mean over `results`' ranks of every component and every gradient is `one`'s.
+fn assert_mean_is(
+    one: &(Vec<(&'static str, f64)>, Vec<f32>),
+    results: &[RankResult],
+    model: &weft_model::VlModel<B>,
+) {
+    let world = results.len();
+    let (parts, single_grad) = one;
+    assert_eq!(parts.len(), 5, "{parts:?}");
+    for (k, (name, want)) in parts.iter().enumerate() {
         let mean: f64 = results.iter().map(|r| r.1[k].1).sum::<f64>() / world as f64;
         assert_eq!(results[0].1[k].0, *name);
         assert!(
@@ -365,9 +413,8 @@ fn every_objective_over_ranks_matches_one_process() {
     }
     let scale = single_grad.iter().fold(0f32, |m, g| m.max(g.abs()));
     assert!(scale > 0.0);
-    let layout = single.layout();
     let mut offset = 0;
-    for p in layout {
+    for p in params(model) {
         for (j, want) in single_grad[offset..offset + p.numel()].iter().enumerate() {
             let mean: f32 = results.iter().map(|r| r.2[offset + j]).sum::<f32>() / world as f32;
             assert!(
@@ -378,6 +425,51 @@ fn every_objective_over_ranks_matches_one_process() {
         }
         offset += p.numel();
     }
+}
+
+#[test]
+fn every_objective_over_ranks_matches_one_process() {
+    // ITM's hard negatives come from the global batch and pair one rank's texts with another's
+    // images; MLM and LM are normalised by global token counts; every sample draws its masks
+    // from its own generator. The mean of the ranks' gradients is the one-process gradient.
+    let config = train_common::small_train_config();
+    let full = batch(8, config.model.text.context_length, config.data.image_size);
+    let model = build_model::<B>(&config, 64, &Default::default());
+    let one = one_process(&config, &model, &full);
+    let results = ranks(
+        &config,
+        &model,
+        (0..2)
+            .map(|r| slice_batch(&full, r * 4..(r + 1) * 4))
+            .collect(),
+    );
+    assert_mean_is(&one, &results, &model);
+}
+
+#[test]
+fn padding_rows_of_a_rank_weigh_nothing_in_any_objective() {
+    // The last global batch of an epoch: rank 0 holds rows 0-3, rank 1 rows 4 and 5 and two
+    // copies of rows 0 and 1 that only fill its batch. Every objective must train what one
+    // process trains on rows 0-5: the copies are no ITC or ITM negative, have no MLM, LM or
+    // MIM target, and every mean is over the real rows of the global batch.
+    let config = train_common::small_train_config();
+    let full = batch(8, config.model.text.context_length, config.data.image_size);
+    let model = build_model::<B>(&config, 64, &Default::default());
+    let one = one_process(&config, &model, &slice_batch(&full, 0..6));
+    let shards = vec![slice_batch(&full, 0..4), pick_rows(&full, &[4, 5, 0, 1], 2)];
+    assert_mean_is(&one, &ranks(&config, &model, shards), &model);
+    // Without the flags the copies train (torch's DistributedSampler): another gradient.
+    let unflagged = vec![slice_batch(&full, 0..4), pick_rows(&full, &[4, 5, 0, 1], 0)];
+    let results = ranks(&config, &model, unflagged);
+    let gap = gradient_gap(&one.1, &results);
+    assert!(gap > 1e-3, "unflagged copies trained like padding ({gap})");
+    // One process: padding rows at the end of a batch change nothing either.
+    let padded = one_process(
+        &config,
+        &model,
+        &pick_rows(&full, &[0, 1, 2, 3, 4, 5, 0, 1], 2),
+    );
+    assert_mean_is(&one, &[(0.0, padded.0, padded.1)], &model);
 }
 
 #[test]

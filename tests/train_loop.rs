@@ -193,6 +193,7 @@ fn gradient_accumulation_averages() {
             ids: [1, 9, 9, 2].repeat(n),
             attention_mask: vec![1; n * l],
             len: l,
+            is_pad: Vec::new(),
         }
     };
     let special = special_tokens();

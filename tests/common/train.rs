@@ -102,6 +102,7 @@ pub fn caption_batch<B: burn::tensor::backend::Backend>(
         ids,
         attention_mask: vec![1; b * l],
         len: l,
+        is_pad: Vec::new(),
     }
 }
 

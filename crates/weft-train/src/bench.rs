@@ -82,6 +82,7 @@ pub fn bench_train<B: AutodiffBackend>(
         ids,
         attention_mask: vec![1; b * l],
         len: l,
+        is_pad: Vec::new(),
     };
     let mut times = Vec::with_capacity(steps as usize);
     let mut last_loss = f64::NAN;

@@ -733,8 +733,9 @@ pub fn training_batch<B: Backend>(
 }
 
 /// The rows of `batch` that train: its real rows, or with `keep_pads` every row (a rank of a
-/// data-parallel job trains on its padding rows too, as torch's `DistributedSampler` does, so
-/// that every rank's batch has the same size); `None` when there are none.
+/// data-parallel job runs its padding rows too, so that every rank's batch has the same size;
+/// they are flagged [`ObjectiveBatch::is_pad`] and weigh nothing in the losses); `None` when
+/// there are none.
 pub fn training_rows<B: Backend>(
     batch: &weft_data::Batch,
     keep_pads: bool,
@@ -781,6 +782,7 @@ fn rows_batch<B: Backend>(
         ids,
         attention_mask: mask,
         len: l,
+        is_pad: keep.iter().map(|&i| batch.is_pad[i]).collect(),
     })
 }
 

@@ -901,7 +901,7 @@ pub fn train_with<B: AutodiffBackend>(
             wait += waited.elapsed().as_secs_f64();
             epoch = batch.epoch;
             // Every rank of a job must run every micro-batch at one size: its padding rows
-            // train too (README: Data-parallel training).
+            // run too, flagged, and weigh nothing (README: Data-parallel training).
             let Some(ob) = training_rows::<B>(&batch, world > 1, device)? else {
                 continue;
             };
@@ -945,6 +945,10 @@ pub fn train_with<B: AutodiffBackend>(
         let lr = schedule.lr(step - 1);
         let (grad_norm, applied) = if global.bad {
             (f64::NAN, false)
+        } else if global.samples == 0 {
+            // Every row of the global batch was padding (every rank ran out of usable rows):
+            // there is nothing to learn from, and the parameters and AdamW's moments stay.
+            (0.0, true)
         } else {
             let (grads, has_grad) = engine.grads(acc, t.grad_accum, device);
             let grads = all_reduce_grads(collective, grad_reduce.as_deref_mut(), grads, bucket)?;

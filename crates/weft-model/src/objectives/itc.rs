@@ -49,16 +49,27 @@ pub trait FeatureGather {
 /// embeddings feed the loss through that rank alone), the logit scale `1/N` of `N` (every rank
 /// sees all of it). Also returns the `[N·b, N·b]` image-to-text logits of the global batch (for
 /// ITM's hard negatives).
+///
+/// With `real`, the global batch's rows that are not padding (ascending): the loss is that of
+/// those rows alone, and the logits are theirs (`[R, R]`).
 pub fn itc_loss_global<B: Backend>(
     image: Tensor<B, 2>,
     text: Tensor<B, 2>,
     scale: Tensor<B, 1>,
     label_smoothing: f64,
     gather: &mut dyn FeatureGather,
+    real: Option<&[usize]>,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let (rank, world) = (gather.rank(), gather.world_size());
+    let keep = |t: Tensor<B, 2>| match real {
+        Some(rows) => {
+            let device = t.device();
+            t.select(0, weft_kernels::reference::index_tensor::<B>(rows, &device))
+        }
+        None => t,
+    };
     if world == 1 {
-        return itc_loss(image, text, scale, label_smoothing);
+        return itc_loss(keep(image), keep(text), scale, label_smoothing);
     }
     let [b, e] = image.dims();
     let device = image.device();
@@ -98,7 +109,7 @@ pub fn itc_loss_global<B: Backend>(
             .collect();
         Tensor::cat(parts, 0)
     };
-    let (image_all, text_all) = (global(0, image), global(1, text));
+    let (image_all, text_all) = (keep(global(0, image)), keep(global(1, text)));
     // The same value; 1/N of the gradient into the logit scale.
     let scale = scale.clone().detach() + (scale.clone() - scale.detach()).div_scalar(world as f64);
     let (loss, logits) = itc_loss(image_all, text_all, scale, label_smoothing);

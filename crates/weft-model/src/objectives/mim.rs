@@ -10,7 +10,7 @@ use super::sampling::{Purpose, Sampling};
 /// A `[B, N]` mask (1 = masked) with exactly `max(1, round(ratio * N))` masked patches per
 /// image, each image's from its own generator ([`Sampling`]).
 pub fn patch_mask(b: usize, n: usize, ratio: f64, sampling: &Sampling) -> Vec<f32> {
-    let k = ((ratio * n as f64).round() as usize).clamp(1, n);
+    let k = masked_patches(n, ratio);
     let mut mask = vec![0.0f32; b * n];
     for row in 0..b {
         for j in sample(&mut sampling.rng(Purpose::Mim, row), n, k) {
@@ -18,6 +18,11 @@ pub fn patch_mask(b: usize, n: usize, ratio: f64, sampling: &Sampling) -> Vec<f3
         }
     }
     mask
+}
+
+/// Patches masked per image of `n` at `ratio`: `max(1, round(ratio · n))`.
+pub fn masked_patches(n: usize, ratio: f64) -> usize {
+    ((ratio * n as f64).round() as usize).clamp(1, n)
 }
 
 /// `[B, C, S, S]` images as `[B, N, p·p·C]` patches (row-major patches, pixels in (y, x, c)
@@ -44,4 +49,22 @@ pub fn mim_loss<B: Backend>(
     let per_patch: Tensor<B, 2> = (prediction - target).square().mean_dim(2).reshape([b, n]);
     let masked = mask.clone().sum();
     (per_patch * mask).sum() / masked
+}
+
+/// [`mim_loss`] with the masked count given (`masked`, the sum of `mask`): 0 when nothing is
+/// masked (a batch of padding only).
+pub fn mim_loss_counted<B: Backend>(
+    prediction: Tensor<B, 3>,
+    target: Tensor<B, 3>,
+    mask: Tensor<B, 2>,
+    masked: usize,
+) -> Tensor<B, 1> {
+    let [b, n, _] = prediction.dims();
+    let per_patch: Tensor<B, 2> = (prediction - target).square().mean_dim(2).reshape([b, n]);
+    let sum = (per_patch * mask).sum();
+    if masked == 0 {
+        sum.mul_scalar(0.0)
+    } else {
+        sum.div_scalar(masked as f64)
+    }
 }

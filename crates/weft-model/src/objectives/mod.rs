@@ -24,7 +24,7 @@ pub use ce::cross_entropy;
 pub use itc::{itc_loss, itc_loss_global, FeatureGather};
 pub use itm::{sample_hard_negatives, HardNegatives};
 pub use lm::{shift_for_lm, LmInputs};
-pub use mim::{mim_loss, patch_mask, patch_targets};
+pub use mim::{masked_patches, mim_loss, mim_loss_counted, patch_mask, patch_targets};
 pub use mlm::{mask_tokens, MlmMask};
 pub use sampling::{Purpose, Sampling};
 
@@ -50,6 +50,10 @@ pub struct ObjectiveBatch<B: Backend> {
     pub attention_mask: Vec<u32>,
     /// Tokens per caption `L`.
     pub len: usize,
+    /// `[B]` rows that only fill the batch (copies of rows of the epoch, `Batch::is_pad`): they
+    /// run through the model, so that every rank of a job runs one batch size, but weigh
+    /// nothing in any loss and are no ITC or ITM negative. Empty: no row is padding.
+    pub is_pad: Vec<bool>,
 }
 
 impl<B: Backend> ObjectiveBatch<B> {
@@ -66,6 +70,11 @@ impl<B: Backend> ObjectiveBatch<B> {
             self.len,
             &self.images.device(),
         )
+    }
+
+    /// Whether row `i` is padding ([`Self::is_pad`]).
+    pub fn pad(&self, i: usize) -> bool {
+        self.is_pad.get(i).copied().unwrap_or(false)
     }
 
     /// The padding (true = pad) as a `[B, L]` tensor.
@@ -333,12 +342,30 @@ impl<B: AutodiffBackend> VlModel<B> {
             }
         };
 
+        // Padding rows: no MLM candidate, no LM target.
+        let local_pad: Vec<bool> = (0..b).map(|i| batch.pad(i)).collect();
+        let any_local_pad = local_pad.contains(&true);
+        let real_tokens: Vec<u32> = if any_local_pad {
+            batch
+                .attention_mask
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| if local_pad[i / l] { 0 } else { m })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let candidates = if any_local_pad {
+            &real_tokens
+        } else {
+            &batch.attention_mask
+        };
         // MLM masks are drawn first; their global count normalises the loss.
         let mlm_mask = (w.mlm > 0.0).then(|| {
             let vocab = text.expect("text encoder").token_embedding.weight.dims()[0];
             mask_tokens(
                 &batch.ids,
-                &batch.attention_mask,
+                candidates,
                 l,
                 vocab,
                 &special.all,
@@ -347,29 +374,53 @@ impl<B: AutodiffBackend> VlModel<B> {
                 &sampling,
             )
         });
-        let lm =
-            (w.lm > 0.0).then(|| shift_for_lm(&batch.ids, &batch.attention_mask, l, special.bos));
-        // Token-level means over the global batch: this rank's sum over the global count, times
-        // the ranks (the trainer averages the ranks).
-        let (mlm_scale, lm_scale) = match gather.as_deref_mut() {
-            Some(gth) if mlm_mask.is_some() || lm.is_some() => {
-                let mut counts = [
-                    mlm_mask.as_ref().map_or(0.0, |m| m.positions.len() as f32),
-                    lm.as_ref().map_or(0.0, |x| x.weights.iter().sum::<f32>()),
-                ];
-                let local = counts;
-                gth.all_reduce_sum(&mut counts);
-                let scale = |mine: f32, all: f32| {
-                    if all > 0.0 {
-                        f64::from(mine) * world as f64 / f64::from(all)
-                    } else {
-                        1.0
-                    }
-                };
-                (scale(local[0], counts[0]), scale(local[1], counts[1]))
+        let lm = (w.lm > 0.0).then(|| {
+            let mut lm = shift_for_lm(&batch.ids, &batch.attention_mask, l, special.bos);
+            for (t, weight) in lm.weights.iter_mut().enumerate() {
+                if local_pad[t / lm.len] {
+                    *weight = 0.0;
+                }
             }
-            _ => (1.0, 1.0),
+            lm
+        });
+        // In a job: which rows of the global batch are padding, and the global token counts.
+        // Token-level means over the global batch are this rank's sum over the global count,
+        // times the ranks (the trainer averages the ranks).
+        let counts = [
+            mlm_mask.as_ref().map_or(0.0, |m| m.positions.len() as f32),
+            lm.as_ref().map_or(0.0, |x| x.weights.iter().sum::<f32>()),
+        ];
+        let (global_pad, global_counts) = match gather.as_deref_mut() {
+            Some(gth) => {
+                let mut mine: Vec<f32> =
+                    local_pad.iter().map(|&p| f32::from(u8::from(p))).collect();
+                mine.extend(counts);
+                let all = gth.all_gather(&mine);
+                let mut pad = Vec::with_capacity(g);
+                let mut sums = [0.0f32; 2];
+                for part in all.chunks(b + 2) {
+                    pad.extend(part[..b].iter().map(|&x| x > 0.5));
+                    sums[0] += part[b];
+                    sums[1] += part[b + 1];
+                }
+                (pad, sums)
+            }
+            None => (local_pad.clone(), counts),
         };
+        let scale = |mine: f32, all: f32| {
+            if all > 0.0 {
+                f64::from(mine) * world as f64 / f64::from(all)
+            } else {
+                1.0
+            }
+        };
+        let (mlm_scale, lm_scale) = (
+            scale(counts[0], global_counts[0]),
+            scale(counts[1], global_counts[1]),
+        );
+        // The global batch's rows that weigh: all of them but padding.
+        let real: Vec<usize> = (0..g).filter(|&i| !global_pad[i]).collect();
+        let padded = real.len() < g;
 
         let mut itm_pairs = None;
         if w.itc > 0.0 || w.itm > 0.0 {
@@ -391,11 +442,31 @@ impl<B: AutodiffBackend> VlModel<B> {
             };
             let (image_emb, text_emb) =
                 (itc.image_embedding(image_cls), itc.text_embedding(text_cls));
-            let (loss, logits) = match gather {
-                Some(gth) => {
-                    itc_loss_global(image_emb, text_emb, itc.scale(), w.itc_label_smoothing, gth)
+            let (loss, logits) = match (gather, padded) {
+                // A global batch of padding only: nothing to contrast (no collective either,
+                // every rank knows it).
+                _ if real.is_empty() => (
+                    (image_emb.sum() + text_emb.sum()).mul_scalar(0.0),
+                    Tensor::zeros([0, 0], &device),
+                ),
+                (Some(gth), _) => itc_loss_global(
+                    image_emb,
+                    text_emb,
+                    itc.scale(),
+                    w.itc_label_smoothing,
+                    gth,
+                    padded.then_some(&real[..]),
+                ),
+                (None, true) => {
+                    let rows = weft_kernels::reference::index_tensor::<B>(&real, &device);
+                    itc_loss(
+                        image_emb.select(0, rows.clone()),
+                        text_emb.select(0, rows),
+                        itc.scale(),
+                        w.itc_label_smoothing,
+                    )
                 }
-                None => itc_loss(image_emb, text_emb, itc.scale(), w.itc_label_smoothing),
+                (None, false) => itc_loss(image_emb, text_emb, itc.scale(), w.itc_label_smoothing),
             };
             if w.itc > 0.0 {
                 parts.push(("itc", loss));
@@ -407,6 +478,19 @@ impl<B: AutodiffBackend> VlModel<B> {
                     .convert::<f32>()
                     .to_vec()
                     .expect("f32 logits");
+                // The real rows' logits in their places; padding is no negative.
+                let host = if padded {
+                    let r = real.len();
+                    let mut all = vec![f32::NEG_INFINITY; g * g];
+                    for (x, &i) in real.iter().enumerate() {
+                        for (y, &j) in real.iter().enumerate() {
+                            all[i * g + j] = host[x * r + y];
+                        }
+                    }
+                    all
+                } else {
+                    host
+                };
                 let gl = sources.g;
                 let same = |i: usize, j: usize| {
                     sources.ids[i * l..(i + 1) * l] == sources.ids[j * l..(j + 1) * l]
@@ -503,7 +587,21 @@ impl<B: AutodiffBackend> VlModel<B> {
             let (fused, n, _) = fused.as_ref().expect("the ITM pairs");
             let logits = crate::block::head_linear(head, fused.clone().narrow(0, 0, *n));
             let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
-            parts.push(("itm", cross_entropy(logits, &targets, None, 0.0)));
+            let loss = if padded {
+                // The three pairs of a real row weigh 1 (its negatives are real rows), those of
+                // padding 0; normalised by the global batch's pairs.
+                let weigh = real.len() >= 2;
+                let weights: Vec<f32> = (0..3 * b)
+                    .map(|k| f32::from(u8::from(weigh && !local_pad[k % b])))
+                    .collect();
+                let mine: f32 = weights.iter().sum();
+                let all = if weigh { 3.0 * real.len() as f32 } else { 0.0 };
+                let loss = cross_entropy(logits, &targets, Some(&weights), 0.0);
+                scaled(loss, if all > 0.0 { scale(mine, all) } else { 0.0 })
+            } else {
+                cross_entropy(logits, &targets, None, 0.0)
+            };
+            parts.push(("itm", loss));
         }
 
         if let Some(mask) = mlm_mask {
@@ -548,6 +646,12 @@ impl<B: AutodiffBackend> VlModel<B> {
             let [_, _, s, _] = batch.images.dims();
             let n = (s / patch) * (s / patch);
             let mask = patch_mask(b, n, w.mim_mask_ratio, &sampling);
+            // Padding's patches are predicted but not scored.
+            let scored: Vec<f32> = mask
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| if local_pad[i / n] { 0.0 } else { m })
+                .collect();
             let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, n]), &device);
             let tokens = self.vision.forward_masked(
                 batch.images.clone(),
@@ -556,7 +660,16 @@ impl<B: AutodiffBackend> VlModel<B> {
             );
             let prediction = linear(&mim.predictor, tokens.narrow(1, 1, n));
             let target = patch_targets(batch.images.clone().detach(), patch);
-            parts.push(("mim", mim_loss(prediction, target, mask)));
+            let loss = if padded {
+                let scored_n = scored.iter().filter(|&&m| m > 0.0).count();
+                let all = masked_patches(n, w.mim_mask_ratio) * real.len();
+                let scored = Tensor::<B, 2>::from_data(TensorData::new(scored, [b, n]), &device);
+                let loss = mim_loss_counted(prediction, target, scored, scored_n);
+                scaled(loss, scale(scored_n as f32, all as f32))
+            } else {
+                mim_loss(prediction, target, mask)
+            };
+            parts.push(("mim", loss));
         }
 
         let weight = |name: &str| match name {
