@@ -203,3 +203,47 @@ fn a_job_trains_through_padded_last_batches() {
     assert_eq!(lines[7]["epoch"], 1);
     assert_eq!(lines[13]["samples_seen"], 200);
 }
+
+#[test]
+fn steps_whose_global_batch_is_all_padding_update_nothing() {
+    // 64 rows, 2 ranks of 8: rank 0 plans rows 0-31, rank 1 rows 32-63, 4 steps. Rows 16-31
+    // and 48-63 have no image, so each rank runs out after 2 steps and pads the last 2: their
+    // global batches are all padding. Steps 3 and 4 must change neither the weights nor
+    // AdamW's moments: the step-4 checkpoint is the step-2 one, bit for bit.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows: Vec<_> = (0..64)
+        .map(|i| match i % 32 {
+            0..16 => row(i),
+            _ => (None, row(i).1),
+        })
+        .collect();
+    write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
+    let run = dir.path().join("run");
+    let mut args = launch_args(&run, sets(&data, 8));
+    for kv in [
+        "train.max_steps=0",
+        "train.epochs=1",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=0",
+        "data.max_bad_fraction=1.0",
+    ] {
+        args.push("--set".into());
+        args.push(kv.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    let lines = common::ckpt::metrics(&run);
+    let seen: Vec<_> = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
+    assert_eq!(seen, [Some(16), Some(32), Some(32), Some(32)], "{lines:?}");
+    let ckpt = |step: u32| run.join(format!("checkpoints/step-{step:08}"));
+    for family in weft_checkpoint::Family::ALL {
+        let (two, four) = (
+            common::ckpt::bits(&ckpt(2), family),
+            common::ckpt::bits(&ckpt(4), family),
+        );
+        assert!(!two.is_empty());
+        assert!(two == four, "{family:?} changed in steps of padding only");
+    }
+}
