@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::process::{train_with_sets, weft_json};
+use common::process::{train_on, train_with_sets, weft_json, SMALL_MODEL};
 
 /// `weft eval` of `run` on the sample's validation split with `--rerank-k 5`, as JSON.
 fn eval_rerank(run: &Path) -> serde_json::Value {
@@ -140,32 +140,15 @@ fn embedded(log: &Path) -> Vec<(usize, usize, usize)> {
 fn evaluation_during_training_is_shared_by_the_ranks_and_gives_weft_evals_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut args = vec![
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--run-dir",
-    ];
-    args.push(run.to_str().unwrap());
-    for s in [
-        "data.image_size=32",
-        "data.batch_size=32",
-        "model.embed_dim=16",
-        "model.vision.width=16",
-        "model.vision.depth=1",
-        "model.text.width=16",
-        "model.text.depth=1",
+    let mut sets = SMALL_MODEL.to_vec();
+    sets.extend([
         "loss.lm=0",
         "loss.mim=0",
         "train.max_steps=4",
         "train.eval_every=2",
         "train.threads=1",
-    ] {
-        args.extend(["--set", s]);
-    }
-    common::process::weft_ok(&args, std::time::Duration::from_secs(300));
+    ]);
+    train_on(Some("2"), &run, &sets);
     // Steps 2 and 4, every one of the 500 validation rows, each embedded by one rank.
     let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("eval.jsonl"))
         .unwrap()

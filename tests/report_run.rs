@@ -9,28 +9,19 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::process::{repo, weft_ok, weft_within};
+use common::process::{repo, train_with_sets, weft_ok, weft_within, SMALL_MODEL};
 
 fn train(run: &Path, steps: usize) {
-    let mut args = vec!["train", "--run-dir", run.to_str().unwrap()];
     let max = format!("train.max_steps={steps}");
-    for s in [
-        "data.image_size=32",
-        "data.batch_size=32",
-        "model.embed_dim=16",
-        "model.vision.width=16",
-        "model.vision.depth=1",
-        "model.text.width=16",
-        "model.text.depth=1",
+    let mut sets = SMALL_MODEL.to_vec();
+    sets.extend([
         "train.warmup_steps=2",
         "train.eval_every=3",
         "train.log_every=1",
         "train.threads=1",
         max.as_str(),
-    ] {
-        args.extend(["--set", s]);
-    }
-    weft_ok(&args, Duration::from_secs(300));
+    ]);
+    train_with_sets(run, &sets);
 }
 
 /// The keys of every line of a JSON-lines file.

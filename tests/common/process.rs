@@ -62,10 +62,31 @@ pub fn weft_ok(args: &[&str], limit: Duration) -> String {
     ok(&weft_within(&repo(), args, limit))
 }
 
+/// `--set` values that shrink the default config's model for tests that train through the
+/// binary: 32-pixel images in batches of 32, width 16, one block per encoder.
+pub const SMALL_MODEL: [&str; 7] = [
+    "data.image_size=32",
+    "data.batch_size=32",
+    "model.embed_dim=16",
+    "model.vision.width=16",
+    "model.vision.depth=1",
+    "model.text.width=16",
+    "model.text.depth=1",
+];
+
 /// `weft train --run-dir RUN --set S...` in the repository (the default config, the sample
 /// dataset), within 5 minutes.
 pub fn train_with_sets<S: AsRef<str>>(run: &Path, sets: &[S]) {
-    let mut args = vec!["train", "--run-dir", run.to_str().unwrap()];
+    train_on(None, run, sets);
+}
+
+/// [`train_with_sets`], with `ranks` as the workers of `weft launch --nproc-per-node RANKS --`.
+pub fn train_on<S: AsRef<str>>(ranks: Option<&str>, run: &Path, sets: &[S]) {
+    let mut args = Vec::new();
+    if let Some(n) = ranks {
+        args.extend(["launch", "--nproc-per-node", n, "--"]);
+    }
+    args.extend(["train", "--run-dir", run.to_str().unwrap()]);
     for s in sets {
         args.extend(["--set", s.as_ref()]);
     }
