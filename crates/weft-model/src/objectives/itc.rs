@@ -25,6 +25,29 @@ pub fn itc_loss<B: Backend>(
     ((i2t + t2i).div_scalar(2.0), logits)
 }
 
+/// [`itc_loss`] of the rows `real` of the embeddings (all rows when None): the loss of those
+/// rows alone, and their `[R, R]` logits.
+pub fn itc_loss_of_rows<B: Backend>(
+    image: Tensor<B, 2>,
+    text: Tensor<B, 2>,
+    scale: Tensor<B, 1>,
+    label_smoothing: f64,
+    real: Option<&[usize]>,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    match real {
+        Some(rows) => {
+            let rows = weft_kernels::reference::index_tensor::<B>(rows, &image.device());
+            itc_loss(
+                image.select(0, rows.clone()),
+                text.select(0, rows),
+                scale,
+                label_smoothing,
+            )
+        }
+        None => itc_loss(image, text, scale, label_smoothing),
+    }
+}
+
 /// The collectives the objectives need from a data-parallel job: ITC's negatives and ITM's
 /// hard negatives come from the global batch. The trainer implements it over its collective;
 /// weft-model knows no network.
@@ -61,15 +84,8 @@ pub fn itc_loss_global<B: Backend>(
     real: Option<&[usize]>,
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     let (rank, world) = (gather.rank(), gather.world_size());
-    let keep = |t: Tensor<B, 2>| match real {
-        Some(rows) => {
-            let device = t.device();
-            t.select(0, weft_kernels::reference::index_tensor::<B>(rows, &device))
-        }
-        None => t,
-    };
     if world == 1 {
-        return itc_loss(keep(image), keep(text), scale, label_smoothing);
+        return itc_loss_of_rows(image, text, scale, label_smoothing, real);
     }
     let [b, e] = image.dims();
     let device = image.device();
@@ -109,10 +125,10 @@ pub fn itc_loss_global<B: Backend>(
             .collect();
         Tensor::cat(parts, 0)
     };
-    let (image_all, text_all) = (keep(global(0, image)), keep(global(1, text)));
+    let (image_all, text_all) = (global(0, image), global(1, text));
     // The same value; 1/N of the gradient into the logit scale.
     let scale = scale.clone().detach() + (scale.clone() - scale.detach()).div_scalar(world as f64);
-    let (loss, logits) = itc_loss(image_all, text_all, scale, label_smoothing);
+    let (loss, logits) = itc_loss_of_rows(image_all, text_all, scale, label_smoothing, real);
     // The same value; N times the gradient into this rank's embeddings.
     let loss = loss.clone() + (loss.clone() - loss.detach()).mul_scalar((world - 1) as f64);
     (loss, logits)

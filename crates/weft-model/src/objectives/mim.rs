@@ -45,10 +45,19 @@ pub fn mim_loss<B: Backend>(
     target: Tensor<B, 3>,
     mask: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
+    let masked = mask.clone().sum();
+    masked_error_sum(prediction, target, mask) / masked
+}
+
+/// Sum over masked patches of the per-patch mean squared error.
+fn masked_error_sum<B: Backend>(
+    prediction: Tensor<B, 3>,
+    target: Tensor<B, 3>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let [b, n, _] = prediction.dims();
     let per_patch: Tensor<B, 2> = (prediction - target).square().mean_dim(2).reshape([b, n]);
-    let masked = mask.clone().sum();
-    (per_patch * mask).sum() / masked
+    (per_patch * mask).sum()
 }
 
 /// [`mim_loss`] with the masked count given (`masked`, the sum of `mask`): 0 when nothing is
@@ -59,9 +68,7 @@ pub fn mim_loss_counted<B: Backend>(
     mask: Tensor<B, 2>,
     masked: usize,
 ) -> Tensor<B, 1> {
-    let [b, n, _] = prediction.dims();
-    let per_patch: Tensor<B, 2> = (prediction - target).square().mean_dim(2).reshape([b, n]);
-    let sum = (per_patch * mask).sum();
+    let sum = masked_error_sum(prediction, target, mask);
     if masked == 0 {
         sum.mul_scalar(0.0)
     } else {

@@ -12,6 +12,8 @@ pub mod mim;
 pub mod mlm;
 pub mod sampling;
 
+use std::borrow::Cow;
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::Rng;
@@ -21,7 +23,7 @@ use crate::block::{linear, AttentionBias, TokenRows};
 use crate::model::VlModel;
 
 pub use ce::cross_entropy;
-pub use itc::{itc_loss, itc_loss_global, FeatureGather};
+pub use itc::{itc_loss, itc_loss_global, itc_loss_of_rows, FeatureGather};
 pub use itm::{sample_hard_negatives, HardNegatives};
 pub use lm::{shift_for_lm, LmInputs};
 pub use mim::{masked_patches, mim_loss, mim_loss_counted, patch_mask, patch_targets};
@@ -345,27 +347,22 @@ impl<B: AutodiffBackend> VlModel<B> {
         // Padding rows: no MLM candidate, no LM target.
         let local_pad: Vec<bool> = (0..b).map(|i| batch.pad(i)).collect();
         let any_local_pad = local_pad.contains(&true);
-        let real_tokens: Vec<u32> = if any_local_pad {
-            batch
-                .attention_mask
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| if local_pad[i / l] { 0 } else { m })
-                .collect()
+        let candidates: Cow<'_, [u32]> = if any_local_pad {
+            let tokens = batch.attention_mask.iter().enumerate();
+            Cow::Owned(
+                tokens
+                    .map(|(i, &m)| if local_pad[i / l] { 0 } else { m })
+                    .collect(),
+            )
         } else {
-            Vec::new()
-        };
-        let candidates = if any_local_pad {
-            &real_tokens
-        } else {
-            &batch.attention_mask
+            Cow::Borrowed(&batch.attention_mask)
         };
         // MLM masks are drawn first; their global count normalises the loss.
         let mlm_mask = (w.mlm > 0.0).then(|| {
             let vocab = text.expect("text encoder").token_embedding.weight.dims()[0];
             mask_tokens(
                 &batch.ids,
-                candidates,
+                &candidates,
                 l,
                 vocab,
                 &special.all,
@@ -442,31 +439,29 @@ impl<B: AutodiffBackend> VlModel<B> {
             };
             let (image_emb, text_emb) =
                 (itc.image_embedding(image_cls), itc.text_embedding(text_cls));
-            let (loss, logits) = match (gather, padded) {
+            let rows = padded.then_some(&real[..]);
+            let (loss, logits) = match gather {
                 // A global batch of padding only: nothing to contrast (no collective either,
                 // every rank knows it).
                 _ if real.is_empty() => (
                     (image_emb.sum() + text_emb.sum()).mul_scalar(0.0),
                     Tensor::zeros([0, 0], &device),
                 ),
-                (Some(gth), _) => itc_loss_global(
+                Some(gth) => itc_loss_global(
                     image_emb,
                     text_emb,
                     itc.scale(),
                     w.itc_label_smoothing,
                     gth,
-                    padded.then_some(&real[..]),
+                    rows,
                 ),
-                (None, true) => {
-                    let rows = weft_kernels::reference::index_tensor::<B>(&real, &device);
-                    itc_loss(
-                        image_emb.select(0, rows.clone()),
-                        text_emb.select(0, rows),
-                        itc.scale(),
-                        w.itc_label_smoothing,
-                    )
-                }
-                (None, false) => itc_loss(image_emb, text_emb, itc.scale(), w.itc_label_smoothing),
+                None => itc_loss_of_rows(
+                    image_emb,
+                    text_emb,
+                    itc.scale(),
+                    w.itc_label_smoothing,
+                    rows,
+                ),
             };
             if w.itc > 0.0 {
                 parts.push(("itc", loss));
@@ -597,7 +592,8 @@ impl<B: AutodiffBackend> VlModel<B> {
                 let mine: f32 = weights.iter().sum();
                 let all = if weigh { 3.0 * real.len() as f32 } else { 0.0 };
                 let loss = cross_entropy(logits, &targets, Some(&weights), 0.0);
-                scaled(loss, if all > 0.0 { scale(mine, all) } else { 0.0 })
+                // With no pair weighing anywhere the loss is 0 already.
+                scaled(loss, scale(mine, all))
             } else {
                 cross_entropy(logits, &targets, None, 0.0)
             };
