@@ -191,11 +191,16 @@ fn a_rank_with_only_bad_rows_says_so() {
 
 /// Overwrite the first page header of row group `rg`'s first column with 0xFF bytes.
 fn corrupt_row_group(path: &std::path::Path, rg: usize) {
+    corrupt_column(path, rg, 0);
+}
+
+/// Overwrites the start of column `column`'s chunk in row group `rg`.
+fn corrupt_column(path: &std::path::Path, rg: usize, column: usize) {
     use parquet::file::reader::FileReader;
     let reader =
         parquet::file::reader::SerializedFileReader::new(std::fs::File::open(path).unwrap())
             .unwrap();
-    let col = reader.metadata().row_group(rg).column(0).clone();
+    let col = reader.metadata().row_group(rg).column(column).clone();
     let start = col
         .dictionary_page_offset()
         .unwrap_or(col.data_page_offset()) as usize;
@@ -236,4 +241,45 @@ fn corrupt_row_group_names_file_and_group_or_is_skipped() {
     assert_eq!(real, ["caption 0", "caption 1", "caption 2", "caption 3"]);
     assert_eq!(stream.stats().by_reason.get("bad_file"), Some(&4));
     assert_eq!(stream.stats().bad, 0);
+}
+
+#[test]
+fn an_unreadable_status_column_names_the_file_and_group_or_the_file_is_skipped() {
+    // The status column is read when the dataset is opened, to plan over the downloads.
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<I2dRow> = (0..8)
+        .map(|i| I2dRow {
+            jpg: (i != 2).then(|| png_for(i)),
+            caption: Some(format!("photo {i}")),
+            key: format!("{i}"),
+            status: if i == 2 {
+                "failed_to_download"
+            } else {
+                "success"
+            }
+            .into(),
+        })
+        .collect();
+    let good = dir.path().join("a.parquet");
+    let bad = dir.path().join("b.parquet");
+    write_img2dataset_in_groups(&good, &rows, "jpg", "caption", 4);
+    write_img2dataset_in_groups(&bad, &rows, "jpg", "caption", 4);
+    corrupt_column(&bad, 0, 3);
+    let paths = [dir.path().display().to_string()];
+    let mut config = test_config(2);
+    let err = weft_data::open_catalog(&config, &paths)
+        .expect_err("an unreadable status column is an error")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "unreadable Parquet file {} (row group 0): reading status column \"status\": ",
+            bad.display()
+        )),
+        "{err}"
+    );
+    config.data.skip_bad_files = true;
+    let catalog = weft_data::open_catalog(&config, &paths).unwrap();
+    assert_eq!(catalog.files.len(), 1);
+    assert_eq!(catalog.skipped_files[0].path, bad);
+    assert_eq!((catalog.total_rows(), catalog.planned_rows()), (8, 7));
 }

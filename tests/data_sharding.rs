@@ -154,10 +154,21 @@ fn cursor_round_trip_continues_exactly() {
 /// original epoch is seen exactly once.
 fn reshard_case(w0: usize, b0: usize, k: usize, w1: usize, b1: usize, last_batch: LastBatch) {
     let dir = tempfile::tempdir().unwrap();
-    let paths = dataset(dir.path());
+    reshard_case_on(&dataset(dir.path()), w0, b0, k, w1, b1, last_batch);
+}
+
+fn reshard_case_on(
+    paths: &[PathBuf],
+    w0: usize,
+    b0: usize,
+    k: usize,
+    w1: usize,
+    b1: usize,
+    last_batch: LastBatch,
+) {
     let mut config = test_config(b0);
     config.data.last_batch = last_batch;
-    let loader = loader(&config, &paths, Split::Train);
+    let loader = loader(&config, paths, Split::Train);
     let start = DataCursor::new(loader.catalog(), plan_options(&config, Split::Train, w0), 0);
     let mut expected = HashSet::new();
     let mut before = Vec::new();
@@ -329,4 +340,140 @@ fn next_epoch_starts_over_with_a_new_order() {
     }
     assert_eq!(epochs[0].len(), epochs[1].len());
     assert_ne!(epochs[0], epochs[1]);
+}
+
+/// img2dataset shards of 97 rows in row groups of 7, whose failed downloads are unevenly spread:
+/// every other row of the first file, none of the second, all of one row group and a run of
+/// others in the third. Returns the paths and the keys of the rows that downloaded.
+fn downloads(dir: &std::path::Path) -> (Vec<PathBuf>, HashSet<String>) {
+    let failed = |file: usize, i: usize| match file {
+        0 => i % 2 == 1,
+        1 => false,
+        _ => (7..14).contains(&i) || (20..25).contains(&i) || i == 30,
+    };
+    let mut paths = Vec::new();
+    let mut good = HashSet::new();
+    for (file, n) in [(0usize, 40usize), (1, 22), (2, 35)] {
+        let rows: Vec<I2dRow> = (0..n)
+            .map(|i| {
+                let key = format!("{file}-{i:03}");
+                let ok = !failed(file, i);
+                if ok {
+                    good.insert(key.clone());
+                }
+                I2dRow {
+                    jpg: ok.then(|| png_for(file * 100 + i)),
+                    caption: Some(format!("caption {key}")),
+                    key,
+                    status: if ok { "success" } else { "failed_to_download" }.into(),
+                }
+            })
+            .collect();
+        let p = dir.join(format!("{file:05}.parquet"));
+        write_img2dataset_in_groups(&p, &rows, "jpg", "caption", 7);
+        paths.push(p);
+    }
+    (paths, good)
+}
+
+#[test]
+fn failed_downloads_are_left_out_of_the_plan_so_no_rank_pads_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, good) = downloads(dir.path());
+    assert_eq!(good.len(), 20 + 22 + 22);
+    for last_batch in [LastBatch::Drop, LastBatch::Pad] {
+        for world in 1..=3usize {
+            let batch = 4;
+            let mut config = test_config(batch);
+            config.data.last_batch = last_batch;
+            // No bad row is tolerated: the failed downloads are not bad rows, and none is read.
+            config.data.max_bad_fraction = 0.0;
+            config.data.min_rows_for_bad_fraction = 0;
+            let loader = loader(&config, &paths, Split::Train);
+            assert_eq!(
+                (
+                    loader.catalog().total_rows(),
+                    loader.catalog().planned_rows()
+                ),
+                (97, good.len() as u64)
+            );
+            let cursor = DataCursor::new(
+                loader.catalog(),
+                plan_options(&config, Split::Train, world),
+                0,
+            );
+            let global = world * batch;
+            let steps = match last_batch {
+                LastBatch::Drop => good.len() / global,
+                LastBatch::Pad => good.len().div_ceil(global),
+            };
+            assert_eq!(cursor.steps(loader.catalog()).unwrap(), steps as u64);
+            let mut seen = HashSet::new();
+            let mut pads = 0;
+            for rank in 0..world {
+                let mut stream = loader.stream(&cursor, rank).unwrap();
+                let batches: Vec<Batch> = stream.by_ref().map(Result::unwrap).collect();
+                assert_eq!(batches.len(), steps, "world {world} rank {rank}");
+                assert_eq!(stream.stats().by_reason.get("status"), None);
+                for b in &batches {
+                    let p = b.is_pad.iter().filter(|&&p| p).count();
+                    // Drop mode pads nothing; pad mode only the rows the epoch lacks (the
+                    // wrap-around, counted below), never for a failed download.
+                    if last_batch == LastBatch::Drop {
+                        assert_eq!(p, 0, "world {world} rank {rank}");
+                    }
+                    pads += p;
+                }
+                for key in real_keys(&batches) {
+                    assert!(good.contains(&key), "{key} failed to download");
+                    assert!(seen.insert(key.clone()), "{key} seen twice (world {world})");
+                }
+            }
+            match last_batch {
+                LastBatch::Drop => assert_eq!(seen.len(), steps * global),
+                LastBatch::Pad => {
+                    assert_eq!(seen, good, "world {world}: every download once");
+                    assert_eq!(pads, steps * global - good.len());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_world_size_change_with_failed_downloads_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = downloads(dir.path());
+    reshard_case_on(&paths, 2, 4, 3, 3, 4, LastBatch::Pad);
+    reshard_case_on(&paths, 3, 3, 2, 2, 5, LastBatch::Pad);
+    reshard_case_on(&paths, 1, 8, 4, 2, 4, LastBatch::Drop);
+}
+
+#[test]
+fn a_cursor_is_refused_when_other_rows_of_the_same_files_downloaded() {
+    // Re-running img2dataset over the same shards can change which rows succeeded: the row
+    // groups are the same, but the plan's row numbers would name other rows.
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = downloads(dir.path());
+    let config = test_config(4);
+    let l = loader(&config, &paths, Split::Train);
+    let cursor = DataCursor::new(l.catalog(), plan_options(&config, Split::Train, 2), 0);
+    let rows: Vec<I2dRow> = (0..22)
+        .map(|i| I2dRow {
+            jpg: (i != 5).then(|| png_for(100 + i)),
+            caption: Some(format!("caption 1-{i:03}")),
+            key: format!("1-{i:03}"),
+            status: if i == 5 {
+                "failed_to_download"
+            } else {
+                "success"
+            }
+            .into(),
+        })
+        .collect();
+    write_img2dataset_in_groups(&paths[1], &rows, "jpg", "caption", 7);
+    let other = loader(&config, &paths, Split::Train);
+    assert_eq!(other.catalog().total_rows(), l.catalog().total_rows());
+    let err = other.stream(&cursor, 0).err().expect("refused").to_string();
+    assert!(err.contains("files or row groups changed"), "{err}");
 }

@@ -187,7 +187,7 @@ fn a_job_trains_through_padded_last_batches() {
     let out = weft_within(&repo(), &argv, Duration::from_secs(300));
     ok(&out);
     // The coordinator's own count over both ranks' reports.
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = std::fs::read_to_string(run.join("logs/rank-1.log")).unwrap();
     assert!(
         log.contains("job finished: 14 steps, 200 samples"),
         "launcher log: {log}"
@@ -246,4 +246,48 @@ fn steps_whose_global_batch_is_all_padding_update_nothing() {
         assert!(!two.is_empty());
         assert!(two == four, "{family:?} changed in steps of padding only");
     }
+}
+
+#[test]
+fn failed_downloads_cost_a_job_no_step() {
+    // 64 img2dataset rows in 2 row groups of 32; every other row of the first failed to
+    // download. The plan holds the 48 downloads: 2 ranks of 8 take 3 full steps. (Planned over
+    // all 64 rows, rank 0 would get the first group and run out after 2 steps, and the job
+    // would take a 4th step for rank 1's rows alone: samples seen 16, 32, 40, 48.)
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows: Vec<_> = (0..64)
+        .map(|i| {
+            let ok = i >= 32 || i % 2 == 0;
+            let (jpg, caption) = row(i);
+            common::I2dRow {
+                jpg: if ok { jpg } else { None },
+                caption,
+                key: format!("{i:09}"),
+                status: if ok { "success" } else { "failed_to_download" }.into(),
+            }
+        })
+        .collect();
+    common::write_img2dataset_in_groups(&data.join("00000.parquet"), &rows, "jpg", "caption", 32);
+    let run = dir.path().join("run");
+    let mut args = launch_args(&run, sets(&data, 8));
+    for kv in [
+        "train.max_steps=0",
+        "train.epochs=1",
+        "data.max_bad_fraction=0.0",
+    ] {
+        args.push("--set".into());
+        args.push(kv.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    let lines = common::ckpt::metrics(&run);
+    let seen: Vec<_> = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
+    assert_eq!(seen, [Some(16), Some(32), Some(48)], "{lines:?}");
+    let log = std::fs::read_to_string(run.join("logs/rank-1.log")).unwrap();
+    assert!(
+        log.contains("64 rows; 16 of them failed downloads by column \"status\""),
+        "{log}"
+    );
 }

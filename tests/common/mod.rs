@@ -56,6 +56,17 @@ pub struct I2dRow {
 
 /// img2dataset layout: `jpg`, `caption`, `key`, `status` (or `png` / `txt` names).
 pub fn write_img2dataset(path: &Path, rows: &[I2dRow], image_col: &str, text_col: &str) {
+    write_img2dataset_in_groups(path, rows, image_col, text_col, 1000);
+}
+
+/// [`write_img2dataset`] with row groups of `row_group` rows.
+pub fn write_img2dataset_in_groups(
+    path: &Path,
+    rows: &[I2dRow],
+    image_col: &str,
+    text_col: &str,
+    row_group: usize,
+) {
     let schema = Arc::new(Schema::new(vec![
         Field::new(image_col, DataType::Binary, true),
         Field::new(text_col, DataType::Utf8, true),
@@ -76,7 +87,7 @@ pub fn write_img2dataset(path: &Path, rows: &[I2dRow], image_col: &str, text_col
             rows.iter().map(|r| r.status.as_str()),
         )),
     ];
-    write_batch(path, schema, cols, 1000);
+    write_batch(path, schema, cols, row_group);
 }
 
 /// A custom layout: `picture` (binary), `alt_text` (string), `uid` (int64), `extra` (string).

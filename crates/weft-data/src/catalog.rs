@@ -1,9 +1,13 @@
 //! The catalog of a dataset: its files, their row groups (the units of sharding) and the
 //! column mapping; and the reader that streams selected rows of one unit.
 //!
-//! Opening a catalog reads only the Parquet footers. Rows are read later, one unit (file,
-//! row group) at a time, only the needed columns, in small record batches.
+//! Opening a catalog reads the Parquet footers and, when the layout has an img2dataset `status`
+//! column, that column (a few bytes a row; skipped for a row group whose statistics say every
+//! row succeeded), so that epochs are planned over the rows that downloaded ([`crate::usable`]).
+//! Rows are read later, one unit (file, row group) at a time, only the needed columns, in small
+//! record batches.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 use crate::layout::{ColumnMapping, ColumnOverrides};
+use crate::usable::UsableRows;
 
 /// One Parquet file of the dataset.
 #[derive(Debug, Clone)]
@@ -45,6 +50,9 @@ pub struct Unit {
     pub row_group: u32,
     /// Rows in the row group.
     pub rows: u64,
+    /// Of which usable: all of them, or those whose img2dataset `status` is `success`. Epochs
+    /// are planned over these.
+    pub usable: u64,
 }
 
 /// A file that was skipped because it could not be read (`data.skip_bad_files = true`).
@@ -67,6 +75,8 @@ pub struct Catalog {
     pub mapping: ColumnMapping,
     /// Files left out because they were unreadable.
     pub skipped_files: Vec<SkippedFile>,
+    /// For each unit, which rows are usable; `None` when all are.
+    usable: Vec<Option<UsableRows>>,
 }
 
 /// One row as read from Parquet, before any decoding.
@@ -99,6 +109,8 @@ impl Catalog {
     ) -> Result<Self> {
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
+        let mut units = Vec::new();
+        let mut usable = Vec::new();
         let mut mapping: Option<ColumnMapping> = None;
         for path in files {
             let meta = match read_metadata(path) {
@@ -125,6 +137,30 @@ impl Catalog {
                     m
                 }
             };
+            let groups = match usable_rows(path, &meta, &m) {
+                Ok(groups) => groups,
+                Err(e) if skip_bad_files => {
+                    tracing::warn!(file = %path.display(), error = %e, "skipping a Parquet file whose status column is unreadable (data.skip_bad_files = true)");
+                    skipped.push(SkippedFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let file = entries.len() as u32;
+            for (gi, (rows, map)) in groups.into_iter().enumerate() {
+                if rows > 0 {
+                    units.push(Unit {
+                        file,
+                        row_group: gi as u32,
+                        rows,
+                        usable: map.as_ref().map_or(rows, UsableRows::count),
+                    });
+                    usable.push(map);
+                }
+            }
             let leaves = m.leaf_indices(meta.parquet_schema(), true);
             let text_leaves = m.leaf_indices(meta.parquet_schema(), false);
             let md = meta.metadata();
@@ -144,29 +180,32 @@ impl Catalog {
                 format!("{} (every file was unreadable)", files[0].display())
             },
         })?;
-        let mut units = Vec::new();
-        for (fi, f) in entries.iter().enumerate() {
-            for (gi, rg) in f.meta.metadata().row_groups().iter().enumerate() {
-                if rg.num_rows() > 0 {
-                    units.push(Unit {
-                        file: fi as u32,
-                        row_group: gi as u32,
-                        rows: rg.num_rows() as u64,
-                    });
-                }
-            }
-        }
         Ok(Self {
             files: entries,
             units,
             mapping,
             skipped_files: skipped,
+            usable,
         })
     }
 
     /// Rows in all units.
     pub fn total_rows(&self) -> u64 {
         self.units.iter().map(|u| u.rows).sum()
+    }
+
+    /// Rows an epoch is planned over: the usable rows of all units.
+    pub fn planned_rows(&self) -> u64 {
+        self.units.iter().map(|u| u.usable).sum()
+    }
+
+    /// The rows of `unit`'s row group that the plan's row numbers `ranges` (sorted, disjoint,
+    /// numbering the unit's usable rows) stand for.
+    pub fn rows_of<'a>(&self, unit: u32, ranges: &'a [(u64, u64)]) -> Cow<'a, [(u64, u64)]> {
+        match &self.usable[unit as usize] {
+            None => Cow::Borrowed(ranges),
+            Some(map) => Cow::Owned(map.rows_of(ranges)),
+        }
     }
 
     /// A digest of the file names and row-group sizes: a data cursor only resumes on the
@@ -178,6 +217,10 @@ impl Catalog {
             h.update(file_name(&f.path).as_bytes());
             h.update(u.row_group.to_le_bytes());
             h.update(u.rows.to_le_bytes());
+            if self.mapping.status.is_some() {
+                // The plan numbers usable rows: a plan of other usable rows is another dataset.
+                h.update(u.usable.to_le_bytes());
+            }
         }
         let digest = h.finalize();
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -205,6 +248,83 @@ fn read_image_file(parquet: &Path, image_path: &str) -> Option<Vec<u8>> {
         parquet.parent().unwrap_or(Path::new(".")).join(p)
     };
     std::fs::read(full).ok().filter(|b| !b.is_empty())
+}
+
+/// For each row group of a file: its rows and, when a status column says some of them failed,
+/// which rows are usable. A row group whose statistics show `success` as its only status value
+/// and no nulls is not read.
+fn usable_rows(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    mapping: &ColumnMapping,
+) -> Result<Vec<(u64, Option<UsableRows>)>> {
+    let md = meta.metadata();
+    let groups = md.row_groups();
+    let Some(status) = &mapping.status else {
+        return Ok(groups
+            .iter()
+            .map(|g| (g.num_rows().max(0) as u64, None))
+            .collect());
+    };
+    let leaf = meta
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [status.as_str()])
+        .ok_or_else(|| DataError::BadParquet {
+            path: path.to_path_buf(),
+            row_group: None,
+            message: format!("status column {status:?} is not a leaf column"),
+        })?;
+    let mut out = Vec::with_capacity(groups.len());
+    for (gi, g) in groups.iter().enumerate() {
+        let rows = g.num_rows().max(0) as u64;
+        // Bounds that are equal leave one value possible, exact or not (a truncated minimum is
+        // below the true one, a truncated maximum above), in any byte order.
+        let all_success = g.column(leaf).statistics().is_some_and(|st| {
+            st.null_count_opt() == Some(0)
+                && st.min_bytes_opt() == Some(b"success".as_slice())
+                && st.max_bytes_opt() == Some(b"success".as_slice())
+        });
+        if rows == 0 || all_success {
+            out.push((rows, None));
+            continue;
+        }
+        let bad = |message: String| DataError::BadParquet {
+            path: path.to_path_buf(),
+            row_group: Some(gi),
+            message: format!("reading status column {status:?}: {message}"),
+        };
+        let file = File::open(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(vec![gi])
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        let mut flags = Vec::with_capacity(rows as usize);
+        for batch in reader {
+            let batch = batch.map_err(|e| bad(e.to_string()))?;
+            let col = arrow_cast::cast(batch.column(0), &arrow_schema::DataType::Utf8)
+                .map_err(|e| bad(e.to_string()))?;
+            let col = col
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| bad("not a string column".to_string()))?;
+            flags.extend((0..col.len()).map(|i| col.is_valid(i) && col.value(i) == "success"));
+        }
+        if flags.len() as u64 != rows {
+            return Err(bad(format!("{} values for {rows} rows", flags.len())));
+        }
+        let map = UsableRows::from_flags(flags);
+        out.push((rows, (map.count() < rows).then_some(map)));
+    }
+    Ok(out)
 }
 
 fn read_metadata(path: &Path) -> Result<ArrowReaderMetadata> {

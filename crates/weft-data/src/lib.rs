@@ -4,6 +4,8 @@
 //! - [`layout`]: recognise the Hugging Face, img2dataset or an explicit column layout.
 //! - [`catalog`]: the files and their row groups (the units of sharding); streaming reads of
 //!   selected rows, only the mapped columns.
+//! - [`usable`]: which rows of a row group an img2dataset `status` marks as downloaded; epochs
+//!   are planned over those rows only.
 //! - [`plan`]: the shard plan of an epoch across ranks, the per-rank shuffle buffer, and the
 //!   [`DataCursor`] that makes a resume exact (also on another world size).
 //! - [`image`]: decoding and the crop / resize / flip / normalize transforms.
@@ -38,6 +40,7 @@ pub mod plan;
 pub mod source;
 pub mod synth;
 pub mod text;
+pub mod usable;
 
 use std::sync::Arc;
 
@@ -80,12 +83,19 @@ pub fn open_catalog<S: AsRef<str>>(config: &Config, paths: &[S]) -> Result<Catal
         &column_overrides(config),
         config.data.skip_bad_files,
     )?;
+    let failed = catalog.total_rows() - catalog.planned_rows();
     tracing::info!(
-        "data: {} ({} files, {} row groups, {} rows)",
+        "data: {} ({} files, {} row groups, {} rows{})",
         catalog.mapping.describe(),
         catalog.files.len(),
         catalog.units.len(),
-        catalog.total_rows()
+        catalog.total_rows(),
+        match &catalog.mapping.status {
+            Some(col) => format!(
+                "; {failed} of them failed downloads by column {col:?}, left out of the plan"
+            ),
+            None => String::new(),
+        }
     );
     Ok(catalog)
 }

@@ -187,7 +187,7 @@ impl Loader {
                     .catalog
                     .units
                     .get(p.segment.unit as usize)
-                    .map_or(0, |u| u.rows)
+                    .map_or(0, |u| u.usable)
         }) {
             return Err(DataError::Cursor(format!(
                 "rank {rank}'s share names rows {}..{} of unit {}, outside the dataset",
@@ -428,7 +428,8 @@ impl ReaderTask {
         for run in runs {
             let mut positions = run.positions.iter().flat_map(|&(a, b)| a..b);
             let mut open = true;
-            let result = reader.read(run.unit, &run.rows, |raw| {
+            let rows = self.catalog.rows_of(run.unit, &run.rows);
+            let result = reader.read(run.unit, &rows, |raw| {
                 let pos = positions.next().expect("one position per selected row");
                 em.held.insert(
                     pos,
@@ -453,7 +454,7 @@ impl ReaderTask {
                 }
                 tracing::warn!(error = %e, "skipping the rest of an unreadable row group (data.skip_bad_files = true)");
                 let message = e.to_string();
-                let rows = run.rows.iter().flat_map(|&(a, b)| a..b);
+                let rows = rows.iter().flat_map(|&(a, b)| a..b);
                 let all: Vec<(u64, u64)> = run
                     .positions
                     .iter()
@@ -500,7 +501,8 @@ impl ReaderTask {
         } = em;
         for run in self.plan.runs(&[(0, self.plan.len)]) {
             let mut open = true;
-            let result = reader.read(run.unit, &run.rows, |raw| {
+            let rows = self.catalog.rows_of(run.unit, &run.rows);
+            let result = reader.read(run.unit, &rows, |raw| {
                 open = credit_rx.recv().is_ok()
                     && !self.stop.load(Ordering::Relaxed)
                     && job_tx

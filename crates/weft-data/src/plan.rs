@@ -7,7 +7,9 @@
 //! (`"pad"`), and rank `r` takes the rows `[r·S·B, (r+1)·S·B)` of the sequence: whole units,
 //! except at most one unit at each boundary between two ranks, which is split by row range. In
 //! pad mode the sequence wraps around to its start and those rows are flagged as padding. The
-//! plan depends only on the dataset, `(seed, epoch)`, `W`, `B` and the options.
+//! plan depends only on the dataset, `(seed, epoch)`, `W`, `B` and the options. `N` counts usable
+//! rows only: a row whose img2dataset `status` is not `success` is in no plan
+//! ([`crate::usable`]), and a segment's rows number the usable rows of its unit.
 //!
 //! # Within a rank
 //! A shuffle buffer of `data.shuffle_buffer` row positions mixes the rank's rows across units.
@@ -51,6 +53,7 @@ pub struct Segment {
 }
 
 /// What planning needs of a dataset: its fingerprint and the rows of each unit, in unit order.
+/// A unit's rows are its usable rows ([`crate::catalog::Unit::usable`]), numbered from 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Units {
     /// [`Catalog::fingerprint`].
@@ -76,7 +79,7 @@ impl DatasetUnits for Catalog {
     fn units(&self) -> Cow<'_, Units> {
         Cow::Owned(Units {
             fingerprint: self.fingerprint(),
-            rows: self.units.iter().map(|u| u.rows).collect(),
+            rows: self.units.iter().map(|u| u.usable).collect(),
         })
     }
 }

@@ -34,9 +34,9 @@ pub enum TrainError {
         reason: String,
     },
     /// The training split gives no optimizer step.
-    #[error("the training data gives no optimizer step: {rows} rows with a global batch of {batch} and train.grad_accum = {accum}")]
+    #[error("the training data gives no optimizer step: {rows} usable rows with a global batch of {batch} and train.grad_accum = {accum}")]
     NoSteps {
-        /// Rows in the split.
+        /// Usable rows in the split (failed downloads left out).
         rows: u64,
         /// Global batch.
         batch: usize,

@@ -211,7 +211,7 @@ impl Batches<'_> {
             self.epoch += 1;
         }
         Err(TrainError::NoSteps {
-            rows: self.loader.catalog().total_rows(),
+            rows: self.loader.catalog().planned_rows(),
             batch: self.batch_size,
             accum: 1,
         })
@@ -807,7 +807,7 @@ pub fn train_with<B: AutodiffBackend>(
     };
     if micro_per_epoch == 0 || total == 0 {
         return Err(TrainError::NoSteps {
-            rows: catalog.total_rows(),
+            rows: catalog.planned_rows(),
             batch: config.data.batch_size * world,
             accum: t.grad_accum,
         });
