@@ -87,6 +87,16 @@ fn sets(data: &Path, batch: usize) -> Vec<String> {
 }
 
 /// `launch --nproc-per-node 2 -- train --run-dir RUN SETS...`.
+/// A 2-rank job over `data` with per-rank batch 8 and the settings `extra` on top of [`sets`].
+fn job_args(run: &Path, data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = launch_args(run, sets(data, 8));
+    for kv in extra {
+        args.push("--set".into());
+        args.push((*kv).into());
+    }
+    args
+}
+
 fn launch_args(run: &Path, sets: Vec<String>) -> Vec<String> {
     let mut args: Vec<String> = [
         "launch",
@@ -174,15 +184,15 @@ fn a_job_trains_through_padded_last_batches() {
     let rows: Vec<_> = (0..100).map(row).collect();
     write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
     let run = dir.path().join("run");
-    let mut args = launch_args(&run, sets(&data, 8));
-    for kv in [
-        "train.max_steps=0",
-        "train.epochs=2",
-        "data.last_batch=\"pad\"",
-    ] {
-        args.push("--set".into());
-        args.push(kv.into());
-    }
+    let args = job_args(
+        &run,
+        &data,
+        &[
+            "train.max_steps=0",
+            "train.epochs=2",
+            "data.last_batch=\"pad\"",
+        ],
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = weft_within(&repo(), &argv, Duration::from_secs(300));
     ok(&out);
@@ -221,17 +231,17 @@ fn steps_whose_global_batch_is_all_padding_update_nothing() {
         .collect();
     write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
     let run = dir.path().join("run");
-    let mut args = launch_args(&run, sets(&data, 8));
-    for kv in [
-        "train.max_steps=0",
-        "train.epochs=1",
-        "checkpoint.every_steps=2",
-        "checkpoint.keep_last=0",
-        "data.max_bad_fraction=1.0",
-    ] {
-        args.push("--set".into());
-        args.push(kv.into());
-    }
+    let args = job_args(
+        &run,
+        &data,
+        &[
+            "train.max_steps=0",
+            "train.epochs=1",
+            "checkpoint.every_steps=2",
+            "checkpoint.keep_last=0",
+            "data.max_bad_fraction=1.0",
+        ],
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
     let lines = common::ckpt::metrics(&run);
@@ -271,15 +281,15 @@ fn failed_downloads_cost_a_job_no_step() {
         .collect();
     common::write_img2dataset_in_groups(&data.join("00000.parquet"), &rows, "jpg", "caption", 32);
     let run = dir.path().join("run");
-    let mut args = launch_args(&run, sets(&data, 8));
-    for kv in [
-        "train.max_steps=0",
-        "train.epochs=1",
-        "data.max_bad_fraction=0.0",
-    ] {
-        args.push("--set".into());
-        args.push(kv.into());
-    }
+    let args = job_args(
+        &run,
+        &data,
+        &[
+            "train.max_steps=0",
+            "train.epochs=1",
+            "data.max_bad_fraction=0.0",
+        ],
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
     let lines = common::ckpt::metrics(&run);

@@ -113,17 +113,10 @@ impl Catalog {
         let mut usable = Vec::new();
         let mut mapping: Option<ColumnMapping> = None;
         for path in files {
-            let meta = match read_metadata(path) {
-                Ok(meta) => meta,
-                Err(e) if skip_bad_files => {
-                    tracing::warn!(file = %path.display(), error = %e, "skipping unreadable Parquet file (data.skip_bad_files = true)");
-                    skipped.push(SkippedFile {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let skip = skip_bad_files.then_some(&mut skipped);
+            let Some(meta) = or_skip(read_metadata(path), path, skip, "unreadable Parquet file")?
+            else {
+                continue;
             };
             let schema = meta.schema();
             let m = match &mapping {
@@ -137,17 +130,10 @@ impl Catalog {
                     m
                 }
             };
-            let groups = match usable_rows(path, &meta, &m) {
-                Ok(groups) => groups,
-                Err(e) if skip_bad_files => {
-                    tracing::warn!(file = %path.display(), error = %e, "skipping a Parquet file whose status column is unreadable (data.skip_bad_files = true)");
-                    skipped.push(SkippedFile {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let skip = skip_bad_files.then_some(&mut skipped);
+            let what = "Parquet file whose status column is unreadable";
+            let Some(groups) = or_skip(usable_rows(path, &meta, &m), path, skip, what)? else {
+                continue;
             };
             let file = entries.len() as u32;
             for (gi, (rows, map)) in groups.into_iter().enumerate() {
@@ -232,6 +218,28 @@ impl Catalog {
     }
 }
 
+/// `result`'s value; or, when it failed and `skipped` is given (`data.skip_bad_files = true`),
+/// `None` after a warning and a note of the file in `skipped`.
+fn or_skip<T>(
+    result: Result<T>,
+    path: &Path,
+    skipped: Option<&mut Vec<SkippedFile>>,
+    what: &str,
+) -> Result<Option<T>> {
+    match (result, skipped) {
+        (Ok(v), _) => Ok(Some(v)),
+        (Err(e), Some(skipped)) => {
+            tracing::warn!(file = %path.display(), error = %e, "skipping {what} (data.skip_bad_files = true)");
+            skipped.push(SkippedFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+            Ok(None)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -277,6 +285,8 @@ fn usable_rows(
             message: format!("status column {status:?} is not a leaf column"),
         })?;
     let mut out = Vec::with_capacity(groups.len());
+    // Opened at the first row group that must be read, once for the file.
+    let mut file: Option<File> = None;
     for (gi, g) in groups.iter().enumerate() {
         let rows = g.num_rows().max(0) as u64;
         // Bounds that are equal leave one value possible, exact or not (a truncated minimum is
@@ -295,11 +305,18 @@ fn usable_rows(
             row_group: Some(gi),
             message: format!("reading status column {status:?}: {message}"),
         };
-        let file = File::open(path).map_err(|source| DataError::Io {
+        let io = |source| DataError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
+        };
+        let opened = match &file {
+            Some(f) => f,
+            None => &*file.insert(File::open(path).map_err(io)?),
+        };
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            opened.try_clone().map_err(io)?,
+            meta.clone(),
+        );
         let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
         let reader = builder
             .with_projection(mask)
