@@ -97,6 +97,16 @@ fn job_args(run: &Path, data: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Runs the [`job_args`] job to its end; its metrics lines and their `samples_seen`.
+fn run_job(run: &Path, data: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, Vec<Option<u64>>) {
+    let args = job_args(run, data, extra);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
+    let lines = common::ckpt::metrics(run);
+    let seen = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
+    (lines, seen)
+}
+
 fn launch_args(run: &Path, sets: Vec<String>) -> Vec<String> {
     let mut args: Vec<String> = [
         "launch",
@@ -231,7 +241,7 @@ fn steps_whose_global_batch_is_all_padding_update_nothing() {
         .collect();
     write_hf_parquet(&data.join("part-0.parquet"), &rows, 32).unwrap();
     let run = dir.path().join("run");
-    let args = job_args(
+    let (lines, seen) = run_job(
         &run,
         &data,
         &[
@@ -242,10 +252,6 @@ fn steps_whose_global_batch_is_all_padding_update_nothing() {
             "data.max_bad_fraction=1.0",
         ],
     );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
-    let lines = common::ckpt::metrics(&run);
-    let seen: Vec<_> = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
     assert_eq!(seen, [Some(16), Some(32), Some(32), Some(32)], "{lines:?}");
     let ckpt = |step: u32| run.join(format!("checkpoints/step-{step:08}"));
     for family in weft_checkpoint::Family::ALL {
@@ -281,7 +287,7 @@ fn failed_downloads_cost_a_job_no_step() {
         .collect();
     common::write_img2dataset_in_groups(&data.join("00000.parquet"), &rows, "jpg", "caption", 32);
     let run = dir.path().join("run");
-    let args = job_args(
+    let (lines, seen) = run_job(
         &run,
         &data,
         &[
@@ -290,10 +296,6 @@ fn failed_downloads_cost_a_job_no_step() {
             "data.max_bad_fraction=0.0",
         ],
     );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
-    let lines = common::ckpt::metrics(&run);
-    let seen: Vec<_> = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
     assert_eq!(seen, [Some(16), Some(32), Some(48)], "{lines:?}");
     let log = std::fs::read_to_string(run.join("logs/rank-1.log")).unwrap();
     assert!(
