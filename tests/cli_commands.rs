@@ -140,6 +140,72 @@ fn inspect_reports_bad_rows_by_reason() {
         json["bad_rows"],
         serde_json::json!({"decode_error": 1, "null_image": 1, "empty_caption": 1})
     );
+    // No status column: every row is planned, the bad ones are skipped while loading.
+    assert_eq!(json["planned_rows"], 6);
+}
+
+#[test]
+fn inspect_counts_the_planned_rows_and_the_steps_of_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 rows, 7 of them failed downloads: 13 planned.
+    let rows: Vec<common::I2dRow> = (0..20)
+        .map(|i| {
+            let ok = i % 3 != 1;
+            common::I2dRow {
+                jpg: ok.then(|| common::png_for(i)),
+                caption: Some(format!("c {i}")),
+                key: format!("{i:03}"),
+                status: if ok { "success" } else { "failed_to_download" }.into(),
+            }
+        })
+        .collect();
+    common::write_img2dataset_in_groups(&dir.path().join("d.parquet"), &rows, "jpg", "caption", 6);
+    let inspect = |args: &[&str]| {
+        let mut all = vec!["data", "inspect", "d.parquet", "--set", "data.batch_size=3"];
+        all.extend_from_slice(args);
+        ok(&weft(dir.path(), &all))
+    };
+    let json: serde_json::Value = serde_json::from_str(&inspect(&["--json"])).unwrap();
+    assert_eq!(json["rows"], 20);
+    assert_eq!(json["planned_rows"], 13);
+    assert_eq!(json["usable_rows"], 13);
+    assert_eq!(json["bad_rows"], serde_json::json!({"status": 7}));
+    // 13 rows in batches of 3 on one rank, the last partial batch dropped.
+    assert_eq!(json["steps_per_epoch"], 4);
+    assert_eq!(
+        json["epoch"],
+        serde_json::json!({"world_size": 1, "batch_size": 3, "last_batch": "drop"})
+    );
+    let json: serde_json::Value = serde_json::from_str(&inspect(&[
+        "--json",
+        "--world-size",
+        "2",
+        "--set",
+        "data.last_batch=pad",
+    ]))
+    .unwrap();
+    // Global batches of 6: 2 full and one padded.
+    assert_eq!(json["steps_per_epoch"], 3);
+
+    let text = inspect(&["--world-size", "2"]);
+    assert!(
+        text.contains("planned     13 (7 failed downloads by column \"status\" left out)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("epoch       2 steps of 3 x 2 ranks (dropping the last partial batch)"),
+        "{text}"
+    );
+    let text = inspect(&["--world-size", "5"]);
+    assert!(
+        text.contains("epoch       no step: 13 planned rows do not fill one batch of 3 x 5 ranks"),
+        "{text}"
+    );
+    let out = weft(
+        dir.path(),
+        &["data", "inspect", "d.parquet", "--world-size", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -93,7 +93,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum DataCommand {
-    /// Layout, files, row groups, rows, usable rows, bad rows by reason, image sizes, captions.
+    /// Layout, files, row groups, rows, planned rows and steps per epoch, usable rows, bad rows
+    /// by reason, image sizes, captions.
     Inspect {
         /// Parquet files, directories or globs.
         #[arg(required = true)]
@@ -107,6 +108,10 @@ enum DataCommand {
         /// Captions to show.
         #[arg(long, default_value_t = 5)]
         captions: usize,
+        /// Ranks to count the steps of an epoch for (with `data.batch_size` and
+        /// `data.last_batch`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        world_size: u64,
     },
     /// Write a deterministic synthetic dataset of coloured shapes (Hugging Face layout).
     Synth {
@@ -432,10 +437,12 @@ fn data(cmd: DataCommand, config: &Config) -> anyhow::Result<()> {
             json,
             full,
             captions,
+            world_size,
         } => {
             let catalog = weft_data::open_catalog(config, &paths)?;
             let report = weft_data::inspect::inspect(
                 Arc::new(catalog),
+                weft_data::plan_options(config, weft_data::Split::Train, world_size as usize),
                 full,
                 captions,
                 config.data.skip_bad_files,

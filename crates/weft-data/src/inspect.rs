@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, RowReader, SkippedFile};
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::image::{decode_rgb, header_dimensions};
 use crate::layout::{ColumnMapping, Layout};
 use crate::loader::precheck;
+use crate::plan::{DataCursor, LastBatch, PlanOptions};
 
 /// Range of image sizes seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +50,14 @@ pub struct InspectReport {
     pub row_groups: usize,
     /// Rows.
     pub rows: u64,
+    /// Rows an epoch is planned over: every row but the failed downloads (img2dataset's
+    /// `status` column), which are left out before the plan.
+    pub planned_rows: u64,
+    /// Steps of one epoch for `epoch`'s world and batch size; 0 when the planned rows do not
+    /// fill one global batch (`weft train` refuses such a dataset).
+    pub steps_per_epoch: u64,
+    /// The world size, batch size and last-batch mode `steps_per_epoch` is for.
+    pub epoch: EpochShape,
     /// Rows that pass every check (with `--full`, the image decodes).
     pub usable_rows: u64,
     /// Skipped rows by reason.
@@ -65,14 +74,36 @@ pub struct InspectReport {
     pub skipped_files: Vec<SkippedFile>,
 }
 
+/// The shape of an epoch that `weft data inspect` counts steps for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EpochShape {
+    /// Ranks.
+    pub world_size: usize,
+    /// Samples per batch on each rank.
+    pub batch_size: usize,
+    /// What happens to the last, partial global batch.
+    pub last_batch: LastBatch,
+}
+
 /// Read every row of the catalog (only the mapped columns) and count what is usable. With
-/// `full`, every image is decoded; otherwise only image headers are read.
+/// `full`, every image is decoded; otherwise only image headers are read. The steps of an epoch
+/// are counted with `plan`'s world size, batch size and last-batch mode.
 pub fn inspect(
     catalog: Arc<Catalog>,
+    plan: PlanOptions,
     full: bool,
     captions: usize,
     skip_bad_files: bool,
 ) -> Result<InspectReport> {
+    let epoch = EpochShape {
+        world_size: plan.world_size,
+        batch_size: plan.batch_size,
+        last_batch: plan.last_batch,
+    };
+    let steps_per_epoch = match DataCursor::new(&*catalog, plan, 0).steps(&*catalog) {
+        Err(DataError::TooFewRows { .. }) => 0,
+        steps => steps?,
+    };
     let mut bad_rows: BTreeMap<String, u64> = BTreeMap::new();
     let mut usable = 0u64;
     let mut size: Option<SizeRange> = None;
@@ -138,6 +169,9 @@ pub fn inspect(
         files: catalog.files.len(),
         row_groups: catalog.units.len(),
         rows: catalog.total_rows(),
+        planned_rows: catalog.planned_rows(),
+        steps_per_epoch,
+        epoch,
         usable_rows: usable,
         bad_rows,
         full,
@@ -184,6 +218,35 @@ impl InspectReport {
             s.push_str(&format!("skipped     {}: {}\n", f.path.display(), f.reason));
         }
         s.push_str(&format!("rows        {}\n", self.rows));
+        if let Some(col) = &self.columns.status {
+            s.push_str(&format!(
+                "planned     {} ({} failed downloads by column {col:?} left out)\n",
+                self.planned_rows,
+                self.rows - self.planned_rows
+            ));
+        }
+        let e = &self.epoch;
+        let shape = format!(
+            "{} x {} rank{}",
+            e.batch_size,
+            e.world_size,
+            if e.world_size == 1 { "" } else { "s" }
+        );
+        s.push_str(&if self.steps_per_epoch == 0 {
+            format!(
+                "epoch       no step: {} planned rows do not fill one batch of {shape}\n",
+                self.planned_rows
+            )
+        } else {
+            format!(
+                "epoch       {} steps of {shape} ({} the last partial batch)\n",
+                self.steps_per_epoch,
+                match e.last_batch {
+                    LastBatch::Drop => "dropping",
+                    LastBatch::Pad => "padding",
+                }
+            )
+        });
         s.push_str(&format!(
             "usable      {} ({})\n",
             self.usable_rows,
