@@ -174,8 +174,13 @@ fn inspect_counts_the_planned_rows_and_the_steps_of_an_epoch() {
     assert_eq!(json["steps_per_epoch"], 4);
     assert_eq!(
         json["epoch"],
-        serde_json::json!({"world_size": 1, "batch_size": 3, "last_batch": "drop"})
+        serde_json::json!({"world_size": 1, "batch_size": 3, "grad_accum": 1, "last_batch": "drop"})
     );
+    // Optimizer steps, as `weft train` counts them: 4 batches, 2 accumulated a step.
+    let json: serde_json::Value =
+        serde_json::from_str(&inspect(&["--json", "--set", "train.grad_accum=2"])).unwrap();
+    assert_eq!(json["steps_per_epoch"], 2);
+    assert_eq!(json["epoch"]["grad_accum"], 2);
     let json: serde_json::Value = serde_json::from_str(&inspect(&[
         "--json",
         "--world-size",
@@ -194,6 +199,13 @@ fn inspect_counts_the_planned_rows_and_the_steps_of_an_epoch() {
     );
     assert!(
         text.contains("epoch       2 steps of 3 x 2 ranks (dropping the last partial batch)"),
+        "{text}"
+    );
+    let text = inspect(&["--set", "train.grad_accum=2"]);
+    assert!(
+        text.contains(
+            "epoch       2 steps of 3 x 1 rank x accum 2 (dropping the last partial batch)"
+        ),
         "{text}"
     );
     let text = inspect(&["--world-size", "5"]);

@@ -108,8 +108,8 @@ enum DataCommand {
         /// Captions to show.
         #[arg(long, default_value_t = 5)]
         captions: usize,
-        /// Ranks to count the steps of an epoch for (with `data.batch_size` and
-        /// `data.last_batch`).
+        /// Ranks to count the steps of an epoch for (with `data.batch_size`,
+        /// `train.grad_accum` and `data.last_batch`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         world_size: u64,
     },
@@ -443,6 +443,7 @@ fn data(cmd: DataCommand, config: &Config) -> anyhow::Result<()> {
             let report = weft_data::inspect::inspect(
                 Arc::new(catalog),
                 weft_data::plan_options(config, weft_data::Split::Train, world_size as usize),
+                config.train.grad_accum,
                 full,
                 captions,
                 config.data.skip_bad_files,

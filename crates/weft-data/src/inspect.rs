@@ -53,10 +53,11 @@ pub struct InspectReport {
     /// Rows an epoch is planned over: every row but the failed downloads (img2dataset's
     /// `status` column), which are left out before the plan.
     pub planned_rows: u64,
-    /// Steps of one epoch for `epoch`'s world and batch size; 0 when the planned rows do not
-    /// fill one global batch (`weft train` refuses such a dataset).
+    /// Optimizer steps of one epoch for `epoch`'s world size, batch size and accumulation, as
+    /// `weft train` counts them; 0 when the planned rows do not fill one step (`weft train`
+    /// refuses such a dataset).
     pub steps_per_epoch: u64,
-    /// The world size, batch size and last-batch mode `steps_per_epoch` is for.
+    /// The world size, batch size, accumulation and last-batch mode `steps_per_epoch` is for.
     pub epoch: EpochShape,
     /// Rows that pass every check (with `--full`, the image decodes).
     pub usable_rows: u64,
@@ -81,16 +82,20 @@ pub struct EpochShape {
     pub world_size: usize,
     /// Samples per batch on each rank.
     pub batch_size: usize,
+    /// Batches accumulated into one optimizer step (`train.grad_accum`).
+    pub grad_accum: u64,
     /// What happens to the last, partial global batch.
     pub last_batch: LastBatch,
 }
 
 /// Read every row of the catalog (only the mapped columns) and count what is usable. With
 /// `full`, every image is decoded; otherwise only image headers are read. The steps of an epoch
-/// are counted with `plan`'s world size, batch size and last-batch mode.
+/// are counted with `plan`'s world size, batch size and last-batch mode, `grad_accum` batches a
+/// step, as `weft train` counts them.
 pub fn inspect(
     catalog: Arc<Catalog>,
     plan: PlanOptions,
+    grad_accum: u64,
     full: bool,
     captions: usize,
     skip_bad_files: bool,
@@ -98,12 +103,14 @@ pub fn inspect(
     let epoch = EpochShape {
         world_size: plan.world_size,
         batch_size: plan.batch_size,
+        grad_accum,
         last_batch: plan.last_batch,
     };
-    let steps_per_epoch = match DataCursor::new(&*catalog, plan, 0).steps(&*catalog) {
+    let batches_per_epoch = match DataCursor::new(&*catalog, plan, 0).steps(&*catalog) {
         Err(DataError::TooFewRows { .. }) => 0,
-        steps => steps?,
+        batches => batches?,
     };
+    let steps_per_epoch = batches_per_epoch / grad_accum;
     let mut bad_rows: BTreeMap<String, u64> = BTreeMap::new();
     let mut usable = 0u64;
     let mut size: Option<SizeRange> = None;
@@ -226,12 +233,15 @@ impl InspectReport {
             ));
         }
         let e = &self.epoch;
-        let shape = format!(
+        let mut shape = format!(
             "{} x {} rank{}",
             e.batch_size,
             e.world_size,
             if e.world_size == 1 { "" } else { "s" }
         );
+        if e.grad_accum > 1 {
+            shape.push_str(&format!(" x accum {}", e.grad_accum));
+        }
         s.push_str(&if self.steps_per_epoch == 0 {
             format!(
                 "epoch       no step: {} planned rows do not fill one batch of {shape}\n",
