@@ -229,7 +229,7 @@ fn config_errors_and_print_config() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("error: data.image_size: expected an integer, found \"abc\" in bad.toml"),
+        err.contains("error: data.image_size: expected an integer >= 0, found \"abc\" in bad.toml"),
         "{err}"
     );
 

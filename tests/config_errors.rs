@@ -16,7 +16,7 @@ fn wrong_type_names_key_and_file() {
     assert_eq!(
         err,
         format!(
-            "data.image_size: expected an integer, found \"abc\" in {}",
+            "data.image_size: expected an integer >= 0, found \"abc\" in {}",
             p.display()
         )
     );
@@ -105,7 +105,17 @@ fn overrides_apply_and_are_named_in_errors() {
         .to_string();
     assert_eq!(
         err,
-        "data.image_size: expected an integer, found \"abc\" in --set data.image_size=abc"
+        "data.image_size: expected an integer >= 0, found \"abc\" in --set data.image_size=abc"
+    );
+    // A negative count is a TOML integer of the wrong range: the message says what range.
+    let err = ConfigLoader::new()
+        .overrides(["checkpoint.keep_last=-1"])
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "checkpoint.keep_last: expected an integer >= 0, found integer `-1` in --set checkpoint.keep_last=-1"
     );
     let err = ConfigLoader::new()
         .overrides(["image_size"])
@@ -127,7 +137,7 @@ fn overrides_apply_and_are_named_in_errors() {
         .to_string();
     assert_eq!(
         err,
-        "seed: expected an integer, found map in --set seed.x=1"
+        "seed: expected an integer >= 0, found map in --set seed.x=1"
     );
 }
 

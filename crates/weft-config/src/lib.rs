@@ -7,7 +7,7 @@
 //! Loading goes through [`ConfigLoader`]: read the file, apply `--set section.key=value`
 //! overrides on the TOML tree, then deserialize and validate. Every error names the key path and
 //! where the value came from, e.g.
-//! `data.image_size: expected an integer, found "abc" in configs/tiny.toml`.
+//! `data.image_size: expected an integer >= 0, found "abc" in configs/tiny.toml`.
 //!
 //! The resolved config (after overrides) is what [`Config::to_toml`] prints and what
 //! [`Config::write_to_run_dir`] stores as `RUN_DIR/config.toml`.
@@ -957,7 +957,7 @@ fn apply_override(tree: &mut toml::Table, key: &str, value: toml::Value) -> Resu
 }
 
 /// Turn serde's `invalid type: string "abc", expected usize` into
-/// `expected an integer, found "abc"`.
+/// `expected an integer >= 0, found "abc"`.
 fn friendly_serde_message(message: &str) -> String {
     let message = message.trim();
     let message = message.lines().next().unwrap_or(message);
@@ -980,9 +980,8 @@ fn friendly_serde_message(message: &str) -> String {
 
 fn friendly_type(expected: &str) -> String {
     match expected {
-        "usize" | "u8" | "u16" | "u32" | "u64" | "i32" | "i64" | "isize" => {
-            "an integer".to_string()
-        }
+        "usize" | "u8" | "u16" | "u32" | "u64" => "an integer >= 0".to_string(),
+        "i32" | "i64" | "isize" => "an integer".to_string(),
         "f32" | "f64" => "a number".to_string(),
         "a boolean" | "bool" => "a boolean".to_string(),
         other => other.to_string(),
@@ -1032,11 +1031,16 @@ mod tests {
     fn friendly_messages() {
         assert_eq!(
             friendly_serde_message("invalid type: string \"abc\", expected usize"),
-            "expected an integer, found \"abc\""
+            "expected an integer >= 0, found \"abc\""
         );
         assert_eq!(
             friendly_serde_message("invalid type: integer `3`, expected a boolean"),
             "expected a boolean, found integer `3`"
+        );
+        // A negative count: serde's "invalid value", and the type says why it is invalid.
+        assert_eq!(
+            friendly_serde_message("invalid value: integer `-3`, expected u64"),
+            "expected an integer >= 0, found integer `-3`"
         );
     }
 
