@@ -43,6 +43,14 @@ pub enum CheckpointError {
         /// The ones tried, and why each failed.
         tried: Vec<String>,
     },
+    /// A path given as weights to start from holds none that fit.
+    #[error("{path}: {reason}")]
+    NotWeights {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The checkpoint does not fit this run.
     #[error("the checkpoint does not fit this run: {key} is {saved} in the checkpoint but {current} now")]
     Incompatible {

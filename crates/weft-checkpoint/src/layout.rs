@@ -24,6 +24,8 @@ pub const LATEST: &str = "latest";
 pub const COMMITTED: &str = "COMMITTED";
 /// The trainer state.
 pub const TRAINER_STATE: &str = "trainer_state.json";
+/// The consolidated weights `weft train` writes at the end of a run (`RUN_DIR/model.safetensors`).
+pub const MODEL_FILE: &str = "model.safetensors";
 /// Suffix of a checkpoint being written.
 pub const TMP_SUFFIX: &str = ".tmp";
 

@@ -13,6 +13,7 @@
 //! - [`load`]: finding the checkpoint to resume from (falling back past a corrupt one), verifying
 //!   it and reading tensors.
 //! - [`export`]: one consolidated model file.
+//! - [`pretrained`]: weights to start a new run from (`train.init_from`), matched by name.
 //!
 //! A single process commits for itself; in a job the coordinator does (`weft-coordinator`).
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod export;
 pub mod layout;
 pub mod load;
+pub mod pretrained;
 pub mod shard;
 pub mod state;
 pub mod write;
@@ -29,6 +31,7 @@ pub use commit::{commit, ShardFile, ShardReport};
 pub use error::{CheckpointError, Result};
 pub use layout::Family;
 pub use load::{open_verified, resolve, Checkpoint, Resume};
+pub use pretrained::{read_pretrained, InitReport, Pretrained};
 pub use shard::{write_rank, Layout, Snapshot};
 pub use state::{check_compatible, RngState, SchedulerState, TrainerState, SHAPE_KEYS};
 pub use write::{FileRecord, WriteOptions};

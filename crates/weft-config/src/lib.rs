@@ -435,6 +435,11 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Where gradient averaging, clipping and AdamW run: `auto`, `host` or `device`.
     pub update_on: UpdateOn,
+    /// Start a new run from these weights instead of the random initialisation: a
+    /// `model.safetensors`, a run directory or a checkpoint directory. Parameters are matched
+    /// by name; the optimizer, schedule and data order start afresh. Ignored when the run
+    /// resumes from one of its own checkpoints.
+    pub init_from: Option<String>,
 }
 
 impl TrainConfig {
@@ -468,6 +473,7 @@ impl Default for TrainConfig {
             device: Device::Cpu,
             precision: Precision::F32,
             update_on: UpdateOn::Auto,
+            init_from: None,
         }
     }
 }
@@ -867,6 +873,12 @@ impl Config {
             return err(
                 "train.epochs",
                 "must be at least 1 when train.max_steps is 0".into(),
+            );
+        }
+        if t.init_from.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return err(
+                "train.init_from",
+                "is empty; leave it out to start from the random initialisation".into(),
             );
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {

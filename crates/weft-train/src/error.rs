@@ -82,6 +82,9 @@ pub enum TrainError {
     /// The checkpoint to resume from could not be used.
     #[error("resume: {0}")]
     Resume(#[from] weft_checkpoint::CheckpointError),
+    /// The weights of `train.init_from` could not be used.
+    #[error("train.init_from: {0}")]
+    InitFrom(Box<weft_checkpoint::CheckpointError>),
     /// The ranks of a data-parallel job disagree.
     #[error("{0}")]
     Distributed(String),

@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use weft_checkpoint::{
-    check_compatible, Committer, LocalCommitter, Resume, RngState, SchedulerState, Snapshot,
-    TrainerState, WriteOptions, SHAPE_KEYS,
+    check_compatible, Committer, InitReport, LocalCommitter, Resume, RngState, SchedulerState,
+    Snapshot, TrainerState, WriteOptions, SHAPE_KEYS,
 };
 use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::{Config, LossConfig, TrainConfig};
@@ -48,7 +48,7 @@ use crate::schedule::WarmupCosine;
 use crate::update::{device_norm, set_flat_params_device, to_device, to_host, DeviceAdamW, Grads};
 
 /// File name of the final weights in the run directory.
-pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_FILE: &str = weft_checkpoint::layout::MODEL_FILE;
 /// File name of the tokenizer copy in the run directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -152,6 +152,53 @@ pub fn build_model<B: burn::tensor::backend::Backend>(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     B::seed(device, config.seed);
     stable_ids(VlModelConfig::from_weft(config, vocab).init::<B>(device))
+}
+
+/// `model` with the parameters that the weights at `path` hold (`train.init_from`): a
+/// safetensors file, a run directory or a checkpoint directory, matched by name
+/// ([`weft_checkpoint::pretrained`]). Parameters the weights lack keep their values.
+pub fn init_from<B: AutodiffBackend>(
+    model: VlModel<B>,
+    path: &Path,
+    device: &B::Device,
+) -> Result<(VlModel<B>, InitReport), TrainError> {
+    let fail = |e| TrainError::InitFrom(Box::new(e));
+    let weights = weft_checkpoint::read_pretrained(path).map_err(fail)?;
+    let layout = checkpoint_layout(&params(&model));
+    let mut values = flat_params(&model);
+    let report = weights.apply(&layout, &mut values).map_err(fail)?;
+    Ok((set_flat_params(model, &values, device), report))
+}
+
+/// Log what [`init_from`] set.
+fn log_init(report: &InitReport) {
+    let some = |names: &[String]| {
+        let mut list: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        if names.len() > 3 {
+            list.push("...");
+        }
+        list.join(", ")
+    };
+    let total = report.loaded.len() + report.missing.len();
+    tracing::info!(
+        "train.init_from: {} of {total} parameters from {}",
+        report.loaded.len(),
+        report.source.display()
+    );
+    if !report.missing.is_empty() {
+        tracing::info!(
+            "train.init_from: {} parameters not in the weights keep their initial values ({})",
+            report.missing.len(),
+            some(&report.missing)
+        );
+    }
+    if !report.unused.is_empty() {
+        tracing::info!(
+            "train.init_from: {} tensors of the weights are not parameters of this model ({})",
+            report.unused.len(),
+            some(&report.unused)
+        );
+    }
 }
 
 /// Log the parameter count of each module.
@@ -719,10 +766,28 @@ pub fn train_with<B: AutodiffBackend>(
         }
     }
 
-    let model = build_model::<B>(config, vocab, device);
+    // Every rank reads the same checkpoint (the run directory is shared).
+    let resumed = weft_checkpoint::resolve(run_dir, &options.resume)?;
+    let mut model = build_model::<B>(config, vocab, device);
     let counts = model.param_counts();
     if lead {
         log_param_counts(&counts);
+    }
+    match (&t.init_from, &resumed) {
+        (Some(src), Some(ckpt)) if lead => tracing::info!(
+            "train.init_from = {src} is not used: the run resumes from {}",
+            ckpt.dir.display()
+        ),
+        (Some(src), None) => {
+            // Every rank reads the weights (as it reads a checkpoint), so that each fails
+            // alike on a bad file; the broadcast below would give them rank 0's anyway.
+            let report;
+            (model, report) = init_from(model, Path::new(src), device)?;
+            if lead {
+                log_init(&report);
+            }
+        }
+        _ => {}
     }
     let mut engine = Engine::new(model, config, special, device);
     if lead && engine.updates_on_device() {
@@ -730,8 +795,6 @@ pub fn train_with<B: AutodiffBackend>(
     }
     engine.broadcast_params(collective, device)?;
     let ckpt_layout = checkpoint_layout(engine.layout());
-    // Every rank reads the same checkpoint (the run directory is shared).
-    let resumed = weft_checkpoint::resolve(run_dir, &options.resume)?;
     if let Some(ckpt) = &resumed {
         check_compatible(&ckpt.state.config, &resolved_json, &SHAPE_KEYS)?;
         engine.restore(read_restored(ckpt, &ckpt_layout)?, device);
