@@ -307,7 +307,7 @@ fn too_few_rows_is_a_clear_error() {
     let err = l.stream(&cursor, 0).err().unwrap().to_string();
     assert_eq!(
         err,
-        "5 rows cannot fill one global batch of 2 x 4; lower data.batch_size or set data.last_batch = \"pad\""
+        "5 rows cannot fill one global batch of 8 rows (2 ranks x data.batch_size 4); lower data.batch_size or set data.last_batch = \"pad\""
     );
 }
 

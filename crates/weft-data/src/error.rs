@@ -103,7 +103,7 @@ pub enum DataError {
         epoch: u64,
     },
     /// The plan cannot give a rank a single batch.
-    #[error("{rows} rows cannot fill one global batch of {world_size} x {batch_size}; lower data.batch_size or set data.last_batch = \"pad\"")]
+    #[error("{rows} rows cannot fill one global batch of {} rows ({world_size} {} x data.batch_size {batch_size}); lower data.batch_size or set data.last_batch = \"pad\"", .world_size * .batch_size, if *.world_size == 1 { "rank" } else { "ranks" })]
     TooFewRows {
         /// Rows in the dataset (or the remaining part of the epoch).
         rows: u64,
