@@ -88,26 +88,39 @@ fn train_then_eval_the_saved_weights() {
     .unwrap();
     assert_eq!(eval_line["n"], 500);
 
-    // The saved weights give the same numbers through `weft eval`, from anywhere.
+    // The saved weights give the same numbers through `weft eval`, from anywhere: the model
+    // file, the last checkpoint's directory, and the run directory without its model file
+    // (a run that stopped before its end: its newest checkpoint).
     let val = sample_dir().join("val").display().to_string();
-    let out = weft(
-        dir.path(),
-        &[
-            "eval",
-            "--checkpoint",
-            &run.join("model.safetensors").display().to_string(),
-            "--data",
-            &val,
-            "--json",
-        ],
-    );
-    let r: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
-    for k in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"] {
-        assert_eq!(
-            r[k], eval_line[k],
-            "{k}: eval {} vs training {}",
-            r[k], eval_line[k]
+    let model = run.join("model.safetensors");
+    let ckpt = run.join("checkpoints/step-00000003");
+    for (what, path) in [
+        ("model file", &model),
+        ("checkpoint", &ckpt),
+        ("run dir", &run),
+    ] {
+        if what == "run dir" {
+            std::fs::remove_file(&model).unwrap();
+        }
+        let out = weft(
+            dir.path(),
+            &[
+                "eval",
+                "--checkpoint",
+                &path.display().to_string(),
+                "--data",
+                &val,
+                "--json",
+            ],
         );
+        let r: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+        for k in ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"] {
+            assert_eq!(
+                r[k], eval_line[k],
+                "{what} {k}: eval {} vs training {}",
+                r[k], eval_line[k]
+            );
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use weft_config::{Config, ConfigLoader};
 use weft_coordinator::LaunchEnv;
 use weft_data::{Split, TextEncoder};
 use weft_train::eval::{Captioning, ZeroShot};
-use weft_train::trainer::{build_model, load_model, MODEL_FILE, TOKENIZER_FILE};
+use weft_train::trainer::{build_model, with_weights, TOKENIZER_FILE};
 use weft_train::Retrieval;
 
 use crate::backend::{with_backend, GpuRank, OnBackend};
@@ -19,8 +19,9 @@ use crate::backend::{with_backend, GpuRank, OnBackend};
 /// Arguments of `weft eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Weights saved by `weft train` (RUN_DIR/model.safetensors) or their run directory; the
-    /// model config is RUN_DIR/config.toml unless --config is given.
+    /// Weights saved by `weft train`: RUN_DIR/model.safetensors, an export, a checkpoint
+    /// directory (RUN_DIR/checkpoints/step-N) or the run directory (its model.safetensors, else
+    /// its newest checkpoint); the model config is RUN_DIR/config.toml unless --config is given.
     #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
     /// Parquet files, directories or globs of image-caption pairs (default: data.val).
@@ -98,25 +99,30 @@ fn print_retrieval(label: &str, r: &Retrieval) {
 /// The model config is `--config` if given, else the run directory's config.toml; `--set`
 /// overrides apply to either.
 pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<()> {
-    let (weights, dir) = if args.checkpoint.is_dir() {
-        (args.checkpoint.join(MODEL_FILE), args.checkpoint.clone())
-    } else {
-        let dir = args
-            .checkpoint
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        (args.checkpoint.clone(), dir)
-    };
-    if !weights.exists() {
-        bail!("checkpoint {} does not exist", weights.display());
+    // A checkpoint directory (RUN_DIR/checkpoints/step-N) belongs to the run directory two
+    // levels up; a run directory gives its model.safetensors, else its newest checkpoint.
+    let path = &args.checkpoint;
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
     }
+    let dir = if path.join(weft_checkpoint::layout::TRAINER_STATE).is_file() {
+        path.parent().and_then(Path::parent)
+    } else if path.is_dir() {
+        Some(path.as_path())
+    } else {
+        path.parent()
+    }
+    .map(Path::to_path_buf)
+    .unwrap_or_default();
+    let weights = weft_checkpoint::read_pretrained(path)
+        .with_context(|| format!("the weights of --checkpoint {}", path.display()))?;
+    tracing::info!("weights: {}", weights.source.display());
     let file = config_file.unwrap_or_else(|| dir.join(weft_config::RUN_CONFIG_FILE));
     let mut config = ConfigLoader::new()
         .file(&file)
         .overrides(sets.iter().cloned())
         .load()
-        .with_context(|| format!("the model config of {}", weights.display()))?;
+        .with_context(|| format!("the model config of {}", weights.source.display()))?;
     let tokenizer = dir.join(TOKENIZER_FILE);
     if tokenizer.exists() {
         config.data.tokenizer = Some(tokenizer.display().to_string());
@@ -319,7 +325,7 @@ enum Output {
 struct EvalRun<'a> {
     config: &'a Config,
     vocab: usize,
-    weights: &'a Path,
+    weights: &'a weft_checkpoint::Pretrained,
     loader: &'a weft_data::Loader,
     work: Work,
     /// The job's ranks (one alone without `weft launch`).
@@ -334,8 +340,8 @@ impl OnBackend for EvalRun<'_> {
         device: B::Device,
         _gpu: Option<GpuRank<B::InnerBackend>>,
     ) -> anyhow::Result<Output> {
-        let mut model = build_model::<B::InnerBackend>(self.config, self.vocab, &device);
-        load_model(&mut model, self.weights)?;
+        let model = build_model::<B::InnerBackend>(self.config, self.vocab, &device);
+        let model = with_weights(model, self.weights, &device)?;
         let (config, loader) = (self.config, self.loader);
         use weft_train::eval as e;
         Ok(match self.work {

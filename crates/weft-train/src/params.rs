@@ -270,6 +270,42 @@ pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
     })
 }
 
+struct ScatterValues<B: Backend> {
+    parts: std::vec::IntoIter<Vec<f32>>,
+    device: B::Device,
+}
+
+impl<B: Backend> ModuleMapper<B> for ScatterValues<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let values = self.parts.next().expect("a value slice per parameter");
+        assert_eq!(values.len(), shape.num_elements(), "parameter size");
+        let t =
+            Tensor::<B, D>::from_data(burn::tensor::TensorData::new(values, shape), &self.device);
+        Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+/// [`set_flat_params`] for a module that is not trained (any backend, no gradients).
+pub fn set_flat_values<B: Backend, M: Module<B>>(
+    module: M,
+    values: &[f32],
+    device: &B::Device,
+) -> M {
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for p in params(&module) {
+        parts.push(values[offset..offset + p.numel()].to_vec());
+        offset += p.numel();
+    }
+    assert_eq!(offset, values.len(), "flat parameter buffer size");
+    module.map(&mut ScatterValues::<B> {
+        parts: parts.into_iter(),
+        device: device.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::{global_norm, scale_in_place};

@@ -20,8 +20,8 @@ use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use weft_checkpoint::{
-    check_compatible, Committer, InitReport, LocalCommitter, Resume, RngState, SchedulerState,
-    Snapshot, TrainerState, WriteOptions, SHAPE_KEYS,
+    check_compatible, Committer, InitReport, LocalCommitter, Pretrained, Resume, RngState,
+    SchedulerState, Snapshot, TrainerState, WriteOptions, SHAPE_KEYS,
 };
 use weft_collective::{Collective, ReduceOp, SingleRank};
 use weft_config::{Config, LossConfig, TrainConfig};
@@ -40,8 +40,8 @@ use crate::eval::{evaluate_retrieval_rerank, training_rows, Retrieval};
 use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, RunRecord, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
-    flat_params, global_norm, params, scale_in_place, set_flat_params, stable_ids, FlatGrads,
-    ParamInfo,
+    flat_params, global_norm, params, scale_in_place, set_flat_params, set_flat_values, stable_ids,
+    FlatGrads, ParamInfo,
 };
 use crate::progress::Progress;
 use crate::schedule::WarmupCosine;
@@ -168,6 +168,43 @@ pub fn init_from<B: AutodiffBackend>(
     let mut values = flat_params(&model);
     let report = weights.apply(&layout, &mut values).map_err(fail)?;
     Ok((set_flat_params(model, &values, device), report))
+}
+
+/// `model` with every parameter taken from `weights` (evaluation of saved weights: a
+/// `model.safetensors`, an export or a checkpoint); a parameter the weights lack, or one of
+/// another shape, is an error naming it.
+pub fn with_weights<B: burn::tensor::backend::Backend>(
+    model: VlModel<B>,
+    weights: &Pretrained,
+    device: &B::Device,
+) -> Result<VlModel<B>, TrainError> {
+    let layout = checkpoint_layout(&params(&model));
+    let mut values = flat_params(&model);
+    let report = weights
+        .apply(&layout, &mut values)
+        .map_err(|e| TrainError::Weights {
+            path: weights.source.clone(),
+            message: e.to_string(),
+        })?;
+    if !report.missing.is_empty() {
+        let first: Vec<&str> = report.missing.iter().take(5).map(String::as_str).collect();
+        return Err(TrainError::Weights {
+            path: weights.source.clone(),
+            message: format!(
+                "does not match the model: {} of its {} parameters are missing ({}{}); is the \
+                 config the one these weights were trained with?",
+                report.missing.len(),
+                layout.names.len(),
+                first.join(", "),
+                if report.missing.len() > first.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    Ok(set_flat_values(model, &values, device))
 }
 
 /// Log what [`init_from`] set.
