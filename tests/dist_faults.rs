@@ -2,7 +2,8 @@
 //! coordinator killed with SIGKILL, a rank that stops (SIGSTOP) and so stops heartbeating, a
 //! worker with the wrong job token. Every surviving process must exit non-zero, naming the
 //! dead rank where there is one, within the heartbeat timeout + 5 s; no process outlives its
-//! test.
+//! test. Also the stop signals: SIGTERM to the launcher, Ctrl-C to its whole process group
+//! (one request, though each worker gets it twice) and a second Ctrl-C seconds later.
 
 mod common;
 
@@ -467,4 +468,84 @@ fn launch_forwards_sigterm_and_the_workers_stop_after_a_checkpoint() {
     let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
     assert_eq!(state.world_size, 2);
     assert!(state.step >= 1, "{state:?}");
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_of_launch_checkpoints_once_and_exits_75() {
+    // A terminal's Ctrl-C goes to the whole foreground process group: the launcher and its
+    // workers. Each worker gets SIGINT twice, from the terminal and forwarded by the launcher;
+    // that is one request to stop, not a second one that ends the worker at once.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = {
+        use std::os::unix::process::CommandExt;
+        weft()
+            .args(["launch", "--nproc-per-node", "2", "--", "train"])
+            .args(["--run-dir", &run.display().to_string()])
+            .args(train_sets())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let mut launcher = Proc {
+        name: "launcher".into(),
+        child,
+        done: None,
+    };
+    wait_for_steps(&run, 1, std::slice::from_mut(&mut launcher));
+    let workers = children_of(launcher.pid());
+    assert_eq!(workers.len(), 2, "launcher children {workers:?}");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(launcher.pid()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = launcher.wait_within(BOUND).expect("the launcher exits");
+    let err = launcher.stderr();
+    assert_eq!(status.code(), Some(75), "{err}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the launcher");
+    }
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
+    assert_eq!(state.world_size, 2);
+    assert!(state.step >= 1, "{state:?}");
+}
+
+#[test]
+fn a_second_ctrl_c_seconds_after_the_first_ends_the_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // Steps of 8 s: the first SIGINT waits for the step boundary, the second does not.
+    let child = weft()
+        .args(["train", "--run-dir", &run.display().to_string()])
+        .args(train_sets())
+        .env("WEFT_TEST_STEP_PAUSE_MS", "8000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut train = Proc {
+        name: "weft train".into(),
+        child,
+        done: None,
+    };
+    wait_for_steps(&run, 1, std::slice::from_mut(&mut train));
+    train.signal(nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        train.child.try_wait().unwrap().is_none(),
+        "the first SIGINT waits for the step boundary"
+    );
+    train.signal(nix::sys::signal::Signal::SIGINT);
+    let status = train
+        .wait_within(Duration::from_secs(2))
+        .expect("a second SIGINT ends it at once");
+    let err = train.stderr();
+    assert_eq!(status.code(), Some(130), "{err}");
+    // The step under way was not finished.
+    assert_eq!(common::ckpt::steps_logged(&run), 1, "{err}");
 }

@@ -42,18 +42,56 @@ pub struct TrainArgs {
 /// (EX_TEMPFAIL: run it again to go on). A finished run exits 0.
 pub const EXIT_INTERRUPTED: u8 = 75;
 
+/// How long after the first SIGTERM or SIGINT the same request may arrive again without
+/// ending the run at once: a terminal's Ctrl-C reaches the whole process group (`weft launch`
+/// and its workers) and `weft launch` forwards it too; Slurm signals every task of a job and
+/// srun forwards the signal it gets itself. Each worker then sees one request twice.
+const REPEAT_WINDOW: Duration = Duration::from_secs(2);
+
 /// A flag raised by SIGTERM, SIGUSR1 and SIGINT: the run saves at the next step boundary and
-/// stops. A second SIGTERM or SIGINT ends the process at once.
+/// stops. A SIGTERM or SIGINT [`REPEAT_WINDOW`] or more after the first ends the process at
+/// once, with 128 + the signal's number (130 for Ctrl-C) and no checkpoint.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    use std::sync::atomic::Ordering;
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))?;
-    }
-    for sig in [SIGTERM, SIGUSR1, SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&flag))?;
-    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .context("installing the handlers of SIGTERM, SIGINT and SIGUSR1")?;
+    let raised = Arc::clone(&flag);
+    std::thread::Builder::new()
+        .name("weft-signals".into())
+        .spawn(move || {
+            let mut first: Option<std::time::Instant> = None;
+            for sig in signals.forever() {
+                let name = signal_name(sig);
+                if sig != SIGUSR1 {
+                    match first {
+                        Some(at) if at.elapsed() >= REPEAT_WINDOW => {
+                            tracing::warn!("got {name} again: stopping now, without a checkpoint");
+                            signal_hook::low_level::exit(128 + sig);
+                        }
+                        Some(_) => continue,
+                        None => first = Some(std::time::Instant::now()),
+                    }
+                }
+                if !raised.swap(true, Ordering::SeqCst) {
+                    tracing::info!(
+                        "got {name}: saving a checkpoint at the next step boundary, then stopping \
+                         (a SIGINT or SIGTERM {} s or more from now stops at once)",
+                        REPEAT_WINDOW.as_secs()
+                    );
+                }
+            }
+        })
+        .context("starting the signal thread")?;
     Ok(flag)
+}
+
+/// `SIGTERM` for 15, and so on.
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// A fault-injection or timing hook of the tests: the value of the variable `name`, when set
