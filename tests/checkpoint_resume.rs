@@ -1,7 +1,8 @@
 //! Checkpoints of real runs (`weft train`, `weft launch`): a run interrupted at step k and
 //! resumed ends bit for bit where an uninterrupted run ends, on 1 and on 2 ranks; a checkpoint
 //! of 2 ranks resumes on 1 and on 3 with every sample of the epoch seen once; a failing writer
-//! and a rank killed during a save leave the previous checkpoint latest and loadable.
+//! and a rank killed during a save leave the previous checkpoint latest and loadable; a resume
+//! with another model is refused before it touches the run directory.
 
 mod common;
 
@@ -272,4 +273,35 @@ fn a_rank_whose_writer_fails_fails_the_job_and_the_previous_checkpoint_stays() {
     ok(&out);
     assert!(latest(&r).ends_with("step-00000004"));
     open_verified(&latest(&r)).unwrap();
+}
+
+#[test]
+fn a_resume_with_another_model_is_refused_and_leaves_the_run_directory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 16);
+    let run_dir = dir.path().join("run");
+    let s = sets(&data, &["train.max_steps=2"]);
+    ok(&run(&train_args(1, &run_dir, &s, None), &[]));
+    let config = std::fs::read_to_string(run_dir.join(weft_config::RUN_CONFIG_FILE)).unwrap();
+    let newest = latest(&run_dir);
+
+    // The same run directory with another model width: `--resume auto` finds its checkpoint,
+    // which does not fit.
+    let other = sets(&data, &["train.max_steps=4", "model.embed_dim=32"]);
+    let out = run(&train_args(1, &run_dir, &other, None), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("does not fit this run: model.embed_dim is 64 in the checkpoint but 32 now"),
+        "{err}"
+    );
+    // The run's config.toml still describes its checkpoints (weft eval reads it), and they
+    // are all still there.
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join(weft_config::RUN_CONFIG_FILE)).unwrap(),
+        config,
+        "config.toml was replaced by the refused run's"
+    );
+    assert_eq!(latest(&run_dir), newest);
+    open_verified(&newest).unwrap();
 }

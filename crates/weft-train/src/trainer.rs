@@ -789,19 +789,9 @@ pub fn train_with<B: AutodiffBackend>(
     let vocab = text.vocab_size();
     let special = special_tokens(&train_loader, config)?;
 
-    // The run directory describes the run on its own: resolved config and tokenizer.
     let mut resolved = config.clone();
     resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
     let resolved_json = serde_json::to_value(&resolved).expect("configs serialise");
-    if lead {
-        resolved.write_to_run_dir(run_dir)?;
-        if let Some(tok) = &config.data.tokenizer {
-            let dst = run_dir.join(TOKENIZER_FILE);
-            if Path::new(tok) != dst {
-                std::fs::copy(tok, &dst).map_err(io(&dst))?;
-            }
-        }
-    }
 
     // Every rank reads the same checkpoint (the run directory is shared).
     let resumed = weft_checkpoint::resolve(run_dir, &options.resume)?;
@@ -842,6 +832,19 @@ pub fn train_with<B: AutodiffBackend>(
                 ckpt.state.step,
                 ckpt.state.world_size
             );
+        }
+    }
+
+    // The run directory describes the run on its own: resolved config and tokenizer. Written
+    // once the checkpoint it resumes from (or train.init_from) has been read and found to fit,
+    // so that a refused run leaves the files that describe the earlier checkpoints.
+    if lead {
+        resolved.write_to_run_dir(run_dir)?;
+        if let Some(tok) = &config.data.tokenizer {
+            let dst = run_dir.join(TOKENIZER_FILE);
+            if Path::new(tok) != dst {
+                std::fs::copy(tok, &dst).map_err(io(&dst))?;
+            }
         }
     }
 
