@@ -27,6 +27,20 @@ struct Proc {
 }
 
 impl Proc {
+    /// `command` started with its stdout discarded and its stderr kept.
+    fn spawn(name: impl Into<String>, command: &mut Command) -> Proc {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Proc {
+            name: name.into(),
+            child,
+            done: None,
+        }
+    }
+
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -162,27 +176,21 @@ fn worker_env(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> Proc {
-    let child = weft()
-        .envs(envs.iter().copied())
-        .arg("train")
-        .args(["--run-dir", &run.display().to_string()])
-        .args(train_sets())
-        .args(extra)
-        .env("WEFT_RANK", rank.to_string())
-        .env("WEFT_WORLD_SIZE", world.to_string())
-        .env("WEFT_LOCAL_RANK", rank.to_string())
-        .env("WEFT_LOCAL_WORLD_SIZE", world.to_string())
-        .env("WEFT_COORDINATOR", addr)
-        .env("WEFT_JOB_TOKEN", token)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Proc {
-        name: format!("rank {rank}"),
-        child,
-        done: None,
-    }
+    Proc::spawn(
+        format!("rank {rank}"),
+        weft()
+            .envs(envs.iter().copied())
+            .arg("train")
+            .args(["--run-dir", &run.display().to_string()])
+            .args(train_sets())
+            .args(extra)
+            .env("WEFT_RANK", rank.to_string())
+            .env("WEFT_WORLD_SIZE", world.to_string())
+            .env("WEFT_LOCAL_RANK", rank.to_string())
+            .env("WEFT_LOCAL_WORLD_SIZE", world.to_string())
+            .env("WEFT_COORDINATOR", addr)
+            .env("WEFT_JOB_TOKEN", token),
+    )
 }
 
 /// Wait until rank 0 has written `n` steps (the job is training), at most 120 s.
@@ -410,21 +418,34 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The command `weft launch --nproc-per-node 2 -- train` into `run`.
+fn launch_command(run: &Path) -> Command {
+    let mut c = weft();
+    c.args(["launch", "--nproc-per-node", "2", "--", "train"])
+        .args(["--run-dir", &run.display().to_string()])
+        .args(train_sets());
+    c
+}
+
 /// `weft launch --nproc-per-node 2 -- train` into `run`.
 fn launch(run: &Path) -> Proc {
-    let child = weft()
-        .args(["launch", "--nproc-per-node", "2", "--", "train"])
-        .args(["--run-dir", &run.display().to_string()])
-        .args(train_sets())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Proc {
-        name: "launcher".into(),
-        child,
-        done: None,
+    Proc::spawn("launcher", &mut launch_command(run))
+}
+
+/// The launcher exits 75 within [`BOUND`], none of its `workers` outlives it, and the run's
+/// latest checkpoint verifies, written by both ranks after a step at least.
+fn assert_stopped_after_a_checkpoint(launcher: &mut Proc, workers: Vec<i32>, run: &Path) {
+    let status = launcher.wait_within(BOUND).expect("the launcher exits");
+    let err = launcher.stderr();
+    assert_eq!(status.code(), Some(75), "{err}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the launcher");
     }
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let ckpt = run.join("checkpoints").join(latest.trim());
+    let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
+    assert_eq!(state.world_size, 2);
+    assert!(state.step >= 1, "{state:?}");
 }
 
 #[test]
@@ -456,18 +477,8 @@ fn launch_forwards_sigterm_and_the_workers_stop_after_a_checkpoint() {
     wait_for_steps(&run, 1, std::slice::from_mut(&mut launcher));
     let workers = children_of(launcher.pid());
     launcher.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = launcher.wait_within(BOUND).expect("the launcher exits");
     // The workers save at the next step boundary and exit 75 (interrupted, resumable).
-    let err = launcher.stderr();
-    assert_eq!(status.code(), Some(75), "{err}");
-    for pid in workers {
-        assert!(!alive(pid), "worker {pid} outlived the launcher");
-    }
-    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    let ckpt = run.join("checkpoints").join(latest.trim());
-    let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
-    assert_eq!(state.world_size, 2);
-    assert!(state.step >= 1, "{state:?}");
+    assert_stopped_after_a_checkpoint(&mut launcher, workers, &run);
 }
 
 #[test]
@@ -477,22 +488,9 @@ fn ctrl_c_to_the_process_group_of_launch_checkpoints_once_and_exits_75() {
     // that is one request to stop, not a second one that ends the worker at once.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let child = {
+    let mut launcher = {
         use std::os::unix::process::CommandExt;
-        weft()
-            .args(["launch", "--nproc-per-node", "2", "--", "train"])
-            .args(["--run-dir", &run.display().to_string()])
-            .args(train_sets())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap()
-    };
-    let mut launcher = Proc {
-        name: "launcher".into(),
-        child,
-        done: None,
+        Proc::spawn("launcher", launch_command(&run).process_group(0))
     };
     wait_for_steps(&run, 1, std::slice::from_mut(&mut launcher));
     let workers = children_of(launcher.pid());
@@ -502,17 +500,7 @@ fn ctrl_c_to_the_process_group_of_launch_checkpoints_once_and_exits_75() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let status = launcher.wait_within(BOUND).expect("the launcher exits");
-    let err = launcher.stderr();
-    assert_eq!(status.code(), Some(75), "{err}");
-    for pid in workers {
-        assert!(!alive(pid), "worker {pid} outlived the launcher");
-    }
-    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    let ckpt = run.join("checkpoints").join(latest.trim());
-    let state = weft_checkpoint::open_verified(&ckpt).unwrap().state;
-    assert_eq!(state.world_size, 2);
-    assert!(state.step >= 1, "{state:?}");
+    assert_stopped_after_a_checkpoint(&mut launcher, workers, &run);
 }
 
 #[test]
@@ -520,19 +508,13 @@ fn a_second_ctrl_c_seconds_after_the_first_ends_the_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // Steps of 8 s: the first SIGINT waits for the step boundary, the second does not.
-    let child = weft()
-        .args(["train", "--run-dir", &run.display().to_string()])
-        .args(train_sets())
-        .env("WEFT_TEST_STEP_PAUSE_MS", "8000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut train = Proc {
-        name: "weft train".into(),
-        child,
-        done: None,
-    };
+    let mut train = Proc::spawn(
+        "weft train",
+        weft()
+            .args(["train", "--run-dir", &run.display().to_string()])
+            .args(train_sets())
+            .env("WEFT_TEST_STEP_PAUSE_MS", "8000"),
+    );
     wait_for_steps(&run, 1, std::slice::from_mut(&mut train));
     train.signal(nix::sys::signal::Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(2500));

@@ -7,7 +7,7 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -229,29 +229,28 @@ pub fn flat_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
     gather.out
 }
 
-struct Scatter<B: AutodiffBackend> {
+struct Scatter<B: Backend> {
     parts: std::vec::IntoIter<Vec<f32>>,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Scatter<B> {
+impl<B: Backend> ModuleMapper<B> for Scatter<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
         let values = self.parts.next().expect("a value slice per parameter");
         assert_eq!(values.len(), shape.num_elements(), "parameter size");
-        let inner = Tensor::<B::InnerBackend, D>::from_data(
-            burn::tensor::TensorData::new(values, shape),
-            &self.device,
-        );
-        Param::from_mapped_value(id, Tensor::from_inner(inner).require_grad(), mapper)
+        let t =
+            Tensor::<B, D>::from_data(burn::tensor::TensorData::new(values, shape), &self.device);
+        // A leaf that autodiff tracks; without autodiff, `require_grad` does nothing.
+        Param::from_mapped_value(id, t.require_grad(), mapper)
     }
 }
 
 /// `module` with every float parameter replaced, in visit order, by the next values of
-/// `values` (the inverse of [`flat_params`]); ids and everything else stay. The copies out of
-/// `values` run in parallel.
-pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
+/// `values` (the inverse of [`flat_params`]); ids and everything else stay. Any backend: with
+/// autodiff the parameters are tracked leaves. The copies out of `values` run in parallel.
+pub fn set_flat_params<B: Backend, M: Module<B>>(
     module: M,
     values: &[f32],
     device: &B::Device,
@@ -265,42 +264,6 @@ pub fn set_flat_params<B: AutodiffBackend, M: Module<B>>(
     assert_eq!(offset, values.len(), "flat parameter buffer size");
     let parts: Vec<Vec<f32>> = ranges.into_par_iter().map(|r| values[r].to_vec()).collect();
     module.map(&mut Scatter::<B> {
-        parts: parts.into_iter(),
-        device: device.clone(),
-    })
-}
-
-struct ScatterValues<B: Backend> {
-    parts: std::vec::IntoIter<Vec<f32>>,
-    device: B::Device,
-}
-
-impl<B: Backend> ModuleMapper<B> for ScatterValues<B> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        let shape = tensor.shape();
-        let values = self.parts.next().expect("a value slice per parameter");
-        assert_eq!(values.len(), shape.num_elements(), "parameter size");
-        let t =
-            Tensor::<B, D>::from_data(burn::tensor::TensorData::new(values, shape), &self.device);
-        Param::from_mapped_value(id, t, mapper)
-    }
-}
-
-/// [`set_flat_params`] for a module that is not trained (any backend, no gradients).
-pub fn set_flat_values<B: Backend, M: Module<B>>(
-    module: M,
-    values: &[f32],
-    device: &B::Device,
-) -> M {
-    let mut parts = Vec::new();
-    let mut offset = 0;
-    for p in params(&module) {
-        parts.push(values[offset..offset + p.numel()].to_vec());
-        offset += p.numel();
-    }
-    assert_eq!(offset, values.len(), "flat parameter buffer size");
-    module.map(&mut ScatterValues::<B> {
         parts: parts.into_iter(),
         device: device.clone(),
     })

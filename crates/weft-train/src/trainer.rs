@@ -40,8 +40,8 @@ use crate::eval::{evaluate_retrieval_rerank, training_rows, Retrieval};
 use crate::metrics::{truncate_after_step, EvalRecord, JsonLines, RunRecord, StepMetrics};
 use crate::optim::FlatAdamW;
 use crate::params::{
-    flat_params, global_norm, params, scale_in_place, set_flat_params, set_flat_values, stable_ids,
-    FlatGrads, ParamInfo,
+    flat_params, global_norm, params, scale_in_place, set_flat_params, stable_ids, FlatGrads,
+    ParamInfo,
 };
 use crate::progress::Progress;
 use crate::schedule::WarmupCosine;
@@ -164,9 +164,19 @@ pub fn init_from<B: AutodiffBackend>(
 ) -> Result<(VlModel<B>, InitReport), TrainError> {
     let fail = |e| TrainError::InitFrom(Box::new(e));
     let weights = weft_checkpoint::read_pretrained(path).map_err(fail)?;
+    set_from(model, &weights, device).map_err(fail)
+}
+
+/// `model` with the parameters that `weights` hold, matched by name; the others keep their
+/// values.
+fn set_from<B: burn::tensor::backend::Backend>(
+    model: VlModel<B>,
+    weights: &Pretrained,
+    device: &B::Device,
+) -> Result<(VlModel<B>, InitReport), weft_checkpoint::CheckpointError> {
     let layout = checkpoint_layout(&params(&model));
     let mut values = flat_params(&model);
-    let report = weights.apply(&layout, &mut values).map_err(fail)?;
+    let report = weights.apply(&layout, &mut values)?;
     Ok((set_flat_params(model, &values, device), report))
 }
 
@@ -178,14 +188,10 @@ pub fn with_weights<B: burn::tensor::backend::Backend>(
     weights: &Pretrained,
     device: &B::Device,
 ) -> Result<VlModel<B>, TrainError> {
-    let layout = checkpoint_layout(&params(&model));
-    let mut values = flat_params(&model);
-    let report = weights
-        .apply(&layout, &mut values)
-        .map_err(|e| TrainError::Weights {
-            path: weights.source.clone(),
-            message: e.to_string(),
-        })?;
+    let (model, report) = set_from(model, weights, device).map_err(|e| TrainError::Weights {
+        path: weights.source.clone(),
+        message: e.to_string(),
+    })?;
     if !report.missing.is_empty() {
         let first: Vec<&str> = report.missing.iter().take(5).map(String::as_str).collect();
         return Err(TrainError::Weights {
@@ -194,7 +200,7 @@ pub fn with_weights<B: burn::tensor::backend::Backend>(
                 "does not match the model: {} of its {} parameters are missing ({}{}); is the \
                  config the one these weights were trained with?",
                 report.missing.len(),
-                layout.names.len(),
+                report.loaded.len() + report.missing.len(),
                 first.join(", "),
                 if report.missing.len() > first.len() {
                     ", ..."
@@ -204,7 +210,7 @@ pub fn with_weights<B: burn::tensor::backend::Backend>(
             ),
         });
     }
-    Ok(set_flat_values(model, &values, device))
+    Ok(model)
 }
 
 /// Log what [`init_from`] set.
@@ -835,9 +841,10 @@ pub fn train_with<B: AutodiffBackend>(
         }
     }
 
-    // The run directory describes the run on its own: resolved config and tokenizer. Written
-    // once the checkpoint it resumes from (or train.init_from) has been read and found to fit,
-    // so that a refused run leaves the files that describe the earlier checkpoints.
+    // The run directory describes the run on its own: resolved config, tokenizer and a line
+    // of runs.jsonl per start. Written once the checkpoint it resumes from (or
+    // train.init_from) has been read and found to fit, so that a refused run leaves the files
+    // that describe the earlier checkpoints.
     if lead {
         resolved.write_to_run_dir(run_dir)?;
         if let Some(tok) = &config.data.tokenizer {
@@ -846,9 +853,6 @@ pub fn train_with<B: AutodiffBackend>(
                 std::fs::copy(tok, &dst).map_err(io(&dst))?;
             }
         }
-    }
-
-    if lead {
         let resumed_from = resumed.as_ref().map_or(0, |c| c.state.step);
         let record = RunRecord::now(&resolved_json, B::name(device), world, resumed_from);
         JsonLines::append(&run_dir.join("runs.jsonl"))?.write(&record)?;
