@@ -162,32 +162,131 @@ fn cuda_without_a_driver_names_the_library_and_what_to_set() {
 
 #[cfg(feature = "cuda")]
 #[test]
-fn an_nccl_under_its_soname_only_gets_the_link_to_make() {
-    // pip's nvidia-nccl-cu12 ships libnccl.so.2 alone, a name cudarc does not try.
+fn an_nccl_file_that_does_not_open_is_named_with_the_loaders_error() {
     if system_has("libnccl\\.so ") {
-        eprintln!("SKIPPED an_nccl_under_its_soname_only_gets_the_link_to_make: this machine has libnccl.so");
+        eprintln!("SKIPPED an_nccl_file_that_does_not_open_is_named_with_the_loaders_error: this machine has libnccl.so");
         return;
     }
     let libs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
     std::fs::write(libs.path().join("libnccl.so.2"), b"not a library").unwrap();
     let out = common::process::weft_env_within(
         &repo(),
         &["doctor", "--no-steps", "--json"],
-        &[("LD_LIBRARY_PATH", libs.path().to_str().unwrap())],
+        &[
+            ("LD_LIBRARY_PATH", libs.path().to_str().unwrap()),
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+        ],
         Duration::from_secs(60),
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nccl = &r["gpu"]["libraries"][2];
     assert_eq!(nccl["loaded"], false, "{r}");
     let e = nccl["error"].as_str().unwrap();
-    let dir = libs.path().display();
+    let file = libs.path().join("libnccl.so.2");
     assert!(
-        e.contains(&format!("ln -s {dir}/libnccl.so.2 {dir}/libnccl.so")),
+        e.contains(&format!("none opens ({}: ", file.display())),
         "{e}"
     );
+    // Nothing to link: no restart, no link directory.
+    assert!(r["gpu"]["link_dir"].is_null(), "{r}");
+    assert!(!cache.path().join("weft").exists());
     assert_eq!(
         out.status.code(),
         Some(1),
         "a failed check fails the doctor"
     );
+}
+
+/// A real shared object named `name` (soname `name`) in `dir`, built by the C compiler that
+/// Rust links with.
+#[cfg(feature = "cuda")]
+fn shared_object(dir: &std::path::Path, name: &str) {
+    let src = dir.join("stub.c");
+    std::fs::write(&src, "int weft_stub(void) { return 7; }\n").unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dir.join(name))
+        .arg(format!("-Wl,-soname,{name}"))
+        .arg(&src)
+        .status()
+        .expect("cc (the C compiler) runs");
+    assert!(status.success(), "cc failed");
+    std::fs::remove_file(src).unwrap();
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
+    // pip's nvidia-nccl wheels and the libnccl2 package ship libnccl.so.2 alone, a name
+    // cudarc does not try.
+    if system_has("libnccl\\.so ") {
+        eprintln!("SKIPPED an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it: this machine has libnccl.so");
+        return;
+    }
+    let libs = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    shared_object(libs.path(), "libnccl.so.2");
+    let file = libs.path().join("libnccl.so.2");
+    let doctor = |extra: &[(&str, &str)]| {
+        let mut envs = vec![
+            ("LD_LIBRARY_PATH", libs.path().to_str().unwrap()),
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+        ];
+        envs.extend_from_slice(extra);
+        let out = common::process::weft_env_within(
+            &repo(),
+            &["doctor", "--no-steps", "--json"],
+            &envs,
+            Duration::from_secs(60),
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (r, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (r, err) = doctor(&[]);
+    let nccl = &r["gpu"]["libraries"][2];
+    assert_eq!(nccl["loaded"], true, "{r}\n{err}");
+    // The loader opened the file itself, through the link.
+    assert_eq!(
+        nccl["paths"],
+        serde_json::json!([file.display().to_string()]),
+        "{r}"
+    );
+    let dir = r["gpu"]["link_dir"].as_str().unwrap();
+    assert!(
+        dir.starts_with(&cache.path().join("weft/cuda-libs").display().to_string()),
+        "{dir}"
+    );
+    assert_eq!(
+        r["gpu"]["links"],
+        serde_json::json!([format!("libnccl.so -> {}", file.display())]),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read_link(std::path::Path::new(dir).join("libnccl.so")).unwrap(),
+        file
+    );
+    assert!(
+        err.contains(&format!("CUDA libraries opened through links in {dir}")),
+        "{err}"
+    );
+
+    // Turned off: no link, and the error says what weft would do and what to do by hand.
+    let (r, _) = doctor(&[("WEFT_CUDA_LIB_LINKS", "off")]);
+    let nccl = &r["gpu"]["libraries"][2];
+    assert_eq!(nccl["loaded"], false, "{r}");
+    let e = nccl["error"].as_str().unwrap();
+    assert!(
+        e.contains(&format!(
+            "{} opens; weft links it as libnccl.so",
+            file.display()
+        )) && e.contains(&format!(
+            "`ln -s {} {}/libnccl.so`",
+            file.display(),
+            libs.path().display()
+        )),
+        "{e}"
+    );
+    assert!(r["gpu"]["link_dir"].is_null(), "{r}");
 }

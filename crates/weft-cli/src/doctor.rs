@@ -42,7 +42,7 @@ pub struct DoctorArgs {
     batch: Option<usize>,
     /// Where the steps run: auto (the GPU when this weft has cuda and finds one), cpu, cuda.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    pub(crate) device: DeviceArg,
     /// Peak TFLOP/s of the device at the steps' precision, for the MFU (default: the table of
     /// known GPUs; none on the CPU).
     #[arg(long)]
@@ -98,6 +98,11 @@ pub struct GpuReport {
     pub libraries: Vec<LibraryReport>,
     /// The GPUs.
     pub gpus: Vec<GpuEntry>,
+    /// The directory of the links weft made for libraries found under names cudarc does not
+    /// try (`WEFT_CUDA_LIB_LINKS`), when it made any.
+    pub link_dir: Option<String>,
+    /// Those links, `name -> target`.
+    pub links: Vec<String>,
 }
 
 /// One library.
@@ -255,6 +260,9 @@ fn text(r: &Report) -> String {
         .filter(|e| !g.libraries.iter().any(|l| l.error.as_ref() == Some(*e)))
     {
         let _ = writeln!(s, "  {e}");
+    }
+    if let Some(dir) = &g.link_dir {
+        let _ = writeln!(s, "  links made by weft in {dir}: {}", g.links.join(", "));
     }
     if let (Some(d), Some(b)) = (&g.driver_cuda, &g.built_cuda) {
         let _ = writeln!(
@@ -490,17 +498,23 @@ fn nccl_report() -> Option<NcclReport> {
 fn gpu_report() -> GpuReport {
     use weft_gpu::cuda;
     let mut report = GpuReport::default();
+    if let Some(dir) =
+        std::env::var_os(weft_gpu::libs::LINKS_VAR).filter(|v| !v.is_empty() && v != "off")
+    {
+        let dir = std::path::PathBuf::from(dir);
+        report.links = weft_gpu::libs::read_links(&dir)
+            .iter()
+            .map(|l| format!("{} -> {}", l.name, l.target.display()))
+            .collect();
+        report.link_dir = Some(dir.display().to_string());
+    }
     let checks = cuda::libraries();
     let runtime = cuda::check_runtime();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     for c in &checks {
         report.libraries.push(LibraryReport {
             what: c.what.to_string(),
             loaded: c.loaded,
-            paths: weft_gpu::libs::loaded_paths(&maps, c.lib)
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
+            paths: c.paths.iter().map(|p| p.display().to_string()).collect(),
             error: (!c.loaded).then(|| c.error().to_string()),
         });
     }

@@ -94,6 +94,35 @@ fn print_retrieval(label: &str, r: &Retrieval) {
     );
 }
 
+/// The run directory of `--checkpoint`: two levels up from a checkpoint directory
+/// (RUN_DIR/checkpoints/step-N), the directory itself, or a file's directory.
+fn run_dir_of(path: &Path) -> PathBuf {
+    if path.join(weft_checkpoint::layout::TRAINER_STATE).is_file() {
+        path.parent().and_then(Path::parent)
+    } else if path.is_dir() {
+        Some(path)
+    } else {
+        path.parent()
+    }
+    .map(Path::to_path_buf)
+    .unwrap_or_default()
+}
+
+/// The model config `weft eval` reads (as [`eval`] does, without reading the weights).
+#[cfg(feature = "cuda")]
+pub fn config(
+    args: &EvalArgs,
+    config_file: Option<PathBuf>,
+    sets: &[String],
+) -> anyhow::Result<Config> {
+    let file = config_file
+        .unwrap_or_else(|| run_dir_of(&args.checkpoint).join(weft_config::RUN_CONFIG_FILE));
+    Ok(ConfigLoader::new()
+        .file(&file)
+        .overrides(sets.iter().cloned())
+        .load()?)
+}
+
 /// `weft eval`.
 ///
 /// The model config is `--config` if given, else the run directory's config.toml; `--set`
@@ -105,15 +134,7 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
     if !path.exists() {
         bail!("checkpoint {} does not exist", path.display());
     }
-    let dir = if path.join(weft_checkpoint::layout::TRAINER_STATE).is_file() {
-        path.parent().and_then(Path::parent)
-    } else if path.is_dir() {
-        Some(path.as_path())
-    } else {
-        path.parent()
-    }
-    .map(Path::to_path_buf)
-    .unwrap_or_default();
+    let dir = run_dir_of(path);
     let weights = weft_checkpoint::read_pretrained(path)
         .with_context(|| format!("the weights of --checkpoint {}", path.display()))?;
     tracing::info!("weights: {}", weights.source.display());

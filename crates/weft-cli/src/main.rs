@@ -11,6 +11,8 @@ mod ckpt;
 mod doctor;
 mod eval;
 mod launch;
+#[cfg(feature = "cuda")]
+mod relink;
 mod report;
 mod train;
 
@@ -209,6 +211,9 @@ enum ModelArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything else: this may start the process again (see relink).
+    #[cfg(feature = "cuda")]
+    let relinked = relink::before_cuda(uses_cuda(&cli));
     // `weft train` logs into RUN_DIR/logs/rank-N.log as well; errors about the environment or
     // the run directory are reported by `train` itself.
     let (env, log) = match &cli.command {
@@ -229,6 +234,8 @@ fn main() -> ExitCode {
     if let Some(e) = log_error {
         tracing::warn!("no log file: {e}");
     }
+    #[cfg(feature = "cuda")]
+    relinked.log();
     match run(cli, env) {
         Ok(code) => code,
         Err(e) => {
@@ -245,6 +252,29 @@ fn main() -> ExitCode {
             eprintln!("{prefix}error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the command will use CUDA: `weft doctor` (but `--device cpu`), and `weft train`,
+/// `eval` and `bench train` with `train.device = "cuda"` (a config that does not load is left
+/// to the command to report).
+#[cfg(feature = "cuda")]
+fn uses_cuda(cli: &Cli) -> bool {
+    let cuda =
+        |c: anyhow::Result<Config>| c.is_ok_and(|c| c.train.device == weft_config::Device::Cuda);
+    match &cli.command {
+        Command::Doctor(args) => args.device != doctor::DeviceArg::Cpu,
+        Command::Train(_) => cuda(train::train_config(
+            cli.config.config.clone(),
+            &cli.config.sets,
+        )),
+        Command::Eval(args) => cuda(eval::config(
+            args,
+            cli.config.config.clone(),
+            &cli.config.sets,
+        )),
+        Command::Bench(BenchCommand::Train(_)) => cuda(load_config(&cli.config)),
+        _ => false,
     }
 }
 

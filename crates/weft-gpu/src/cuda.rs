@@ -11,7 +11,7 @@ use weft_train::dist::GradReduce;
 use weft_train::update::{to_device, to_host};
 
 use crate::error::{visible_devices, GpuError};
-use crate::libs::{locate, search_dirs, LibraryCheck};
+use crate::libs::{links_for, loaded_paths, locate, search_dirs, Fix, LibraryCheck, Link};
 use crate::select::select_device;
 
 /// burn's CUDA backend (f32 by default; a tensor can hold bf16).
@@ -21,40 +21,73 @@ pub type CudaTrain = burn::backend::Autodiff<Cuda>;
 /// A burn CUDA device (a GPU index among the visible ones).
 pub use burn::backend::cuda::CudaDevice;
 
-fn check(what: &'static str, lib: &'static str, loaded: bool) -> LibraryCheck {
+fn check(what: &'static str, lib: &'static str) -> LibraryCheck {
+    let tried = cudarc::get_lib_name_candidates(lib);
+    let paths = open_as_cudarc(&tried, lib);
+    let loaded = paths.is_some();
+    let (found, fix) = if loaded {
+        (Vec::new(), Fix::None)
+    } else {
+        let found = locate(lib, &search_dirs());
+        let fix = links_for(lib, &tried, &found, &mut opens);
+        (found, fix)
+    };
     LibraryCheck {
         what,
         lib,
         loaded,
-        tried: cudarc::get_lib_name_candidates(lib),
-        found: if loaded {
-            Vec::new()
-        } else {
-            locate(lib, &search_dirs())
-        },
+        paths: paths.unwrap_or_default(),
+        tried,
+        found,
+        fix,
     }
+}
+
+/// Open `lib` as cudarc does (the first of `tried` that opens) and give the files of it that
+/// the loader mapped meanwhile (`/proc/self/maps`); None when no name opens.
+fn open_as_cudarc(tried: &[String], lib: &str) -> Option<Vec<std::path::PathBuf>> {
+    tried.iter().find_map(|name| {
+        #[allow(unsafe_code)]
+        // SAFETY: as cudarc's own probe (`is_culib_present`) does: opening runs the library's
+        // initialisers, nothing of it is called, and it is closed on drop.
+        let opened = unsafe { libloading::Library::new(name) }.ok()?;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let paths = loaded_paths(&maps, lib);
+        drop(opened);
+        Some(paths)
+    })
+}
+
+/// Whether the shared library at `path` opens (then it is closed again).
+fn opens(path: &std::path::Path) -> Result<(), String> {
+    #[allow(unsafe_code)]
+    // SAFETY: opening runs the library's initialisers, as cudarc's own probes and the CUDA
+    // path do with the same libraries; nothing of it is called, and it is closed on drop.
+    let lib = unsafe { libloading::Library::new(path) };
+    lib.map(drop).map_err(|e| e.to_string())
+}
+
+/// The links that would make the libraries that do not open (driver, NVRTC, NCCL) open,
+/// for each library whose file was found and opens by its path ([`links_for`]).
+pub fn library_links() -> Vec<Link> {
+    libraries()
+        .into_iter()
+        .flat_map(|c| match c.fix {
+            Fix::Links(links) => links,
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// The three libraries: the driver, NVRTC (cubecl compiles its kernels with it) and NCCL.
 pub fn libraries() -> [LibraryCheck; 3] {
-    #[allow(unsafe_code)]
-    // SAFETY: each probe dlopens the library under the names cudarc uses and closes it again;
-    // opening runs the library's initialisers, which is what the CUDA path does anyway.
-    let (cuda, nvrtc, nccl) = unsafe {
-        (
-            driver_sys::is_culib_present(),
-            cudarc::nvrtc::sys::is_culib_present(),
-            cudarc::nccl::sys::is_culib_present(),
-        )
-    };
     [
-        check("the CUDA driver library (libcuda)", "cuda", cuda),
+        check("the CUDA driver library (libcuda)", "cuda"),
         check(
             "NVRTC, the CUDA runtime compiler that burn's kernels are built with (libnvrtc)",
             "nvrtc",
-            nvrtc,
         ),
-        check("the NCCL library (libnccl)", "nccl", nccl),
+        check("the NCCL library (libnccl)", "nccl"),
     ]
 }
 

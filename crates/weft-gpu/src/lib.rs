@@ -1,8 +1,10 @@
 //! weft-gpu: weft on NVIDIA GPUs.
 //!
 //! - [`select`]: which GPU a rank takes (`WEFT_DEVICE`, one visible GPU, the local rank).
-//! - [`libs`]: the libraries the CUDA path opens at run time (driver, NVRTC, NCCL), and an
-//!   error for a missing one that says which names were tried, what was found and what to set.
+//! - [`libs`]: the libraries the CUDA path opens at run time (driver, NVRTC, NCCL); the links
+//!   that make one found under a name cudarc does not try open (the `weft` binary makes them and
+//!   starts itself again); an error for a missing one that says which names were tried, what
+//!   was found and what to set.
 //! - [`peak`]: peak FLOP rates of data-centre GPUs, for MFU.
 //! - `cuda` (the `cuda` feature): burn's CUDA backend, the driver checks made before the first
 //!   tensor, NCCL on burn's own device buffers for the trainer's gradient averaging
