@@ -160,6 +160,30 @@ fn cuda_without_a_driver_names_the_library_and_what_to_set() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `weft doctor --no-steps --json` with `libs` as LD_LIBRARY_PATH, link directories under
+/// `cache`, and `extra` variables: its report and its stderr.
+#[cfg(feature = "cuda")]
+fn doctor_with_libs(
+    libs: &std::path::Path,
+    cache: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (serde_json::Value, String, Option<i32>) {
+    let mut envs = vec![
+        ("LD_LIBRARY_PATH", libs.to_str().unwrap()),
+        ("XDG_CACHE_HOME", cache.to_str().unwrap()),
+    ];
+    envs.extend_from_slice(extra);
+    let out = common::process::weft_env_within(
+        &repo(),
+        &["doctor", "--no-steps", "--json"],
+        &envs,
+        Duration::from_secs(60),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (r, err, out.status.code())
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn an_nccl_file_that_does_not_open_is_named_with_the_loaders_error() {
@@ -170,16 +194,7 @@ fn an_nccl_file_that_does_not_open_is_named_with_the_loaders_error() {
     let libs = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     std::fs::write(libs.path().join("libnccl.so.2"), b"not a library").unwrap();
-    let out = common::process::weft_env_within(
-        &repo(),
-        &["doctor", "--no-steps", "--json"],
-        &[
-            ("LD_LIBRARY_PATH", libs.path().to_str().unwrap()),
-            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
-        ],
-        Duration::from_secs(60),
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (r, _, code) = doctor_with_libs(libs.path(), cache.path(), &[]);
     let nccl = &r["gpu"]["libraries"][2];
     assert_eq!(nccl["loaded"], false, "{r}");
     let e = nccl["error"].as_str().unwrap();
@@ -191,11 +206,7 @@ fn an_nccl_file_that_does_not_open_is_named_with_the_loaders_error() {
     // Nothing to link: no restart, no link directory.
     assert!(r["gpu"]["link_dir"].is_null(), "{r}");
     assert!(!cache.path().join("weft").exists());
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a failed check fails the doctor"
-    );
+    assert_eq!(code, Some(1), "a failed check fails the doctor");
 }
 
 /// A real shared object named `name` (soname `name`) in `dir`, built by the C compiler that
@@ -228,23 +239,8 @@ fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
     let cache = tempfile::tempdir().unwrap();
     shared_object(libs.path(), "libnccl.so.2");
     let file = libs.path().join("libnccl.so.2");
-    let doctor = |extra: &[(&str, &str)]| {
-        let mut envs = vec![
-            ("LD_LIBRARY_PATH", libs.path().to_str().unwrap()),
-            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
-        ];
-        envs.extend_from_slice(extra);
-        let out = common::process::weft_env_within(
-            &repo(),
-            &["doctor", "--no-steps", "--json"],
-            &envs,
-            Duration::from_secs(60),
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        (r, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
 
-    let (r, err) = doctor(&[]);
+    let (r, err, _) = doctor_with_libs(libs.path(), cache.path(), &[]);
     let nccl = &r["gpu"]["libraries"][2];
     assert_eq!(nccl["loaded"], true, "{r}\n{err}");
     // The loader opened the file itself, through the link.
@@ -273,7 +269,7 @@ fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
     );
 
     // Turned off: no link, and the error says what weft would do and what to do by hand.
-    let (r, _) = doctor(&[("WEFT_CUDA_LIB_LINKS", "off")]);
+    let (r, _, _) = doctor_with_libs(libs.path(), cache.path(), &[("WEFT_CUDA_LIB_LINKS", "off")]);
     let nccl = &r["gpu"]["libraries"][2];
     assert_eq!(nccl["loaded"], false, "{r}");
     let e = nccl["error"].as_str().unwrap();

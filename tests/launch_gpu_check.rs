@@ -4,17 +4,14 @@
 //! tool brings back), the summary with the weft / PyTorch step-time ratio, and commands past
 //! the budget timed out or skipped, the script failing.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use common::process::{output_within, repo};
 
 fn script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -99,28 +96,18 @@ fn gpu_check(gzipped: bool, envs: &[(&str, &str)]) -> Check {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("bash")
-        .arg(repo().join("launch/gpu-check.sh"))
-        .arg(&out)
-        .current_dir(repo())
-        .env("PATH", path)
-        .env("WEFT", weft)
-        .env("PYTHON", bin.join("python-torch"))
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            panic!("gpu-check.sh ran over 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = output_within(
+        Command::new("bash")
+            .arg(repo().join("launch/gpu-check.sh"))
+            .arg(&out)
+            .current_dir(repo())
+            .env("PATH", path)
+            .env("WEFT", weft)
+            .env("PYTHON", bin.join("python-torch"))
+            .envs(envs.iter().copied()),
+        Duration::from_secs(120),
+        "gpu-check.sh",
+    );
     Check {
         out,
         output,

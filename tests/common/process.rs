@@ -16,11 +16,20 @@ pub fn weft_env_within(
     envs: &[(&str, &str)],
     limit: Duration,
 ) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command
         .args(args)
         .envs(envs.iter().copied())
         .current_dir(cwd)
-        .env("WEFT_LOG", "info")
+        .env("WEFT_LOG", "info");
+    output_within(&mut command, limit, &format!("weft {args:?}"))
+}
+
+/// Run `command` with stdout and stderr captured (stdin closed), killed and failed (naming
+/// `what`, with its stderr) after `limit`.
+pub fn output_within(command: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -33,10 +42,7 @@ pub fn weft_env_within(
         if start.elapsed() > limit {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
-            panic!(
-                "weft {args:?} timed out: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("{what} timed out: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
