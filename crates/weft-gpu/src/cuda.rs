@@ -25,12 +25,10 @@ fn check(what: &'static str, lib: &'static str) -> LibraryCheck {
     let tried = cudarc::get_lib_name_candidates(lib);
     let paths = open_as_cudarc(&tried, lib);
     let loaded = paths.is_some();
-    let (found, fix) = if loaded {
-        (Vec::new(), Fix::None)
+    let fix = if loaded {
+        Fix::None
     } else {
-        let found = locate(lib, &search_dirs());
-        let fix = links_for(lib, &tried, &found, &mut opens);
-        (found, fix)
+        links_for(lib, &tried, &locate(lib, &search_dirs()), &mut opens)
     };
     LibraryCheck {
         what,
@@ -38,7 +36,6 @@ fn check(what: &'static str, lib: &'static str) -> LibraryCheck {
         loaded,
         paths: paths.unwrap_or_default(),
         tried,
-        found,
         fix,
     }
 }

@@ -56,9 +56,8 @@ pub struct LibraryCheck {
     /// The file names cudarc tries, in order (the dynamic loader searches `LD_LIBRARY_PATH`,
     /// then its cache and the system directories, for each).
     pub tried: Vec<String>,
-    /// Files of this library found in [`search_dirs`].
-    pub found: Vec<PathBuf>,
-    /// What links would make it open, when it does not.
+    /// What was found of it in [`search_dirs`] when it does not open: links that would make
+    /// it open, or files that do not open.
     pub fix: Fix,
 }
 
@@ -68,7 +67,7 @@ impl LibraryCheck {
         GpuError::Library {
             what: self.what.to_string(),
             tried: self.tried.join(", "),
-            hint: hint(self.lib, &self.tried, &self.found, &self.fix),
+            hint: hint(self.lib, &self.fix),
         }
     }
 
@@ -167,9 +166,8 @@ fn file_name(p: &Path) -> &str {
     p.file_name().and_then(|n| n.to_str()).unwrap_or("")
 }
 
-/// What to do about a library that did not load, given the names tried, the files found and
-/// what was found of them ([`Fix`]).
-pub fn hint(lib: &str, tried: &[String], found: &[PathBuf], fix: &Fix) -> String {
+/// What to do about a library that did not load, from what was found of it ([`Fix`]).
+pub fn hint(lib: &str, fix: &Fix) -> String {
     let usual = match lib {
         "cuda" => "it comes with the NVIDIA driver; is one installed, and is this a GPU machine?",
         "nvrtc" => "it comes with the CUDA toolkit, or PyTorch's pip wheels nvidia-cuda-nvrtc-cu12 (site-packages/nvidia/cuda_nvrtc/lib) and nvidia-cuda-nvrtc (CUDA 13: site-packages/nvidia/cu13/lib)",
@@ -191,49 +189,25 @@ pub fn hint(lib: &str, tried: &[String], found: &[PathBuf], fix: &Fix) -> String
                     dir.display()
                 )
             };
-            return format!(
+            format!(
                 "{} opens; weft links it as {} in a directory of its own and starts again with that directory in LD_LIBRARY_PATH (train, eval and bench on train.device = \"cuda\", and doctor), unless {LINKS_VAR}=off or the link cannot be made; by hand: {by_hand}",
                 link.target.display(),
                 link.name
-            );
+            )
         }
         Fix::Unloadable(bad) if !bad.is_empty() => {
             let list: Vec<String> = bad
                 .iter()
                 .map(|(p, e)| format!("{}: {e}", p.display()))
                 .collect();
-            return format!(
+            format!(
                 "found files of it, but none opens ({}); is it built for this machine, and are its own libraries found (`ldd {}`)?",
                 list.join("; "),
                 bad[0].0.display()
-            );
+            )
         }
-        _ => {}
+        _ => format!("no lib{lib}.so* found in LD_LIBRARY_PATH or the usual directories; set LD_LIBRARY_PATH to the directory that holds it ({usual})"),
     }
-    if let Some(p) = found
-        .iter()
-        .find(|p| tried.iter().any(|t| t == file_name(p)))
-    {
-        let dir = p.parent().unwrap_or(Path::new("."));
-        return format!(
-            "{} is here: put {} in LD_LIBRARY_PATH; if it is there already, the file does not load (another architecture, or a missing dependency: `ldd {}`)",
-            p.display(),
-            dir.display(),
-            p.display()
-        );
-    }
-    if let Some(p) = found.first() {
-        let dir = p.parent().unwrap_or(Path::new("."));
-        let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
-        return format!(
-            "found {}, but under names that are not tried: make a link with a tried name in a directory of LD_LIBRARY_PATH, e.g. `ln -s {} {}/lib{lib}.so` and LD_LIBRARY_PATH={}",
-            list.join(", "),
-            p.display(),
-            dir.display(),
-            dir.display()
-        );
-    }
-    format!("no lib{lib}.so* found in LD_LIBRARY_PATH or the usual directories; set LD_LIBRARY_PATH to the directory that holds it ({usual})")
 }
 
 /// The links that make `lib` open under a name of `tried` when none of those opens, from the
@@ -428,18 +402,24 @@ mod tests {
 
     #[test]
     fn hints_say_what_to_link_or_set() {
-        let tried = vec!["libnccl.so".to_string(), "libnccl.so.1".to_string()];
+        let link = |name: &str, target: &str| {
+            Fix::Links(vec![Link {
+                name: name.into(),
+                target: PathBuf::from(target),
+            }])
+        };
         // pip's NCCL has only the versioned name, which cudarc does not try.
-        let pip = [PathBuf::from("/venv/nvidia/nccl/lib/libnccl.so.2")];
-        let h = hint("nccl", &tried, &pip, &Fix::None);
+        let h = hint(
+            "nccl",
+            &link("libnccl.so", "/venv/nvidia/nccl/lib/libnccl.so.2"),
+        );
         assert!(
             h.contains("ln -s /venv/nvidia/nccl/lib/libnccl.so.2 /venv/nvidia/nccl/lib/libnccl.so"),
             "{h}"
         );
-        let here = [PathBuf::from("/opt/nccl/lib/libnccl.so")];
-        let h = hint("nccl", &tried, &here, &Fix::None);
+        let h = hint("nccl", &link("libnccl.so", "/opt/nccl/lib/libnccl.so"));
         assert!(h.contains("put /opt/nccl/lib in LD_LIBRARY_PATH"), "{h}");
-        let h = hint("nccl", &tried, &[], &Fix::None);
+        let h = hint("nccl", &Fix::None);
         assert!(
             h.contains("set LD_LIBRARY_PATH") && h.contains("nvidia-nccl-cu12"),
             "{h}"
@@ -492,7 +472,7 @@ mod tests {
                 },
             ])
         );
-        let h = hint("nccl", &tried, &found, &fix);
+        let h = hint("nccl", &fix);
         assert!(
             h.contains("libnccl.so.2 opens; weft links it as libnccl.so")
                 && h.contains(&format!(
@@ -534,7 +514,7 @@ mod tests {
             fix,
             Fix::Unloadable(vec![(d.join("libnccl.so.2"), "invalid ELF header".into())])
         );
-        let h = hint("nccl", &tried, &found, &fix);
+        let h = hint("nccl", &fix);
         assert!(
             h.contains(&format!(
                 "none opens ({}/libnccl.so.2: invalid ELF header)",
