@@ -498,18 +498,12 @@ fn nccl_report() -> Option<NcclReport> {
 fn gpu_report() -> GpuReport {
     use weft_gpu::cuda;
     let mut report = GpuReport::default();
-    if let Some(dir) =
-        std::env::var_os(weft_gpu::libs::LINKS_VAR).filter(|v| !v.is_empty() && v != "off")
-    {
-        let dir = std::path::PathBuf::from(dir);
-        report.links = weft_gpu::libs::read_links(&dir)
-            .iter()
-            .map(|l| format!("{} -> {}", l.name, l.target.display()))
-            .collect();
+    if let Some((dir, links)) = weft_gpu::libs::links_made() {
+        report.links = links.iter().map(ToString::to_string).collect();
         report.link_dir = Some(dir.display().to_string());
     }
     let checks = cuda::libraries();
-    let runtime = cuda::check_runtime();
+    let runtime = cuda::check_runtime_of(&checks);
     for c in &checks {
         report.libraries.push(LibraryReport {
             what: c.what.to_string(),

@@ -37,10 +37,7 @@ impl Relinked {
         match self {
             Relinked::Nothing => {}
             Relinked::Linked { dir, links } => {
-                let list: Vec<String> = links
-                    .iter()
-                    .map(|l| format!("{} -> {}", l.name, l.target.display()))
-                    .collect();
+                let list: Vec<String> = links.iter().map(Link::to_string).collect();
                 tracing::info!(
                     "CUDA libraries opened through links in {} ({LINKS_VAR}=off to make none): {}",
                     dir.display(),
@@ -55,16 +52,10 @@ impl Relinked {
 /// When `wanted` (the command will use CUDA): link the libraries that need it and start this
 /// weft again with the links (this returns only when nothing was to be done, or it failed).
 pub fn before_cuda(wanted: bool) -> Relinked {
-    match std::env::var_os(LINKS_VAR) {
-        Some(v) if v == "off" => return Relinked::Nothing,
-        Some(v) if !v.is_empty() => {
-            let dir = PathBuf::from(v);
-            let links = libs::read_links(&dir);
-            return Relinked::Linked { dir, links };
-        }
-        _ => {}
+    if let Some((dir, links)) = libs::links_made() {
+        return Relinked::Linked { dir, links };
     }
-    if !wanted {
+    if !wanted || std::env::var_os(LINKS_VAR).is_some_and(|v| v == "off") {
         return Relinked::Nothing;
     }
     let links = weft_gpu::cuda::library_links();

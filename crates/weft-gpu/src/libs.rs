@@ -30,6 +30,13 @@ pub struct Link {
     pub target: PathBuf,
 }
 
+impl std::fmt::Display for Link {
+    /// `name -> target`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.name, self.target.display())
+    }
+}
+
 /// What can be done about a library that does not open under the names tried.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Fix {
@@ -340,6 +347,15 @@ pub fn with_library_dir(dir: &Path, current: Option<&std::ffi::OsStr>) -> std::f
     std::env::join_paths(paths).unwrap_or_else(|_| dir.as_os_str().to_os_string())
 }
 
+/// The directory of the links this process was started again with ([`LINKS_VAR`], unless
+/// empty or `off`) and its links.
+pub fn links_made() -> Option<(PathBuf, Vec<Link>)> {
+    let dir = std::env::var_os(LINKS_VAR).filter(|v| !v.is_empty() && v != "off")?;
+    let dir = PathBuf::from(dir);
+    let links = read_links(&dir);
+    Some((dir, links))
+}
+
 /// The links in `dir` (made by [`make_links`]), sorted by name.
 pub fn read_links(dir: &Path) -> Vec<Link> {
     let mut out: Vec<Link> = std::fs::read_dir(dir)
@@ -382,8 +398,7 @@ mod tests {
 
     #[test]
     fn locate_finds_the_library_under_every_suffix() {
-        let d = std::env::temp_dir().join(format!("weft-gpu-libs-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = temp("locate");
         for f in [
             "libnccl.so.2",
             "libnccl.so.2.21.5",
