@@ -77,15 +77,25 @@ pub fn library_links() -> Vec<Link> {
 }
 
 /// The three libraries: the driver, NVRTC (cubecl compiles its kernels with it) and NCCL.
+///
+/// Checked once a process: the restart before a CUDA command ([`library_links`]), the
+/// runtime check of a rank's device and the NCCL checks all read the same checks (a library
+/// cannot become loadable within a process: the loader read `LD_LIBRARY_PATH` when it
+/// started, and weft's links take effect by starting again).
 pub fn libraries() -> [LibraryCheck; 3] {
-    [
-        check("the CUDA driver library (libcuda)", "cuda"),
-        check(
-            "NVRTC, the CUDA runtime compiler that burn's kernels are built with (libnvrtc)",
-            "nvrtc",
-        ),
-        check("the NCCL library (libnccl)", "nccl"),
-    ]
+    static CHECKS: std::sync::OnceLock<[LibraryCheck; 3]> = std::sync::OnceLock::new();
+    CHECKS
+        .get_or_init(|| {
+            [
+                check("the CUDA driver library (libcuda)", "cuda"),
+                check(
+                    "NVRTC, the CUDA runtime compiler that burn's kernels are built with (libnvrtc)",
+                    "nvrtc",
+                ),
+                check("the NCCL library (libnccl)", "nccl"),
+            ]
+        })
+        .clone()
 }
 
 /// One GPU as the driver describes it.
