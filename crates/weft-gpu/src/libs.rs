@@ -120,7 +120,14 @@ pub fn search_dirs() -> Vec<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for bin in std::env::split_paths(&path) {
             if bin.join("python3").exists() {
-                let root = bin.join("..");
+                // The folder above bin/ (not `bin/..`: the same environment found through
+                // VIRTUAL_ENV then reads as the same folders, and the links' targets read plainly).
+                let root = match bin.parent() {
+                    Some(p) if !p.as_os_str().is_empty() && bin.file_name().is_some() => {
+                        p.to_path_buf()
+                    }
+                    _ => bin.join(".."),
+                };
                 patterns.push(format!(
                     "{}/lib/python3*/site-packages/nvidia/*/lib",
                     root.display()
