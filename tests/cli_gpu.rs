@@ -286,3 +286,49 @@ fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
     );
     assert!(r["gpu"]["link_dir"].is_null(), "{r}");
 }
+
+#[cfg(feature = "cuda")]
+#[test]
+fn an_nccl_of_pytorchs_wheels_in_a_python_env_on_path_is_found_and_linked() {
+    // `pip install torch` puts NCCL in site-packages/nvidia/nccl/lib of the environment whose
+    // python3 is on PATH (a venv; /opt/torch/.venv on the lent GPU machines), not in any
+    // directory the loader searches.
+    if system_has("libnccl\\.so ") {
+        eprintln!("SKIPPED an_nccl_of_pytorchs_wheels_in_a_python_env_on_path_is_found_and_linked: this machine has libnccl.so");
+        return;
+    }
+    let venv = tempfile::tempdir().unwrap();
+    let bin = venv.path().join("bin");
+    let nccl_lib = venv
+        .path()
+        .join("lib/python3.11/site-packages/nvidia/nccl/lib");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&nccl_lib).unwrap();
+    std::fs::write(bin.join("python3"), b"").unwrap();
+    shared_object(&nccl_lib, "libnccl.so.2");
+    let file = nccl_lib.join("libnccl.so.2");
+    let empty = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let (r, err, _) = doctor_with_libs(
+        empty.path(),
+        cache.path(),
+        &[("PATH", path.to_str().unwrap())],
+    );
+    let nccl = &r["gpu"]["libraries"][2];
+    assert_eq!(nccl["loaded"], true, "{r}\n{err}");
+    assert_eq!(
+        nccl["paths"],
+        serde_json::json!([file.display().to_string()]),
+        "{r}"
+    );
+    // The environment's own folder, as it is named (not venv/bin/..).
+    assert_eq!(
+        r["gpu"]["links"],
+        serde_json::json!([format!("libnccl.so -> {}", file.display())]),
+        "{r}"
+    );
+}
