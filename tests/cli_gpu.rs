@@ -129,11 +129,21 @@ fn system_has(pattern: &str) -> bool {
     out.is_ok_and(|s| s.success())
 }
 
+/// Whether a test does not apply here because the system has a library matching `pattern`
+/// (says so on stderr: `cargo test -- --nocapture` shows it).
+#[cfg(feature = "cuda")]
+fn skipped_where_system_has(pattern: &str) -> bool {
+    let has = system_has(pattern);
+    if has {
+        eprintln!("SKIPPED: this machine has a library matching {pattern}");
+    }
+    has
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_without_a_driver_names_the_library_and_what_to_set() {
-    if system_has("libcuda\\.so") {
-        eprintln!("SKIPPED cuda_without_a_driver_names_the_library_and_what_to_set: this machine has a CUDA driver");
+    if skipped_where_system_has("libcuda\\.so") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,8 +197,7 @@ fn doctor_with_libs(
 #[cfg(feature = "cuda")]
 #[test]
 fn an_nccl_file_that_does_not_open_is_named_with_the_loaders_error() {
-    if system_has("libnccl\\.so ") {
-        eprintln!("SKIPPED an_nccl_file_that_does_not_open_is_named_with_the_loaders_error: this machine has libnccl.so");
+    if skipped_where_system_has("libnccl\\.so ") {
         return;
     }
     let libs = tempfile::tempdir().unwrap();
@@ -231,8 +240,7 @@ fn shared_object(dir: &std::path::Path, name: &str) {
 fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
     // pip's nvidia-nccl wheels and the libnccl2 package ship libnccl.so.2 alone, a name
     // cudarc does not try.
-    if system_has("libnccl\\.so ") {
-        eprintln!("SKIPPED an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it: this machine has libnccl.so");
+    if skipped_where_system_has("libnccl\\.so ") {
         return;
     }
     let libs = tempfile::tempdir().unwrap();
@@ -293,8 +301,7 @@ fn an_nccl_of_pytorchs_wheels_in_a_python_env_on_path_is_found_and_linked() {
     // `pip install torch` puts NCCL in site-packages/nvidia/nccl/lib of the environment whose
     // python3 is on PATH (a venv; /opt/torch/.venv on the lent GPU machines), not in any
     // directory the loader searches.
-    if system_has("libnccl\\.so ") {
-        eprintln!("SKIPPED an_nccl_of_pytorchs_wheels_in_a_python_env_on_path_is_found_and_linked: this machine has libnccl.so");
+    if skipped_where_system_has("libnccl\\.so ") {
         return;
     }
     let venv = tempfile::tempdir().unwrap();
