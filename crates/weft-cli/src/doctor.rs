@@ -503,7 +503,7 @@ fn gpu_report() -> GpuReport {
         report.link_dir = Some(dir.display().to_string());
     }
     let checks = cuda::libraries();
-    let runtime = cuda::check_runtime_of(&checks);
+    let runtime = cuda::check_runtime();
     for c in &checks {
         report.libraries.push(LibraryReport {
             what: c.what.to_string(),

@@ -132,12 +132,7 @@ fn driver_error(op: impl Into<String>) -> impl FnOnce(driver::DriverError) -> Gp
 
 /// The driver and NVRTC load and the driver sees at least one GPU; no GPU context is made.
 pub fn check_runtime() -> Result<Runtime, GpuError> {
-    check_runtime_of(&libraries())
-}
-
-/// [`check_runtime`] with the library checks made already ([`libraries`]).
-pub fn check_runtime_of(libraries: &[LibraryCheck; 3]) -> Result<Runtime, GpuError> {
-    let [cuda, nvrtc, _] = libraries;
+    let [cuda, nvrtc, _] = libraries();
     cuda.ok()?;
     nvrtc.ok()?;
     driver::init().map_err(driver_error("cuInit"))?;
