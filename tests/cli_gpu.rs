@@ -235,6 +235,25 @@ fn shared_object(dir: &std::path::Path, name: &str) {
     std::fs::remove_file(src).unwrap();
 }
 
+/// `weft doctor`'s report `r` (stderr `err`) says that NCCL opened, from `file` itself, through
+/// the one link weft made, `libnccl.so -> file`.
+#[cfg(feature = "cuda")]
+fn assert_nccl_opened_through_a_link_to(r: &serde_json::Value, err: &str, file: &std::path::Path) {
+    let nccl = &r["gpu"]["libraries"][2];
+    assert_eq!(nccl["loaded"], true, "{r}\n{err}");
+    // The loader opened the file itself, through the link.
+    assert_eq!(
+        nccl["paths"],
+        serde_json::json!([file.display().to_string()]),
+        "{r}"
+    );
+    assert_eq!(
+        r["gpu"]["links"],
+        serde_json::json!([format!("libnccl.so -> {}", file.display())]),
+        "{r}"
+    );
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
@@ -249,23 +268,11 @@ fn an_nccl_under_its_soname_only_is_linked_and_weft_starts_again_with_it() {
     let file = libs.path().join("libnccl.so.2");
 
     let (r, err, _) = doctor_with_libs(libs.path(), cache.path(), &[]);
-    let nccl = &r["gpu"]["libraries"][2];
-    assert_eq!(nccl["loaded"], true, "{r}\n{err}");
-    // The loader opened the file itself, through the link.
-    assert_eq!(
-        nccl["paths"],
-        serde_json::json!([file.display().to_string()]),
-        "{r}"
-    );
+    assert_nccl_opened_through_a_link_to(&r, &err, &file);
     let dir = r["gpu"]["link_dir"].as_str().unwrap();
     assert!(
         dir.starts_with(&cache.path().join("weft/cuda-libs").display().to_string()),
         "{dir}"
-    );
-    assert_eq!(
-        r["gpu"]["links"],
-        serde_json::json!([format!("libnccl.so -> {}", file.display())]),
-        "{r}"
     );
     assert_eq!(
         std::fs::read_link(std::path::Path::new(dir).join("libnccl.so")).unwrap(),
@@ -325,17 +332,6 @@ fn an_nccl_of_pytorchs_wheels_in_a_python_env_on_path_is_found_and_linked() {
         cache.path(),
         &[("PATH", path.to_str().unwrap())],
     );
-    let nccl = &r["gpu"]["libraries"][2];
-    assert_eq!(nccl["loaded"], true, "{r}\n{err}");
-    assert_eq!(
-        nccl["paths"],
-        serde_json::json!([file.display().to_string()]),
-        "{r}"
-    );
-    // The environment's own folder, as it is named (not venv/bin/..).
-    assert_eq!(
-        r["gpu"]["links"],
-        serde_json::json!([format!("libnccl.so -> {}", file.display())]),
-        "{r}"
-    );
+    // The link names the environment's own folder, as it is named (not venv/bin/..).
+    assert_nccl_opened_through_a_link_to(&r, &err, &file);
 }
