@@ -267,7 +267,7 @@ fn indexed_attention_matches_selected_keys_and_values() {
             if fused {
                 weft_kernels::attention_indexed(q, k, v, heads, mask, Some(&index))
             } else {
-                let i = reference::index_tensor::<Ad>(&index, &Default::default());
+                let i = weft_kernels::index_tensor::<Ad>(&index, &Default::default());
                 let (k, v) = (k.select(0, i.clone()), v.select(0, i));
                 reference::attention(q, k, v, heads, mask)
             }
@@ -296,7 +296,7 @@ fn indexed_attention_matches_selected_keys_and_values() {
         None,
         Some(&index),
     );
-    let i = reference::index_tensor::<Flex>(&index, &Default::default());
+    let i = weft_kernels::index_tensor::<Flex>(&index, &Default::default());
     let want = reference::attention(
         t(20, [batch, lq, w], 2.0),
         t(21, [kv_batch, lk, w], 2.0).select(0, i.clone()),
@@ -332,12 +332,12 @@ fn attention_over_chosen_rows_matches_full_attention_then_select() {
         let attend = |x: &[Tensor<Ad, 3>]| {
             let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
             let mask = Some(bias(batch, lq, lk, Some(&pads), false));
-            let picked = reference::index_tensor::<Ad>(&flat, &Default::default());
+            let picked = weft_kernels::index_tensor::<Ad>(&flat, &Default::default());
             let out = if fused {
                 let q = q.reshape([batch * lq, w]).select(0, picked);
                 weft_kernels::attention_rows(q, &rows, k, v, heads, mask, Some(&index))
             } else {
-                let i = reference::index_tensor::<Ad>(&index, &Default::default());
+                let i = weft_kernels::index_tensor::<Ad>(&index, &Default::default());
                 let (k, v) = (k.select(0, i.clone()), v.select(0, i));
                 reference::attention(q, k, v, heads, mask)
                     .reshape([batch * lq, w])
@@ -349,7 +349,7 @@ fn attention_over_chosen_rows_matches_full_attention_then_select() {
         let (y_ref, g_ref) = run(&inputs, |x: &[Tensor<Ad, 3>]| {
             let (q, k, v) = (x[0].clone(), x[1].clone(), x[2].clone());
             let mask = Some(bias(batch, lq, lk, Some(&pads), false));
-            let picked = reference::index_tensor::<Ad>(&flat, &Default::default());
+            let picked = weft_kernels::index_tensor::<Ad>(&flat, &Default::default());
             let q = q.reshape([batch * lq, w]).select(0, picked);
             reference::attention_rows(q, &rows, k, v, heads, mask, Some(&index))
                 .unsqueeze_dim::<3>(0)

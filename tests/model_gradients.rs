@@ -205,7 +205,7 @@ fn slice_batch(b: &ObjectiveBatch<B>, rows: std::ops::Range<usize>) -> Objective
 /// Rows `rows` of a batch, the last `pads` of them flagged as padding.
 fn pick_rows(b: &ObjectiveBatch<B>, rows: &[usize], pads: usize) -> ObjectiveBatch<B> {
     let l = b.len;
-    let index = weft_kernels::reference::index_tensor::<B>(rows, &b.images.device());
+    let index = weft_kernels::index_tensor::<B>(rows, &b.images.device());
     ObjectiveBatch {
         images: b.images.clone().select(0, index),
         ids: rows

@@ -432,7 +432,7 @@ impl TokenRows {
             "token rows of {} tokens, tensor of {l}",
             self.len
         );
-        let index = weft_kernels::reference::index_tensor::<B>(&self.flat, &x.device());
+        let index = weft_kernels::index_tensor::<B>(&self.flat, &x.device());
         x.reshape([n * l, w]).select(0, index)
     }
 }

@@ -38,7 +38,7 @@ fn next_logits<B: Backend>(
     let (rows, t) = (prefixes.len(), prefixes[0].len());
     let ids: Vec<i64> = prefixes.iter().flatten().map(|&x| i64::from(x)).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, t]), &device);
-    let index = weft_kernels::reference::index_tensor::<B>(image_index, &device);
+    let index = weft_kernels::index_tensor::<B>(image_index, &device);
     let logits = decoder.forward(ids, None, image.clone().select(0, index));
     let vocab = logits.dims()[2];
     let last: Vec<f32> = logits

@@ -289,7 +289,7 @@ impl<B: Backend> VlModel<B> {
         let device = text_tokens.device();
         let [_, _, w] = text_tokens.dims();
         let p = text_index.len();
-        let rows = weft_kernels::reference::index_tensor::<B>(text_index, &device);
+        let rows = weft_kernels::index_tensor::<B>(text_index, &device);
         let bias =
             crate::block::AttentionBias::new(Some(padding), None, &device).select(rows.clone());
         let fused = fusion.forward_pairs(

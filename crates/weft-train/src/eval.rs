@@ -284,7 +284,7 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
             both.extend_from_slice(&txt[i * dim..(i + 1) * dim]);
         }
         if rerank_k.is_some() {
-            let keep = weft_kernels::reference::index_tensor::<B>(&real, device);
+            let keep = weft_kernels::index_tensor::<B>(&real, device);
             image_tokens.push(
                 model
                     .image_tokens(ob.images.clone())
@@ -340,7 +340,7 @@ pub fn evaluate_retrieval_rerank<B: Backend>(
     let mut text_tokens = Tensor::cat(text_tokens, 0);
     let mut padding = Tensor::cat(paddings, 0);
     if order.iter().enumerate().any(|(i, &j)| i != j) {
-        let order = weft_kernels::reference::index_tensor::<B>(&order, device);
+        let order = weft_kernels::index_tensor::<B>(&order, device);
         image_tokens = image_tokens.select(0, order.clone());
         text_tokens = text_tokens.select(0, order.clone());
         padding = padding.select(0, order);
@@ -639,7 +639,7 @@ pub fn evaluate_captioning<B: Backend>(
         let mut generated = std::collections::HashMap::new();
         if !new.is_empty() {
             let images = objective_batch::<B>(&batch, device)?.images;
-            let images = images.select(0, weft_kernels::reference::index_tensor::<B>(&new, device));
+            let images = images.select(0, weft_kernels::index_tensor::<B>(&new, device));
             let g = decode(images.clone(), 1)?;
             let b = if beams > 1 {
                 decode(images, beams)?

@@ -3,7 +3,7 @@
 //!
 //! Queries, keys and values stay in the row-major layout the projections write; head `h` is
 //! the column block `h·D..(h+1)·D`, read and written through `gemm`'s row and column strides,
-//! so there is no split-heads or merge-heads copy. A [`Layout`] says which query rows belong to
+//! so there is no split-heads or merge-heads copy. A [`RowMap`] says which query rows belong to
 //! which sample (all `Lq` of a `[B, Lq, W]` batch, or a chosen few) and which key/value sample
 //! each attends to. One parallel task per (sample, head): the products are small (tens of
 //! rows), so tasks, not the products, are what runs in parallel.
@@ -18,7 +18,7 @@ pub struct Dims {
     /// Query samples.
     pub batch: usize,
     /// Key/value samples: `batch`, or fewer when several query samples attend to the same
-    /// keys and values (see [`Layout::kv_index`]).
+    /// keys and values (see [`RowMap::kv_index`]).
     pub kv_batch: usize,
     /// Key/value tokens per sample.
     pub lk: usize,
@@ -41,7 +41,7 @@ impl Dims {
 
 /// Which query rows belong to which sample, and which keys and values each sample reads.
 #[derive(Debug, Clone, Copy)]
-pub struct Layout<'a> {
+pub struct RowMap<'a> {
     /// `batch + 1` increasing offsets from 0: the queries of sample `b` are rows
     /// `query_rows[b]..query_rows[b + 1]` of `q` (`[R, W]`). `b·Lq` for a `[B, Lq, W]` batch;
     /// fewer (even none) for a sample when only some of its tokens are wanted, as the last
@@ -54,7 +54,7 @@ pub struct Layout<'a> {
     pub kv_index: Option<&'a [usize]>,
 }
 
-impl Layout<'_> {
+impl RowMap<'_> {
     fn kv(&self, b: usize) -> usize {
         self.kv_index.map_or(b, |i| i[b])
     }
@@ -213,27 +213,27 @@ multiversion! {
     }
 }
 
-/// Checks that the slices and the layout hold what `dims` says.
-fn check(dims: &Dims, layout: &Layout<'_>, q: &[f32], k: &[f32], v: &[f32]) {
+/// Checks that the slices and the row map hold what `dims` says.
+fn check(dims: &Dims, map: &RowMap<'_>, q: &[f32], k: &[f32], v: &[f32]) {
     assert!(
         dims.lk > 0 && dims.head_dim > 0,
         "attention: empty keys or heads: {dims:?}"
     );
     let w = dims.width();
-    let rows = layout.query_rows;
+    let rows = map.query_rows;
     assert!(
         rows.len() == dims.batch + 1 && rows[0] == 0 && rows.windows(2).all(|r| r[0] <= r[1]),
         "attention: query rows must be {} increasing offsets from 0",
         dims.batch + 1
     );
-    assert_eq!(q.len(), layout.total() * w, "attention: query size");
+    assert_eq!(q.len(), map.total() * w, "attention: query size");
     assert_eq!(k.len(), dims.kv_batch * dims.lk * w, "attention: key size");
     assert_eq!(
         v.len(),
         dims.kv_batch * dims.lk * w,
         "attention: value size"
     );
-    match layout.kv_index {
+    match map.kv_index {
         None => assert_eq!(dims.kv_batch, dims.batch, "attention: no key/value index"),
         Some(i) => {
             assert_eq!(i.len(), dims.batch, "attention: key/value index length");
@@ -250,17 +250,17 @@ fn check(dims: &Dims, layout: &Layout<'_>, q: &[f32], k: &[f32], v: &[f32]) {
 /// `q`). Also returns the probabilities, which the backward pass needs: for each sample its
 /// heads' `rows × Lk` blocks in turn, `heads · R · Lk` in all.
 ///
-/// A bias row `i` of sample `b` is the `i`-th query row of that sample; a layout that leaves
+/// A bias row `i` of sample `b` is the `i`-th query row of that sample; a row map that leaves
 /// some of a sample's rows out needs a bias with `row_stride` 0 (a key mask).
 pub fn forward(
     dims: &Dims,
-    layout: &Layout<'_>,
+    map: &RowMap<'_>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     bias: Option<Bias<'_>>,
 ) -> (Vec<f32>, Vec<f32>) {
-    check(dims, layout, q, k, v);
+    check(dims, map, q, k, v);
     let Dims {
         batch,
         lk,
@@ -269,9 +269,9 @@ pub fn forward(
         ..
     } = *dims;
     let w = dims.width();
-    let total = layout.total();
+    let total = map.total();
     if let Some(bb) = bias {
-        let lq_max = (0..batch).map(|b| layout.rows(b).1).max().unwrap_or(0);
+        let lq_max = (0..batch).map(|b| map.rows(b).1).max().unwrap_or(0);
         if batch > 0 && lq_max > 0 {
             let need = (batch - 1) * bb.batch_stride + (lq_max - 1) * bb.row_stride + lk;
             assert!(bb.data.len() >= need, "attention: bias too small");
@@ -282,11 +282,11 @@ pub fn forward(
     let (dst, pdst) = (Out(out.as_mut_ptr()), Out(probs.as_mut_ptr()));
     (0..batch * heads).into_par_iter().for_each(|t| {
         let (b, h) = (t / heads, t % heads);
-        let (r0, lq) = layout.rows(b);
+        let (r0, lq) = map.rows(b);
         if lq == 0 {
             return;
         }
-        let ko = layout.kv(b) * lk * w + h * d;
+        let ko = map.kv(b) * lk * w + h * d;
         let qh = q[r0 * w + h * d..].as_ptr();
         let kh = k[ko..].as_ptr();
         let vh = v[ko..].as_ptr();
@@ -332,14 +332,14 @@ pub fn forward(
 /// and value gradients, so the sums have a fixed order whatever the number of threads.
 pub fn backward(
     dims: &Dims,
-    layout: &Layout<'_>,
+    map: &RowMap<'_>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     probs: &[f32],
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    check(dims, layout, q, k, v);
+    check(dims, map, q, k, v);
     let Dims {
         batch,
         kv_batch,
@@ -350,15 +350,15 @@ pub fn backward(
     let w = dims.width();
     assert_eq!(
         probs.len(),
-        heads * layout.total() * lk,
+        heads * map.total() * lk,
         "attention backward: probs"
     );
     assert_eq!(dout.len(), q.len(), "attention backward: output gradient");
     // The query samples (with query rows) of each key/value sample, in increasing order.
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); kv_batch];
     for b in 0..batch {
-        if layout.rows(b).1 > 0 {
-            users[layout.kv(b)].push(b);
+        if map.rows(b).1 > 0 {
+            users[map.kv(b)].push(b);
         }
     }
     let mut dq: Vec<f32> = Vec::with_capacity(q.len());
@@ -370,7 +370,7 @@ pub fn backward(
         Out(dv.as_mut_ptr()),
     );
     let scale = dims.scale();
-    let lq_max = (0..batch).map(|b| layout.rows(b).1).max().unwrap_or(0);
+    let lq_max = (0..batch).map(|b| map.rows(b).1).max().unwrap_or(0);
     (0..kv_batch * heads).into_par_iter().for_each_init(
         || vec![0.0f32; lq_max * lk],
         |scratch, t| {
@@ -390,7 +390,7 @@ pub fn backward(
             }
             for (n, &b) in users[j].iter().enumerate() {
                 let acc = n > 0;
-                let (r0, lq) = layout.rows(b);
+                let (r0, lq) = map.rows(b);
                 let at = (heads * r0 + h * lq) * lk;
                 let p = &probs[at..at + lq * lk];
                 let ds = &mut scratch[..lq * lk];

@@ -500,7 +500,7 @@ impl<B: AutodiffBackend> VlModel<B> {
                     .chain(&neg.text_for_image)
                     .copied()
                     .collect();
-                let rows = weft_kernels::reference::index_tensor::<B>(&text_rows, &device);
+                let rows = weft_kernels::index_tensor::<B>(&text_rows, &device);
                 let text_src = sources.text.clone().expect("text tokens");
                 let bias_src = sources.text_bias.clone();
                 let image_index = own
