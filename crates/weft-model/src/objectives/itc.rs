@@ -1,10 +1,14 @@
 //! Image-text contrastive loss: symmetric InfoNCE over the batch (CLIP), and over the global
 //! batch of a data-parallel job.
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
+use weft_config::LossConfig;
 
 use super::ce::cross_entropy;
+use super::features::{Features, Rows};
+use super::ObjectiveBatch;
+use crate::model::VlModel;
 
 /// `(CE(s·I·Tᵀ, diag) + CE(s·T·Iᵀ, diag)) / 2` for L2-normalised `[B, E]` image and text
 /// embeddings and the `[1]` logit scale `s`. Returns the loss and the `[B, B]` image-to-text
@@ -36,7 +40,7 @@ pub fn itc_loss_of_rows<B: Backend>(
 ) -> (Tensor<B, 1>, Tensor<B, 2>) {
     match real {
         Some(rows) => {
-            let rows = weft_kernels::reference::index_tensor::<B>(rows, &image.device());
+            let rows = weft_kernels::index_tensor::<B>(rows, &image.device());
             itc_loss(
                 image.select(0, rows.clone()),
                 text.select(0, rows),
@@ -132,4 +136,59 @@ pub fn itc_loss_global<B: Backend>(
     // The same value; N times the gradient into this rank's embeddings.
     let loss = loss.clone() + (loss.clone() - loss.detach()).mul_scalar((world - 1) as f64);
     (loss, logits)
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
+    /// ITC's term over the rows that weigh (of the global batch on a rank of a job), and its
+    /// image-to-text logits (ITM draws its hard negatives from them).
+    pub(crate) fn itc_term(
+        &self,
+        f: &Features<'_, B>,
+        batch: &ObjectiveBatch<B>,
+        rows: &Rows,
+        w: &LossConfig,
+        gather: Option<&mut (dyn FeatureGather + '_)>,
+    ) -> (Tensor<B, 1>, Tensor<B, 2>) {
+        let itc = self
+            .itc
+            .as_ref()
+            .expect("ITC head is built when loss.itc or itm > 0");
+        let image_cls = match &f.image_tokens {
+            Some(tokens) => tokens.clone(),
+            None => self.image_cls(batch.images.clone()),
+        };
+        let text_cls = match &f.text_tokens {
+            Some(tokens) => tokens.clone(),
+            None => self.text_cls(
+                f.text.expect("text encoder"),
+                batch.ids_tensor(),
+                Some(f.padding.clone()),
+            ),
+        };
+        let (image_emb, text_emb) = (itc.image_embedding(image_cls), itc.text_embedding(text_cls));
+        let real = rows.padded.then_some(&rows.real[..]);
+        match gather {
+            // A global batch of padding only: nothing to contrast (no collective either,
+            // every rank knows it).
+            _ if rows.real.is_empty() => (
+                (image_emb.sum() + text_emb.sum()).mul_scalar(0.0),
+                Tensor::zeros([0, 0], &f.device),
+            ),
+            Some(gth) => itc_loss_global(
+                image_emb,
+                text_emb,
+                itc.scale(),
+                w.itc_label_smoothing,
+                gth,
+                real,
+            ),
+            None => itc_loss_of_rows(
+                image_emb,
+                text_emb,
+                itc.scale(),
+                w.itc_label_smoothing,
+                real,
+            ),
+        }
+    }
 }

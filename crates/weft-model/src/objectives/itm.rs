@@ -2,9 +2,16 @@
 //! image one negative text, drawn from the softmax of the ITC similarities with the positives
 //! masked out.
 
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use rand::Rng;
 
+use super::ce::cross_entropy;
+use super::features::{Features, Rows};
+use super::fusion_pass::{Fused, Pairs};
 use super::sampling::{Purpose, Sampling};
+use super::scaled;
+use crate::model::VlModel;
 
 /// Hard negatives of this process's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,4 +102,99 @@ fn draw<R: Rng>(
         }
     }
     last.unwrap_or((own + 1) % b)
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
+    /// ITM's `3b` pairs for the fusion encoder, from ITC's image-to-text `logits`: (text i,
+    /// image i), (text i, its negative image), (image i's negative text, image i).
+    pub(crate) fn itm_pairs(
+        &self,
+        f: &Features<'_, B>,
+        rows: &Rows,
+        logits: Tensor<B, 2>,
+    ) -> Pairs<B> {
+        let (b, l) = (f.b, f.l);
+        let g = f.world * b;
+        let sources = &f.sources;
+        let host: Vec<f32> = logits
+            .detach()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits");
+        // The real rows' logits in their places; padding is no negative.
+        let host = if rows.padded {
+            let real = &rows.real;
+            let r = real.len();
+            let mut all = vec![f32::NEG_INFINITY; g * g];
+            for (x, &i) in real.iter().enumerate() {
+                for (y, &j) in real.iter().enumerate() {
+                    all[i * g + j] = host[x * r + y];
+                }
+            }
+            all
+        } else {
+            host
+        };
+        let same =
+            |i: usize, j: usize| sources.ids[i * l..(i + 1) * l] == sources.ids[j * l..(j + 1) * l];
+        let neg = sample_hard_negatives(&host, sources.g, b, same, &f.sampling);
+        let own: Vec<usize> = (sources.first..sources.first + b).collect();
+        let text_rows: Vec<usize> = own
+            .iter()
+            .chain(&own)
+            .chain(&neg.text_for_image)
+            .copied()
+            .collect();
+        let index = weft_kernels::index_tensor::<B>(&text_rows, &f.device);
+        let text_src = sources.text.clone().expect("text tokens");
+        let bias_src = sources.text_bias.clone();
+        let image_index = own
+            .iter()
+            .chain(&neg.image_for_text)
+            .chain(&own)
+            .copied()
+            .collect();
+        Pairs {
+            text: text_src.select(0, index.clone()),
+            bias: bias_src.select(index),
+            image_index,
+        }
+    }
+
+    /// ITM's term from the fused first tokens of its pairs: cross-entropy of match / no match.
+    /// With padding in the global batch, the three pairs of a real row weigh 1 (its negatives
+    /// are real rows), those of padding 0, normalised by the global batch's pairs.
+    pub(crate) fn itm_term(
+        &self,
+        f: &Features<'_, B>,
+        rows: &Rows,
+        local_pad: &[bool],
+        fused: &Fused<B>,
+    ) -> Tensor<B, 1> {
+        let b = f.b;
+        let head = self
+            .itm
+            .as_ref()
+            .expect("ITM head is built when loss.itm > 0");
+        let logits =
+            crate::block::head_linear(head, fused.tokens.clone().narrow(0, 0, fused.itm_rows));
+        let targets: Vec<usize> = (0..3 * b).map(|i| usize::from(i < b)).collect();
+        if !rows.padded {
+            return cross_entropy(logits, &targets, None, 0.0);
+        }
+        let weigh = rows.real.len() >= 2;
+        let weights: Vec<f32> = (0..3 * b)
+            .map(|k| f32::from(u8::from(weigh && !local_pad[k % b])))
+            .collect();
+        let mine: f32 = weights.iter().sum();
+        let all = if weigh {
+            3.0 * rows.real.len() as f32
+        } else {
+            0.0
+        };
+        let loss = cross_entropy(logits, &targets, Some(&weights), 0.0);
+        // With no pair weighing anywhere the loss is 0 already.
+        scaled(loss, rows.scale(mine, all))
+    }
 }

@@ -1,5 +1,14 @@
 //! Captioning LM inputs: teacher forcing with the caption shifted by one.
 
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+
+use super::batch::{bools, ints};
+use super::ce::cross_entropy;
+use super::features::{Features, Rows};
+use super::scaled;
+use crate::model::VlModel;
+
 /// Decoder inputs and targets for a `[B, L]` batch of `[CLS] ... [SEP] [PAD]...` captions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LmInputs {
@@ -38,4 +47,30 @@ pub fn shift_for_lm(ids: &[u32], attention_mask: &[u32], len: usize, bos_id: u32
         }
     }
     out
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
+    /// LM's term: the decoder reads this rank's images' tokens; cross-entropy of the next
+    /// token, as this rank's share of the global target tokens.
+    pub(crate) fn lm_term(&self, f: &Features<'_, B>, rows: &Rows, lm: &LmInputs) -> Tensor<B, 1> {
+        let b = f.b;
+        let decoder = self
+            .decoder
+            .as_ref()
+            .expect("decoder is built when loss.lm > 0");
+        let inputs = ints::<B>(&lm.input_ids, b, lm.len, &f.device);
+        let pad = bools::<B>(lm.padding.clone(), b, lm.len, &f.device);
+        let sources = &f.sources;
+        let image = sources.image.clone().expect("image tokens");
+        let image = if sources.g == b {
+            image
+        } else {
+            image.narrow(0, sources.first, b)
+        };
+        let logits = decoder.forward(inputs, Some(pad), image);
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([b * lm.len, vocab]);
+        let loss = cross_entropy(logits, &lm.targets, Some(&lm.weights), 0.0);
+        scaled(loss, rows.lm_scale)
+    }
 }

@@ -1,11 +1,16 @@
 //! Masked image modelling: random patch masks, per-patch normalised pixel targets (MAE's
 //! `norm_pix_loss`) and the masked mean squared error.
 
-use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use rand::seq::index::sample;
+use weft_config::LossConfig;
 
+use super::features::{Features, Rows};
 use super::sampling::{Purpose, Sampling};
+use super::{scaled, ObjectiveBatch};
+use crate::block::linear;
+use crate::model::VlModel;
 
 /// A `[B, N]` mask (1 = masked) with exactly `max(1, round(ratio * N))` masked patches per
 /// image, each image's from its own generator ([`Sampling`]).
@@ -73,5 +78,50 @@ pub fn mim_loss_counted<B: Backend>(
         sum.mul_scalar(0.0)
     } else {
         sum.div_scalar(masked as f64)
+    }
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
+    /// MIM's term: the image encoder over the masked patches, the predictor's pixels of each
+    /// masked patch against its normalised pixels. Padding's patches are predicted but not
+    /// scored.
+    pub(crate) fn mim_term(
+        &self,
+        f: &Features<'_, B>,
+        batch: &ObjectiveBatch<B>,
+        rows: &Rows,
+        local_pad: &[bool],
+        w: &LossConfig,
+    ) -> Tensor<B, 1> {
+        let b = f.b;
+        let mim = self
+            .mim
+            .as_ref()
+            .expect("MIM head is built when loss.mim > 0");
+        let patch = self.vision.patch_size;
+        let [_, _, s, _] = batch.images.dims();
+        let n = (s / patch) * (s / patch);
+        let mask = patch_mask(b, n, w.mim_mask_ratio, &f.sampling);
+        let scored: Vec<f32> = mask
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| if local_pad[i / n] { 0.0 } else { m })
+            .collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, n]), &f.device);
+        let tokens = self.vision.forward_masked(
+            batch.images.clone(),
+            mask.clone().reshape([b, n, 1]),
+            mim.mask_token.val(),
+        );
+        let prediction = linear(&mim.predictor, tokens.narrow(1, 1, n));
+        let target = patch_targets(batch.images.clone().detach(), patch);
+        if !rows.padded {
+            return mim_loss(prediction, target, mask);
+        }
+        let scored_n = scored.iter().filter(|&&m| m > 0.0).count();
+        let all = masked_patches(n, w.mim_mask_ratio) * rows.real.len();
+        let scored = Tensor::<B, 2>::from_data(TensorData::new(scored, [b, n]), &f.device);
+        let loss = mim_loss_counted(prediction, target, scored, scored_n);
+        scaled(loss, rows.scale(scored_n as f32, all as f32))
     }
 }

@@ -1,9 +1,17 @@
 //! Masked language modelling inputs: BERT's 15% with 80/10/10 replacement.
 
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::batch::ints;
+use super::ce::cross_entropy;
+use super::features::{Features, Rows};
+use super::fusion_pass::{Fused, Pairs};
 use super::sampling::{Purpose, Sampling};
+use super::scaled;
+use crate::model::VlModel;
 
 /// Masked inputs and their targets for a `[B, L]` batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,5 +87,44 @@ pub fn mask_tokens(
         input_ids,
         positions,
         targets,
+    }
+}
+
+impl<B: AutodiffBackend> VlModel<B> {
+    /// MLM's masked captions through the text encoder, each paired with its own image for the
+    /// fusion encoder.
+    pub(crate) fn mlm_pairs(&self, f: &Features<'_, B>, mask: &MlmMask) -> Pairs<B> {
+        let masked = ints::<B>(&mask.input_ids, f.b, f.l, &f.device);
+        let h = f
+            .text
+            .expect("text encoder")
+            .forward(masked, Some(f.padding.clone()));
+        Pairs {
+            text: h,
+            bias: f.text_bias.clone(),
+            image_index: (f.sources.first..f.sources.first + f.b).collect(),
+        }
+    }
+
+    /// MLM's term from the fused masked tokens: cross-entropy over the vocabulary (the head
+    /// tied to the word embeddings), as this rank's share of the global masked tokens.
+    pub(crate) fn mlm_term(
+        &self,
+        f: &Features<'_, B>,
+        rows: &Rows,
+        mask: &MlmMask,
+        fused: Fused<B>,
+    ) -> Tensor<B, 1> {
+        let text = f.text.expect("text encoder");
+        let head = self
+            .mlm
+            .as_ref()
+            .expect("MLM head is built when loss.mlm > 0");
+        let picked = fused
+            .tokens
+            .narrow(0, fused.itm_rows, fused.end - fused.itm_rows);
+        let logits = head.forward(picked, text.token_embedding.weight.val());
+        let loss = cross_entropy(logits, &mask.targets, None, 0.0);
+        scaled(loss, rows.mlm_scale)
     }
 }
