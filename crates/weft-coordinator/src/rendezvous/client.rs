@@ -1,0 +1,243 @@
+//! A worker's side of the rendezvous: its [`Session`] with the coordinator (the join, the
+//! heartbeat and watcher threads, requests and checkpoint commits).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::error::RendezvousError;
+use super::protocol::{encode, kind, read_sync, Message, Peer, MAX_JOB_MESSAGE};
+
+/// A worker's session with the coordinator: the rank table, a heartbeat thread, a thread
+/// that watches for aborts and takes the answers to [`Session::request`].
+pub struct Session {
+    /// Every rank of the job, by rank.
+    pub peers: Vec<Peer>,
+    rank: usize,
+    addr: String,
+    stream: TcpStream,
+    writer: Arc<Mutex<TcpStream>>,
+    /// Answers to requests; held through a request, so requests take turns.
+    answers: Mutex<std::sync::mpsc::Receiver<Message>>,
+    /// Outcomes of checkpoint commits (they come while other requests go on).
+    commits: Mutex<std::sync::mpsc::Receiver<Message>>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// What a worker does when the job ends under it: the coordinator's abort (naming the dead rank
+/// when there is one), or the coordinator gone. `weft` logs it and exits non-zero.
+pub type OnAbort = Box<dyn Fn(&str) + Send + Sync>;
+
+impl Session {
+    /// Joins the job at `addr` as `peer`, waiting up to `timeout` for the coordinator and for
+    /// every other rank, then heartbeats every `interval` until [`Session::leave`]. `on_abort`
+    /// runs (once) when the coordinator aborts the job or disappears.
+    pub fn join(
+        addr: &str,
+        token: &str,
+        world_size: usize,
+        peer: Peer,
+        timeout: Duration,
+        interval: Duration,
+        on_abort: OnAbort,
+    ) -> Result<Self, RendezvousError> {
+        let rank = peer.rank;
+        let err = |reason: String| RendezvousError::Coordinator {
+            addr: addr.to_string(),
+            reason,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("coordinator at {addr} not up yet: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(err(format!("unreachable for {timeout:?}: {e}"))),
+            }
+        };
+        stream
+            .write_all(&encode(&Message::Join {
+                token: token.to_string(),
+                world_size,
+                peer,
+            }))
+            .map_err(|e| err(format!("cannot send the join: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(|e| err(e.to_string()))?;
+        let peers = match read_sync(&mut stream, MAX_JOB_MESSAGE) {
+            Ok(Message::Welcome { peers }) => peers,
+            Ok(Message::Refused { reason }) => {
+                return Err(RendezvousError::Refused {
+                    addr: addr.to_string(),
+                    rank,
+                    reason,
+                })
+            }
+            Ok(Message::Abort { reason, .. }) => return Err(err(format!("aborted: {reason}"))),
+            Ok(other) => return Err(err(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(err(format!("no welcome within {timeout:?}: {e}"))),
+        };
+        stream
+            .set_read_timeout(None)
+            .map_err(|e| err(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let on_abort = Arc::new(on_abort);
+        let mut reader = stream.try_clone().map_err(|e| err(e.to_string()))?;
+        let writer = Arc::new(Mutex::new(
+            stream.try_clone().map_err(|e| err(e.to_string()))?,
+        ));
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        let (commit_tx, commits) = std::sync::mpsc::channel();
+        let (stop_r, stop_w, beat_writer) = (stop.clone(), stop.clone(), writer.clone());
+        let watch = std::thread::spawn(move || {
+            let why = loop {
+                match read_sync(&mut reader, MAX_JOB_MESSAGE) {
+                    Ok(Message::Abort { reason, .. }) => break reason,
+                    Ok(m @ (Message::Share { .. } | Message::Cursor { .. })) => {
+                        let _ = answer_tx.send(m);
+                    }
+                    Ok(m @ Message::Committed { .. }) => {
+                        let _ = commit_tx.send(m);
+                    }
+                    Ok(other) => {
+                        break format!("the coordinator sent an unexpected {}", kind(&other))
+                    }
+                    Err(e) => break format!("the coordinator went away ({e})"),
+                }
+            };
+            if !stop_r.load(Ordering::SeqCst) {
+                on_abort(&why);
+            }
+        });
+        let beat = std::thread::spawn(move || {
+            while !stop_w.load(Ordering::SeqCst) {
+                let sent = beat_writer
+                    .lock()
+                    .map(|mut w| w.write_all(&encode(&Message::Heartbeat { rank })));
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop_w.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10).min(interval));
+                }
+            }
+        });
+        Ok(Self {
+            peers,
+            rank,
+            addr: addr.to_string(),
+            stream,
+            writer,
+            answers: Mutex::new(answers),
+            commits: Mutex::new(commits),
+            stop,
+            threads: Mutex::new(vec![watch, beat]),
+        })
+    }
+
+    /// This session's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Sends `m` to the coordinator.
+    pub fn send(&self, m: &Message) -> Result<(), RendezvousError> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "the connection's writer was poisoned".into(),
+            })?;
+        w.write_all(&encode(m))
+            .map_err(|e| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: format!("cannot send a {}: {e}", kind(m)),
+            })
+    }
+
+    /// Sends `m` and waits at most `timeout` for the coordinator's answer ([`Message::Share`]
+    /// or [`Message::Cursor`]). Requests from several threads take turns.
+    pub fn request(&self, m: &Message, timeout: Duration) -> Result<Message, RendezvousError> {
+        let answers = self
+            .answers
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "a request panicked".into(),
+            })?;
+        self.send(m)?;
+        answers
+            .recv_timeout(timeout)
+            .map_err(|e| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: format!("no answer to a {} within {timeout:?} ({e})", kind(m)),
+            })
+    }
+
+    /// Sends this rank's checkpoint report and waits at most `timeout` for the outcome of the
+    /// commit of `step` (it comes once every rank has reported).
+    pub fn commit(
+        &self,
+        m: &Message,
+        step: u64,
+        timeout: Duration,
+    ) -> Result<Result<String, String>, RendezvousError> {
+        let commits = self
+            .commits
+            .lock()
+            .map_err(|_| RendezvousError::Coordinator {
+                addr: self.addr.clone(),
+                reason: "a commit panicked".into(),
+            })?;
+        self.send(m)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match commits.recv_timeout(left) {
+                Ok(Message::Committed { step: s, result }) if s == step => return Ok(result),
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(RendezvousError::Coordinator {
+                        addr: self.addr.clone(),
+                        reason: format!("no outcome of checkpoint {step} within {timeout:?} ({e})"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Says goodbye: the coordinator stops watching this rank.
+    pub fn leave(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.send(&Message::Leave { rank: self.rank });
+        self.close();
+    }
+
+    fn close(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Shutting the socket down also ends the watcher's blocking read.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Ok(mut threads) = self.threads.lock() {
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A session dropped without [`Session::leave`] stops heartbeating and closes its connection:
+/// the coordinator takes the rank for dead.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,477 @@
+//! The coordinator: a tokio server that gathers the ranks, hands out the rank table, watches
+//! heartbeats, answers the data plan's requests and commits checkpoints once every rank has
+//! reported its shards.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use weft_checkpoint::{ShardReport, TrainerState};
+use weft_data::{DataCursor, PlanOptions};
+
+use super::error::RendezvousError;
+use super::protocol::{encode, kind, read_async, Message, Peer, MAX_JOB_MESSAGE, MAX_MESSAGE};
+use crate::meter::{JobReport, Meter};
+use crate::plan::JobData;
+
+/// The coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Ranks in the job.
+    pub world_size: usize,
+    /// The job token every worker must present.
+    pub token: String,
+    /// A rank silent for longer is dead.
+    pub heartbeat_timeout: Duration,
+    /// Every rank must have joined within this.
+    pub join_timeout: Duration,
+}
+
+/// What the coordinator knows of the ranks.
+struct State {
+    /// Joined ranks: description, outbox, last heard from, left cleanly.
+    ranks: BTreeMap<usize, Rank>,
+    welcomed: bool,
+    /// The data plan, once rank 0 has opened it.
+    data: Option<JobData>,
+    /// Plan requests that came before the data plan: (rank, epoch, dataset, options).
+    waiting: Vec<(usize, u64, String, PlanOptions)>,
+    /// Cursor requests waiting for every rank's report of their step: (rank, step).
+    waiting_cursor: Vec<(usize, u64)>,
+    /// Checkpoints waiting for every rank's report, by step.
+    commits: BTreeMap<u64, PendingCommit>,
+    meter: Meter,
+}
+
+/// A checkpoint some ranks have reported.
+#[derive(Default)]
+struct PendingCommit {
+    run_dir: String,
+    keep_last: usize,
+    reports: Vec<ShardReport>,
+    state: Option<TrainerState>,
+    heard: usize,
+}
+
+struct Rank {
+    peer: Peer,
+    outbox: mpsc::UnboundedSender<Message>,
+    last_seen: Instant,
+    left: bool,
+    /// Why and when its connection ended without a leave.
+    gone: Option<(String, Instant)>,
+    /// Why and when it made the job wrong.
+    fault: Option<(String, Instant)>,
+}
+
+/// What the coordinator hands back when every rank has left.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// The job's throughput.
+    pub report: JobReport,
+    /// The job's data cursor at the end (`None` when rank 0 opened no data plan).
+    pub cursor: Option<DataCursor>,
+}
+
+/// Runs the coordinator on `listener` until every rank has left (Ok) or one died or the join
+/// timed out (Err, after telling every other rank to abort).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: CoordinatorConfig,
+) -> Result<Finished, RendezvousError> {
+    let state = Arc::new(Mutex::new(State {
+        ranks: BTreeMap::new(),
+        welcomed: false,
+        data: None,
+        waiting: Vec::new(),
+        waiting_cursor: Vec::new(),
+        commits: BTreeMap::new(),
+        meter: Meter::new(config.world_size),
+    }));
+    let started = Instant::now();
+    let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    // A connection that ends, or a rank at fault, wakes the check at once.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, addr) = accepted?;
+                let (state, config, wake) = (state.clone(), config.clone(), wake.clone());
+                tokio::spawn(async move {
+                    let result = connection(stream, &state, &config).await;
+                    wake.notify_one();
+                    if let Err(reason) = result {
+                        tracing::warn!("coordinator: connection from {addr}: {reason}");
+                    }
+                });
+                continue;
+            }
+            () = tokio::time::sleep(tick) => {}
+            () = wake.notified() => {}
+        }
+        if let Some(result) = check(&state, &config, started) {
+            if result.is_err() {
+                // Give the writers a moment to deliver the aborts.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return result;
+        }
+    }
+}
+
+/// The job's state at a tick: `Some(Ok)` when every rank has left, `Some(Err)` (after telling
+/// the other ranks to abort) when the join timed out or a rank is dead, `None` to go on.
+fn check(
+    state: &Mutex<State>,
+    config: &CoordinatorConfig,
+    started: Instant,
+) -> Option<Result<Finished, RendezvousError>> {
+    let mut st = state.lock().expect("coordinator state");
+    let n = config.world_size;
+    if let Some((rank, reason)) = st
+        .ranks
+        .iter()
+        .filter_map(|(&rank, r)| r.fault.as_ref().map(|(why, at)| (*at, rank, why.clone())))
+        .min_by_key(|(at, rank, _)| (*at, *rank))
+        .map(|(_, rank, why)| (rank, why))
+    {
+        tracing::error!("coordinator: rank {rank} failed ({reason}); aborting the job");
+        // The failed rank is told too: it may be waiting for an answer.
+        abort_all(
+            &mut st,
+            None,
+            Some(rank),
+            &format!("rank {rank} failed: {reason}"),
+        );
+        return Some(Err(RendezvousError::RankFailed { rank, reason }));
+    }
+    if st.ranks.len() == n && st.ranks.values().all(|r| r.left) {
+        let report = st.meter.report();
+        if report.steps > 0 {
+            tracing::info!(
+                "job finished: {} steps, {} samples, {:.1} samples/s over {n} ranks",
+                report.steps,
+                report.samples,
+                report.samples_per_s()
+            );
+        }
+        return Some(Ok(Finished {
+            report,
+            cursor: st.data.as_ref().map(|d| d.cursor().clone()),
+        }));
+    }
+    if !st.welcomed && started.elapsed() > config.join_timeout {
+        let joined = st.ranks.len();
+        abort_all(
+            &mut st,
+            None,
+            None,
+            &format!("only {joined} of {n} ranks joined in time"),
+        );
+        return Some(Err(RendezvousError::JoinTimeout {
+            joined,
+            world_size: n,
+            timeout: config.join_timeout,
+        }));
+    }
+    // The first rank to go is the one to blame: the others often fail because of it.
+    let dead = st
+        .ranks
+        .iter()
+        .filter(|(_, r)| !r.left)
+        .filter_map(|(&rank, r)| {
+            if let Some((why, at)) = &r.gone {
+                Some((*at, rank, why.clone()))
+            } else if r.last_seen.elapsed() > config.heartbeat_timeout {
+                Some((
+                    r.last_seen + config.heartbeat_timeout,
+                    rank,
+                    format!("no heartbeat for {:?}", config.heartbeat_timeout),
+                ))
+            } else {
+                None
+            }
+        })
+        .min_by_key(|(at, rank, _)| (*at, *rank));
+    let (_, rank, reason) = dead?;
+    tracing::error!("coordinator: rank {rank} is dead ({reason}); aborting the job");
+    abort_all(
+        &mut st,
+        Some(rank),
+        Some(rank),
+        &format!("rank {rank} is dead: {reason}"),
+    );
+    Some(Err(RendezvousError::RankDead { rank, reason }))
+}
+
+/// Tells every rank but `skip` (and those that left) to abort because of `dead`.
+fn abort_all(st: &mut State, skip: Option<usize>, dead: Option<usize>, reason: &str) {
+    for (&rank, r) in &st.ranks {
+        if Some(rank) != skip && !r.left {
+            let _ = r.outbox.send(Message::Abort {
+                dead_rank: dead,
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+/// Answers a join with a refusal; the connection then closes.
+async fn refuse(wr: &mut tokio::net::tcp::OwnedWriteHalf, reason: String) -> Result<(), String> {
+    let _ = wr
+        .write_all(&encode(&Message::Refused {
+            reason: reason.clone(),
+        }))
+        .await;
+    Err(format!("refused: {reason}"))
+}
+
+/// One worker's connection: its join, then its heartbeats.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    state: &Mutex<State>,
+    config: &CoordinatorConfig,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let first = tokio::time::timeout(config.join_timeout, read_async(&mut rd, MAX_MESSAGE))
+        .await
+        .map_err(|_| "no join message in time".to_string())??;
+    let Message::Join {
+        token,
+        world_size,
+        peer,
+    } = first
+    else {
+        return refuse(&mut wr, "the first message must be a join".into()).await;
+    };
+    if token != config.token {
+        return refuse(&mut wr, format!("rank {}: wrong job token", peer.rank)).await;
+    }
+    if world_size != config.world_size || peer.rank >= config.world_size {
+        return refuse(
+            &mut wr,
+            format!(
+                "rank {} of {world_size} does not fit this job of {} ranks",
+                peer.rank, config.world_size
+            ),
+        )
+        .await;
+    }
+    let rank = peer.rank;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let joined = {
+        let mut st = state.lock().expect("coordinator state");
+        if st.ranks.contains_key(&rank) || st.welcomed {
+            false
+        } else {
+            st.ranks.insert(
+                rank,
+                Rank {
+                    peer,
+                    outbox: tx,
+                    last_seen: Instant::now(),
+                    left: false,
+                    gone: None,
+                    fault: None,
+                },
+            );
+            if st.ranks.len() == config.world_size {
+                st.welcomed = true;
+                let peers: Vec<Peer> = st.ranks.values().map(|r| r.peer.clone()).collect();
+                for r in st.ranks.values() {
+                    let _ = r.outbox.send(Message::Welcome {
+                        peers: peers.clone(),
+                    });
+                }
+            }
+            true
+        }
+    };
+    if !joined {
+        return refuse(&mut wr, format!("rank {rank} has already joined")).await;
+    }
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if wr.write_all(&encode(&m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let m = read_async(&mut rd, MAX_JOB_MESSAGE).await;
+        let mut st = state.lock().expect("coordinator state");
+        let Some(r) = st.ranks.get_mut(&rank) else {
+            return Ok(());
+        };
+        r.last_seen = Instant::now();
+        let m = match m {
+            Ok(Message::Heartbeat { .. }) => continue,
+            Ok(Message::Leave { .. }) => {
+                r.left = true;
+                return Ok(());
+            }
+            Ok(m) => m,
+            Err(e) => {
+                r.gone = Some((format!("its connection dropped ({e})"), Instant::now()));
+                return Ok(());
+            }
+        };
+        if let Err(reason) = job_message(&mut st, rank, m) {
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.fault = Some((reason.clone(), Instant::now()));
+            }
+            return Err(format!("rank {rank}: {reason}"));
+        }
+    }
+}
+
+/// A joined rank's message about the job's data; an error is the rank's fault.
+fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
+    match m {
+        Message::Dataset { units, start } if rank == 0 && st.data.is_none() => {
+            st.data = Some(JobData::open(units, start)?);
+            for (rank, epoch, dataset, options) in std::mem::take(&mut st.waiting) {
+                answer_plan(st, rank, epoch, &dataset, &options)?;
+            }
+            Ok(())
+        }
+        Message::PlanRequest {
+            epoch,
+            dataset,
+            options,
+            ..
+        } => {
+            if st.data.is_none() {
+                st.waiting.push((rank, epoch, dataset, options));
+                Ok(())
+            } else {
+                answer_plan(st, rank, epoch, &dataset, &options)
+            }
+        }
+        Message::Progress { progress } if progress.rank == rank => {
+            if let Some(line) = st.meter.record(&progress) {
+                tracing::info!("{line}");
+            }
+            match st.data.as_mut() {
+                Some(d) => d.progress(&progress)?,
+                None => return Err("reported progress before rank 0 opened the data plan".into()),
+            }
+            for (rank, step) in std::mem::take(&mut st.waiting_cursor) {
+                answer_cursor(st, rank, step);
+            }
+            Ok(())
+        }
+        Message::CursorRequest { step, .. } => {
+            answer_cursor(st, rank, step);
+            Ok(())
+        }
+        Message::Commit {
+            step,
+            run_dir,
+            keep_last,
+            report,
+            state,
+        } => {
+            // A rank that could not write its share fails the job now, named with its
+            // reason: the others would otherwise wait for its commit, or see only its
+            // connection drop. The checkpoint is never committed.
+            let report = report
+                .map_err(|why| format!("could not write its share of checkpoint {step}: {why}"))?;
+            let world = st.ranks.len();
+            let p = st.commits.entry(step).or_default();
+            p.heard += 1;
+            p.run_dir = run_dir;
+            p.keep_last = keep_last;
+            p.reports.push(report);
+            if let Some(state) = state {
+                p.state = Some(*state);
+            }
+            if p.heard == world {
+                let p = st.commits.remove(&step).expect("present");
+                let result = commit_now(step, p);
+                for r in st.ranks.keys().copied().collect::<Vec<_>>() {
+                    send(
+                        st,
+                        r,
+                        Message::Committed {
+                            step,
+                            result: result.clone(),
+                        },
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("sent an unexpected {}", kind(&other))),
+    }
+}
+
+fn answer_plan(
+    st: &mut State,
+    rank: usize,
+    epoch: u64,
+    dataset: &str,
+    options: &PlanOptions,
+) -> Result<(), String> {
+    let data = st.data.as_mut().expect("the data plan is open");
+    // A mismatch is the asking rank's fault, even when its request waited for rank 0's data.
+    match data.share(rank, epoch, dataset, options) {
+        Ok(share) => {
+            send(st, rank, Message::Share { share });
+            Ok(())
+        }
+        Err(reason) if rank != 0 => {
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.fault = Some((reason, Instant::now()));
+            }
+            Ok(())
+        }
+        Err(reason) => Err(reason),
+    }
+}
+
+/// Commits a checkpoint every rank has reported (writing the indexes, the trainer state and
+/// the marker takes milliseconds; the shards are already written).
+fn commit_now(step: u64, p: PendingCommit) -> Result<String, String> {
+    let state = p
+        .state
+        .ok_or_else(|| "rank 0 sent no trainer state".to_string())?;
+    weft_checkpoint::commit(
+        std::path::Path::new(&p.run_dir),
+        state,
+        &p.reports,
+        p.keep_last,
+    )
+    .map(|dir| dir.display().to_string())
+    .map_err(|e| {
+        tracing::error!("coordinator: checkpoint {step} not committed: {e}");
+        e.to_string()
+    })
+}
+
+/// Answers a cursor request, or keeps it until every rank has reported `step`.
+fn answer_cursor(st: &mut State, rank: usize, step: u64) {
+    let cursor = match st.data.as_ref().map(|d| d.cursor_at(step)) {
+        None => None,
+        Some(None) => {
+            st.waiting_cursor.push((rank, step));
+            return;
+        }
+        Some(Some(Ok(cursor))) => Some(cursor),
+        Some(Some(Err(why))) => {
+            tracing::warn!(
+                "coordinator: rank {rank} asked for the data cursor at step {step}: {why}"
+            );
+            None
+        }
+    };
+    send(st, rank, Message::Cursor { cursor });
+}
+
+fn send(st: &State, rank: usize, m: Message) {
+    if let Some(r) = st.ranks.get(&rank) {
+        let _ = r.outbox.send(m);
+    }
+}
