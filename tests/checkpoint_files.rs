@@ -6,15 +6,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use weft_checkpoint::layout::{final_dir, tmp_dir, LATEST};
+use weft_checkpoint::files::{final_dir, tmp_dir, LATEST};
 use weft_checkpoint::{
-    commit, open_verified, resolve, write_rank, Family, Layout, Resume, RngState, SchedulerState,
-    Snapshot, TrainerState, WriteOptions,
+    commit, open_verified, resolve, write_rank, Family, ParamTable, Resume, RngState,
+    SchedulerState, Snapshot, TrainerState, WriteOptions,
 };
 use weft_data::{DataCursor, LastBatch, PlanOptions, Units};
 
-fn layout() -> Arc<Layout> {
-    Arc::new(Layout {
+fn table() -> Arc<ParamTable> {
+    Arc::new(ParamTable {
         names: vec![
             "vision.patch.weight".into(),
             "vision.patch.bias".into(),
@@ -26,10 +26,10 @@ fn layout() -> Arc<Layout> {
 }
 
 fn snapshot(seed: f32) -> Snapshot {
-    let l = layout();
+    let l = table();
     let n: usize = l.numels().iter().sum();
     Snapshot {
-        layout: l,
+        params: l,
         values: (0..n).map(|i| seed + i as f32 * 0.25).collect(),
         exp_avg: (0..n).map(|i| seed - i as f32).collect(),
         exp_avg_sq: (0..n).map(|i| (i as f32).sqrt()).collect(),
@@ -98,7 +98,7 @@ fn a_committed_checkpoint_verifies_and_reads_back_exactly() {
         std::fs::read_to_string(run.join("checkpoints").join(LATEST)).unwrap(),
         "step-00000010\n"
     );
-    let l = layout();
+    let l = table();
     assert_eq!(
         ckpt.read_flat(Family::Model, &l.wanted()).unwrap(),
         snap.values
@@ -211,7 +211,7 @@ fn every_damage_is_named_and_auto_falls_back_to_the_previous_checkpoint() {
         let c = resolve(run, &Resume::Auto).unwrap().expect("a checkpoint");
         assert_eq!(c.state.step, 10, "{what}");
         assert_eq!(
-            c.read_flat(Family::Model, &layout().wanted()).unwrap(),
+            c.read_flat(Family::Model, &table().wanted()).unwrap(),
             snapshot(1.0).values
         );
         assert!(resolve(run, &Resume::Never).unwrap().is_none());

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, CheckpointError, Result};
-use crate::layout::{
+use crate::files::{
     checkpoints_dir, final_dir, parse_step, step_name, tmp_dir, Family, COMMITTED, LATEST,
     TMP_SUFFIX, TRAINER_STATE,
 };

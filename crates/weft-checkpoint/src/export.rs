@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::layout::Family;
+use crate::files::Family;
 use crate::load::Checkpoint;
 use crate::write::{write_safetensors, Data, FileRecord, TensorOut, WriteOptions};
 

@@ -1,7 +1,7 @@
 //! weft's checkpoints: sharded safetensors written by every rank, committed atomically, verified
 //! on load, and exact to resume from.
 //!
-//! - [`layout`]: the names of the directories and files (`checkpoints/step-N/`, shards, indexes,
+//! - [`files`]: the names of the directories and files (`checkpoints/step-N/`, shards, indexes,
 //!   `trainer_state.json`, `COMMITTED`, `latest`).
 //! - [`shard`]: which rank writes which tensors (balanced by bytes) and the writing of a rank's
 //!   model and optimizer shards from a [`shard::Snapshot`].
@@ -20,7 +20,7 @@
 pub mod commit;
 pub mod error;
 pub mod export;
-pub mod layout;
+pub mod files;
 pub mod load;
 pub mod pretrained;
 pub mod shard;
@@ -29,10 +29,10 @@ pub mod write;
 
 pub use commit::{commit, ShardFile, ShardReport};
 pub use error::{CheckpointError, Result};
-pub use layout::Family;
+pub use files::Family;
 pub use load::{open_verified, resolve, Checkpoint, Resume};
 pub use pretrained::{read_pretrained, InitReport, Pretrained};
-pub use shard::{write_rank, Layout, Snapshot};
+pub use shard::{write_rank, ParamTable, Snapshot};
 pub use state::{check_compatible, RngState, SchedulerState, TrainerState, SHAPE_KEYS};
 pub use write::{FileRecord, WriteOptions};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{io, CheckpointError, Result};
-use crate::layout::{checkpoints_dir, parse_step, Family, COMMITTED, TRAINER_STATE};
+use crate::files::{checkpoints_dir, parse_step, Family, COMMITTED, TRAINER_STATE};
 use crate::state::{TrainerState, FORMAT};
 use crate::write::hash_file;
 

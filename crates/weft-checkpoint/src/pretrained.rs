@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{io, CheckpointError, Result};
-use crate::layout::{checkpoints_dir, Family, MODEL_FILE, TRAINER_STATE};
+use crate::files::{checkpoints_dir, Family, MODEL_FILE, TRAINER_STATE};
 use crate::load::{open_verified, resolve, Resume};
-use crate::shard::Layout;
+use crate::shard::ParamTable;
 
 /// One tensor of the weights: its shape and its values as f32, or why it has none (not a
 /// floating-point tensor).
@@ -152,11 +152,11 @@ fn read_file(path: &Path) -> Result<Pretrained> {
 }
 
 impl Pretrained {
-    /// Sets the parameters of `layout` that the weights hold in `values` (flat, in the layout's
+    /// Sets the parameters of `table` that the weights hold in `values` (flat, in the table's
     /// order); the others keep their values. Changes nothing and fails when a parameter is
     /// found with another shape or not as floats, or when no tensor is a parameter.
-    pub fn apply(&self, layout: &Layout, values: &mut [f32]) -> Result<InitReport> {
-        let numels = layout.numels();
+    pub fn apply(&self, table: &ParamTable, values: &mut [f32]) -> Result<InitReport> {
+        let numels = table.numels();
         assert_eq!(
             numels.iter().sum::<usize>(),
             values.len(),
@@ -170,7 +170,7 @@ impl Pretrained {
         };
         let mut found = Vec::new();
         let mut offset = 0;
-        for ((name, shape), n) in layout.names.iter().zip(&layout.shapes).zip(&numels) {
+        for ((name, shape), n) in table.names.iter().zip(&table.shapes).zip(&numels) {
             let range = offset..offset + n;
             offset += n;
             let Some(t) = self.tensors.get(name) else {
@@ -212,7 +212,7 @@ impl Pretrained {
                      has {})",
                     self.tensors.len(),
                     first(self.tensors.keys().collect()),
-                    first(layout.names.iter().collect())
+                    first(table.names.iter().collect())
                 ),
             });
         }
@@ -222,7 +222,7 @@ impl Pretrained {
         report.unused = self
             .tensors
             .keys()
-            .filter(|k| !layout.names.contains(k))
+            .filter(|k| !table.names.contains(k))
             .cloned()
             .collect();
         Ok(report)
@@ -234,8 +234,8 @@ mod tests {
     use super::*;
     use crate::write::{write_safetensors, Data, TensorOut, WriteOptions};
 
-    fn layout() -> Layout {
-        Layout {
+    fn table() -> ParamTable {
+        ParamTable {
             names: vec!["a.weight".into(), "b.bias".into(), "head.weight".into()],
             shapes: vec![vec![2, 2], vec![3], vec![1, 2]],
         }
@@ -271,7 +271,7 @@ mod tests {
         );
         let w = read_pretrained(&file).unwrap();
         let mut values = vec![-1.0; 9];
-        let r = w.apply(&layout(), &mut values).unwrap();
+        let r = w.apply(&table(), &mut values).unwrap();
         assert_eq!(values, [1.0, 2.0, 3.0, 4.0, 0.5, -0.25, 8.0, -1.0, -1.0]);
         assert_eq!(r.loaded, ["a.weight", "b.bias"]);
         assert_eq!(r.missing, ["head.weight"]);
@@ -292,7 +292,7 @@ mod tests {
         let mut values = vec![-1.0; 9];
         let e = read_pretrained(&file)
             .unwrap()
-            .apply(&layout(), &mut values)
+            .apply(&table(), &mut values)
             .unwrap_err()
             .to_string();
         assert!(
@@ -309,7 +309,7 @@ mod tests {
         write(&file, &[("encoder.x", vec![1], Data::F32(&[1.0]))]);
         let e = read_pretrained(&file)
             .unwrap()
-            .apply(&layout(), &mut [0.0; 9])
+            .apply(&table(), &mut [0.0; 9])
             .unwrap_err()
             .to_string();
         assert!(

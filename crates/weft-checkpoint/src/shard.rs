@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::commit::{ShardFile, ShardReport};
 use crate::error::{io, Result};
-use crate::layout::{tmp_dir, Family};
+use crate::files::{tmp_dir, Family};
 use crate::write::{write_safetensors, Data, TensorOut, WriteOptions};
 
 /// The owner of each tensor: ranks take contiguous runs of tensors, in order, each run about
@@ -30,14 +30,14 @@ pub fn assign(bytes: &[u64], world: usize) -> Vec<usize> {
 
 /// The names and shapes of the parameters, in the trainer's flat order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Layout {
+pub struct ParamTable {
     /// Module paths.
     pub names: Vec<String>,
     /// Shapes.
     pub shapes: Vec<Vec<usize>>,
 }
 
-impl Layout {
+impl ParamTable {
     /// Elements of each parameter.
     pub fn numels(&self) -> Vec<usize> {
         self.shapes.iter().map(|s| s.iter().product()).collect()
@@ -67,7 +67,7 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Names and shapes.
-    pub layout: Arc<Layout>,
+    pub params: Arc<ParamTable>,
     /// Parameter values, flat.
     pub values: Vec<f32>,
     /// AdamW first moments, flat.
@@ -82,7 +82,7 @@ impl Snapshot {
     /// A copy of the training buffers, into `spare`'s allocations when given (a snapshot of an
     /// earlier save: its memory is already mapped, so the copy runs at memory speed).
     pub fn copy_of(
-        layout: &Arc<Layout>,
+        table: &Arc<ParamTable>,
         values: &[f32],
         exp_avg: &[f32],
         exp_avg_sq: &[f32],
@@ -90,13 +90,13 @@ impl Snapshot {
         spare: Option<Snapshot>,
     ) -> Snapshot {
         let mut s = spare.unwrap_or_else(|| Snapshot {
-            layout: Arc::clone(layout),
+            params: Arc::clone(table),
             values: Vec::new(),
             exp_avg: Vec::new(),
             exp_avg_sq: Vec::new(),
             steps: Vec::new(),
         });
-        s.layout = Arc::clone(layout);
+        s.params = Arc::clone(table);
         for (dst, src) in [
             (&mut s.values, values),
             (&mut s.exp_avg, exp_avg),
@@ -123,7 +123,7 @@ pub fn write_rank(
 ) -> Result<ShardReport> {
     let dir = tmp_dir(run_dir, step);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let numels = snap.layout.numels();
+    let numels = snap.params.numels();
     let owner = assign(
         &numels.iter().map(|&n| n as u64 * 4).collect::<Vec<_>>(),
         world,
@@ -145,8 +145,8 @@ pub fn write_rank(
         let mut tensors = Vec::new();
         for &i in &mine {
             let (name, shape, range) = (
-                &snap.layout.names[i],
-                &snap.layout.shapes[i],
+                &snap.params.names[i],
+                &snap.params.shapes[i],
                 offsets[i].clone(),
             );
             match family {

@@ -49,17 +49,17 @@ pub enum DtypeArg {
 
 /// A checkpoint directory, or the latest committed checkpoint of a run directory.
 fn checkpoint_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    if dir.join(weft_checkpoint::layout::TRAINER_STATE).exists()
-        || dir.join(weft_checkpoint::layout::COMMITTED).exists()
+    if dir.join(weft_checkpoint::files::TRAINER_STATE).exists()
+        || dir.join(weft_checkpoint::files::COMMITTED).exists()
     {
         return Ok(dir.to_path_buf());
     }
-    let ckpts = dir.join(weft_checkpoint::layout::CHECKPOINTS);
-    let latest = ckpts.join(weft_checkpoint::layout::LATEST);
+    let ckpts = dir.join(weft_checkpoint::files::CHECKPOINTS);
+    let latest = ckpts.join(weft_checkpoint::files::LATEST);
     if let Ok(name) = std::fs::read_to_string(&latest) {
         return Ok(ckpts.join(name.trim()));
     }
-    if dir.join(weft_checkpoint::layout::CHECKPOINTS).is_dir() {
+    if dir.join(weft_checkpoint::files::CHECKPOINTS).is_dir() {
         if let Some((_, newest)) = weft_checkpoint::load::committed(dir)?.into_iter().next() {
             return Ok(newest);
         }
@@ -224,23 +224,23 @@ pub fn bench(args: BenchCkptArgs) -> anyhow::Result<()> {
 fn bench_in(args: &BenchCkptArgs, root: &Path) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::Instant;
-    use weft_checkpoint::{write_rank, Layout, LocalCommitter, Snapshot, WriteOptions};
+    use weft_checkpoint::{write_rank, LocalCommitter, ParamTable, Snapshot, WriteOptions};
     let mut results = Vec::new();
     for &mb in &args.mb {
         // Parameters of 4 MiB each; params + two moments = mb.
         let elems = (mb << 20) / 4 / 3;
         let per = 1usize << 20;
         let count = (elems as usize).div_ceil(per).max(1);
-        let layout = Arc::new(Layout {
+        let table = Arc::new(ParamTable {
             names: (0..count).map(|i| format!("blocks.{i}.weight")).collect(),
             shapes: (0..count)
                 .map(|i| vec![per.min(elems as usize - i * per).max(1)])
                 .collect(),
         });
-        let n: usize = layout.numels().iter().sum();
+        let n: usize = table.numels().iter().sum();
         let values: Vec<f32> = (0..n).map(|i| (i % 977) as f32 * 1e-3).collect();
         let state = Snapshot {
-            layout: Arc::clone(&layout),
+            params: Arc::clone(&table),
             exp_avg: values.clone(),
             exp_avg_sq: values.clone(),
             values,
@@ -252,7 +252,7 @@ fn bench_in(args: &BenchCkptArgs, root: &Path) -> anyhow::Result<()> {
         // The trainer copies into the buffers of its previous save: warm them once.
         let copy_into = |spare: Option<Snapshot>| {
             Snapshot::copy_of(
-                &layout,
+                &table,
                 &state.values,
                 &state.exp_avg,
                 &state.exp_avg_sq,

@@ -97,7 +97,7 @@ fn print_retrieval(label: &str, r: &Retrieval) {
 /// The run directory of `--checkpoint`: two levels up from a checkpoint directory
 /// (RUN_DIR/checkpoints/step-N), the directory itself, or a file's directory.
 fn run_dir_of(path: &Path) -> PathBuf {
-    if path.join(weft_checkpoint::layout::TRAINER_STATE).is_file() {
+    if path.join(weft_checkpoint::files::TRAINER_STATE).is_file() {
         path.parent().and_then(Path::parent)
     } else if path.is_dir() {
         Some(path)

@@ -8,15 +8,15 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use weft_checkpoint::{
-    write_rank, CheckpointError, Committer, Family, Layout, Snapshot, TrainerState, WriteOptions,
+    write_rank, CheckpointError, Committer, Family, ParamTable, Snapshot, TrainerState, WriteOptions,
 };
 
 use crate::error::TrainError;
 use crate::params::ParamInfo;
 
 /// The checkpoint layout of the parameters `layout`.
-pub fn checkpoint_layout(layout: &[ParamInfo]) -> Arc<Layout> {
-    Arc::new(Layout {
+pub fn checkpoint_layout(layout: &[ParamInfo]) -> Arc<ParamTable> {
+    Arc::new(ParamTable {
         names: layout.iter().map(|p| p.path.clone()).collect(),
         shapes: layout.iter().map(|p| p.shape.clone()).collect(),
     })
@@ -38,7 +38,7 @@ pub struct Restored {
 /// naming it.
 pub fn read_restored(
     ckpt: &weft_checkpoint::Checkpoint,
-    layout: &Layout,
+    layout: &ParamTable,
 ) -> Result<Restored, CheckpointError> {
     let values = ckpt.read_flat(Family::Model, &layout.wanted())?;
     let exp_avg = ckpt.read_flat(Family::Optimizer, &layout.moment_names("exp_avg"))?;

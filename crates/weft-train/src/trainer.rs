@@ -48,7 +48,7 @@ use crate::schedule::WarmupCosine;
 use crate::update::{device_norm, set_flat_params_device, to_device, to_host, DeviceAdamW, Grads};
 
 /// File name of the final weights in the run directory.
-pub const MODEL_FILE: &str = weft_checkpoint::layout::MODEL_FILE;
+pub const MODEL_FILE: &str = weft_checkpoint::files::MODEL_FILE;
 /// File name of the tokenizer copy in the run directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -544,7 +544,7 @@ impl<B: AutodiffBackend> Engine<B> {
     /// buffers when given).
     pub fn snapshot(
         &self,
-        layout: &Arc<weft_checkpoint::Layout>,
+        layout: &Arc<weft_checkpoint::ParamTable>,
         spare: Option<Snapshot>,
     ) -> Snapshot {
         match &self.master {
