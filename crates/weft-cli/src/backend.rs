@@ -8,7 +8,7 @@ use weft_train::dist::GradReduce;
 use weft_train::CpuBackend;
 
 /// The host collective and the device gradient reducer of a rank that joined NCCL.
-pub type NcclParts<I> = (Box<dyn Collective>, Box<dyn GradReduce<I>>);
+pub type NcclParts<I> = (Box<dyn Collective>, Box<GradReduce<I>>);
 
 /// The GPU of a rank and how it joins NCCL (`I`: the backend its gradients live on).
 pub struct GpuRank<I: Backend> {
@@ -81,7 +81,7 @@ fn on_cuda<J: OnBackend>(local_rank: usize, job: J) -> anyhow::Result<J::Output>
             let grads = cuda::NcclGrads::new(std::rc::Rc::clone(&nccl), host_staging);
             Ok((
                 Box::new(nccl) as Box<dyn Collective>,
-                Box::new(grads) as Box<dyn GradReduce<cuda::Cuda>>,
+                Box::new(grads) as Box<GradReduce<cuda::Cuda>>,
             ))
         }),
     };

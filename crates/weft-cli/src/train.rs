@@ -337,7 +337,7 @@ impl OnBackend for TrainRun<'_> {
         let (collective, grad_reduce) = match &mut nccl_parts {
             Some((c, g)) => (
                 c.as_mut() as &mut dyn Collective,
-                Some(g.as_mut() as &mut dyn GradReduce<B::InnerBackend>),
+                Some(g.as_mut() as &mut GradReduce<B::InnerBackend>),
             ),
             None => (ring as &mut dyn Collective, None),
         };

@@ -71,6 +71,15 @@ fn nan_min(a: f32, b: f32) -> f32 {
     }
 }
 
+/// Averages a flat buffer that the host does not hold (a tensor in a GPU's memory) over the
+/// ranks without taking it through the host: NCCL on the device's memory
+/// (`weft_gpu::cuda::NcclGrads`). `T` is the buffer's type, which this crate knows nothing of;
+/// the trainer's is a flat burn tensor.
+pub trait DeviceReduce<T> {
+    /// The mean over the ranks of every rank's `buffer`, in buckets of `bucket` elements.
+    fn mean(&mut self, buffer: T, bucket: usize) -> Result<T, CollectiveError>;
+}
+
 /// The operations a data-parallel trainer needs from its peers. Every rank calls the same
 /// operations in the same order with buffers of the same length; each call returns when this
 /// rank's part is done, or an error naming the peer that failed or timed out.

@@ -4,11 +4,9 @@
 use std::rc::Rc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use cudarc::driver::{result as driver, sys as driver_sys};
-use weft_collective::{Collective, CollectiveError, Nccl, NcclId, ReduceOp};
-use weft_train::dist::GradReduce;
-use weft_train::update::{to_device, to_host};
+use weft_collective::{Collective, CollectiveError, DeviceReduce, Nccl, NcclId, ReduceOp};
 
 use crate::error::{visible_devices, GpuError};
 use crate::libs::{links_for, loaded_paths, locate, search_dirs, Fix, LibraryCheck, Link};
@@ -218,7 +216,7 @@ pub fn nccl(index: usize, rank: usize, world: usize, id: &NcclId) -> Result<Rc<N
     Ok(Rc::new(Nccl::new(index, rank, world, id)?))
 }
 
-/// Gradient averaging over NCCL for the trainer ([`GradReduce`]).
+/// Gradient averaging over NCCL for the trainer (a [`DeviceReduce`] of flat CUDA tensors).
 pub struct NcclGrads {
     nccl: Rc<Nccl>,
     host_staging: bool,
@@ -232,7 +230,7 @@ impl NcclGrads {
     }
 }
 
-impl GradReduce<Cuda> for NcclGrads {
+impl DeviceReduce<Tensor<Cuda, 1>> for NcclGrads {
     fn mean(
         &mut self,
         grads: Tensor<Cuda, 1>,
@@ -240,11 +238,16 @@ impl GradReduce<Cuda> for NcclGrads {
     ) -> Result<Tensor<Cuda, 1>, CollectiveError> {
         if self.host_staging {
             let device = grads.device();
-            let mut values = to_host(grads);
+            let mut values = grads
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32 gradients");
             for chunk in values.chunks_mut(bucket.max(1)) {
                 self.nccl.all_reduce(chunk, ReduceOp::Mean)?;
             }
-            return Ok(to_device(values, &device));
+            let n = values.len();
+            return Ok(Tensor::from_data(TensorData::new(values, [n]), &device));
         }
         all_reduce_tensor(&self.nccl, grads, ReduceOp::Mean, bucket)
     }

@@ -8,7 +8,7 @@
 //! - [`peak`]: peak FLOP rates of data-centre GPUs, for MFU.
 //! - `cuda` (the `cuda` feature): burn's CUDA backend, the driver checks made before the first
 //!   tensor, NCCL on burn's own device buffers for the trainer's gradient averaging
-//!   (`cuda::NcclGrads`, a [`weft_train::dist::GradReduce`]), device memory readings.
+//!   (`cuda::NcclGrads`, a [`weft_collective::DeviceReduce`]), device memory readings.
 //!
 //! Without the `cuda` feature the CUDA items are absent and [`require_cuda`] says how to build
 //! them.

@@ -7,26 +7,21 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use weft_collective::{Collective, CollectiveError, ReduceOp};
+use weft_collective::{Collective, CollectiveError, DeviceReduce, ReduceOp};
 use weft_model::FeatureGather;
 
 use crate::update::{to_device, to_host, Grads};
 
 /// Averages flat gradients that live on the training device over the ranks, without taking
-/// them through the host (NCCL on the GPUs' memory: `weft_gpu::NcclGrads`).
-pub trait GradReduce<B: Backend> {
-    /// The mean over the ranks of every rank's `grads` (`[numel]`), in buckets of `bucket`
-    /// elements.
-    fn mean(&mut self, grads: Tensor<B, 1>, bucket: usize)
-        -> Result<Tensor<B, 1>, CollectiveError>;
-}
+/// them through the host (NCCL on the GPUs' memory: `weft_gpu::cuda::NcclGrads`).
+pub type GradReduce<B> = dyn DeviceReduce<Tensor<B, 1>>;
 
 /// Average flat gradients over the ranks where they are: host buffers over `collective`;
 /// device tensors through `device` when given, else through the host and `collective` (the
 /// staging a GPU job without NCCL, or with `dist.nccl_host_staging`, pays).
 pub fn all_reduce_grads<B: Backend>(
     collective: &mut dyn Collective,
-    device: Option<&mut (dyn GradReduce<B> + '_)>,
+    device: Option<&mut GradReduce<B>>,
     grads: Grads<B>,
     bucket: usize,
 ) -> Result<Grads<B>, CollectiveError> {

@@ -85,7 +85,7 @@ pub struct Rank<'a, I: burn::tensor::backend::Backend> {
     pub collective: &'a mut dyn Collective,
     /// Averages device gradients without the host (NCCL); None: device gradients that must be
     /// averaged go through the host and `collective`.
-    pub grad_reduce: Option<&'a mut dyn GradReduce<I>>,
+    pub grad_reduce: Option<&'a mut GradReduce<I>>,
     /// The data plan ([`LocalPlanner`] alone, the coordinator's in a job).
     pub planner: &'a mut dyn Planner,
     /// The checkpoint committer ([`LocalCommitter`] alone, the coordinator in a job).
