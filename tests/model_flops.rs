@@ -8,7 +8,7 @@ use burn::backend::{Autodiff, Flex};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use weft_model::ObjectiveBatch;
-use weft_train::trainer::build_model;
+use weft_train::weights::build_model;
 
 type B = Autodiff<Flex>;
 

@@ -9,8 +9,9 @@ use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use weft_model::ObjectiveBatch;
-use weft_train::params::{params, FlatGrads};
-use weft_train::trainer::build_model;
+use weft_train::grads::flat::FlatGrads;
+use weft_train::params::params;
+use weft_train::weights::build_model;
 
 type B = Autodiff<Flex>;
 
@@ -54,11 +55,11 @@ fn every_parameter_of_every_objective_gets_a_gradient() {
         let names: Vec<&str> = out.parts.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["itc", "itm", "mlm", "lm", "mim"]);
         let grads = GradientsParams::from_grads(out.total.backward(), &model);
-        let layout = params(&model);
-        let flat = FlatGrads::<Flex>::from_grads(&grads, &layout, &dev);
+        let infos = params(&model);
+        let flat = FlatGrads::<Flex>::from_grads(&grads, &infos, &dev);
         let values: Vec<f32> = flat.buffer.into_data().to_vec().unwrap();
         let mut offset = 0;
-        for (p, has) in layout.iter().zip(&flat.has_grad) {
+        for (p, has) in infos.iter().zip(&flat.has_grad) {
             let n = p.numel();
             assert!(*has, "{} has no gradient (tied = {tied})", p.path);
             let sum: f32 = values[offset..offset + n].iter().map(|x| x.abs()).sum();
@@ -69,8 +70,8 @@ fn every_parameter_of_every_objective_gets_a_gradient() {
             );
             offset += n;
         }
-        assert!(layout.iter().any(|p| p.path == "itc.logit_scale"));
-        assert!(layout.iter().any(|p| p.path == "mim.mask_token"));
+        assert!(infos.iter().any(|p| p.path == "itc.logit_scale"));
+        assert!(infos.iter().any(|p| p.path == "mim.mask_token"));
     }
 }
 
@@ -334,7 +335,7 @@ fn ranks(
     let special = train_common::special_tokens();
     let dev = Default::default();
     let engines: Vec<_> = (0..world)
-        .map(|_| weft_train::trainer::Engine::new(model.clone(), config, special.clone(), &dev))
+        .map(|_| weft_train::engine::Engine::new(model.clone(), config, special.clone(), &dev))
         .collect();
     let shared = std::sync::Arc::new((
         std::sync::Mutex::new(vec![Vec::new(); world]),
@@ -378,7 +379,7 @@ fn one_process(
 ) -> (Vec<(&'static str, f64)>, Vec<f32>) {
     let dev = Default::default();
     let special = train_common::special_tokens();
-    let single = weft_train::trainer::Engine::new(model.clone(), config, special, &dev);
+    let single = weft_train::engine::Engine::new(model.clone(), config, special, &dev);
     let one = single.micro(batch, &mut ChaCha8Rng::seed_from_u64(5), false, &dev);
     (one.parts, one.grads.expect("finite").into_vec().0)
 }

@@ -10,7 +10,9 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_config::Precision;
-use weft_train::trainer::{build_model, objective_rng, Engine};
+use weft_train::engine::Engine;
+use weft_train::trainer::step::objective_rng;
+use weft_train::weights::build_model;
 
 type B = Autodiff<Flex>;
 

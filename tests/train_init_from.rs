@@ -11,7 +11,7 @@ use burn::backend::{Autodiff, Flex};
 use common::train::{set_objectives, small_train_config};
 use weft_config::{Config, ConfigLoader, RUN_CONFIG_FILE};
 use weft_train::params::{flat_params, params};
-use weft_train::trainer::{build_model, load_model, MODEL_FILE};
+use weft_train::weights::{build_model, load_model, MODEL_FILE};
 use weft_train::{train, TrainOptions};
 
 type B = Autodiff<Flex>;

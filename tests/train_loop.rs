@@ -9,8 +9,10 @@ use common::train::{
 };
 use weft_config::UpdateOn;
 use weft_model::ObjectiveBatch;
+use weft_train::engine::Engine;
 use weft_train::eval::retrieval_from_embeddings;
-use weft_train::trainer::{build_model, objective_rng, Engine};
+use weft_train::trainer::step::objective_rng;
+use weft_train::weights::build_model;
 use weft_train::{train, TrainError, TrainOptions};
 
 type B = Autodiff<Flex>;

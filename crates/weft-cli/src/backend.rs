@@ -4,7 +4,7 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use weft_collective::Collective;
 use weft_config::{Config, Device};
-use weft_train::dist::GradReduce;
+use weft_train::grads::reduce::GradReduce;
 use weft_train::CpuBackend;
 
 /// The host collective and the device gradient reducer of a rank that joined NCCL.

@@ -321,7 +321,7 @@ fn text(r: &Report) -> String {
             s,
             "  batch {}, {} params: {:.2} ms/step, {:.1} samples/s, {:.3} TFLOP/step, {:.2} TFLOP/s",
             st.batch,
-            weft_train::trainer::human(st.params),
+            weft_train::weights::human(st.params),
             st.step_time_s * 1e3,
             st.samples_per_s,
             st.step_flops / 1e12,
@@ -575,7 +575,7 @@ fn nccl_check() -> anyhow::Result<NcclReport> {
     use std::time::Instant;
     use weft_collective::{Collective, ReduceOp};
     use weft_gpu::cuda;
-    use weft_train::update::{to_device, to_host};
+    use weft_train::grads::flat::{to_device, to_host};
 
     const N: usize = 1_000_003;
     const BUCKET: usize = 262_147;

@@ -11,7 +11,7 @@ use weft_config::{Config, ConfigLoader};
 use weft_coordinator::LaunchEnv;
 use weft_data::{Split, TextEncoder};
 use weft_train::eval::{Captioning, ZeroShot};
-use weft_train::trainer::{build_model, with_weights, TOKENIZER_FILE};
+use weft_train::weights::{build_model, with_weights, TOKENIZER_FILE};
 use weft_train::Retrieval;
 
 use crate::backend::{with_backend, GpuRank, OnBackend};

@@ -14,8 +14,8 @@ use weft_collective::Collective;
 use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{job_token, Job, JobOptions, LaunchEnv, Launcher};
 use weft_data::TextEncoder;
-use weft_train::dist::GradReduce;
-use weft_train::trainer::build_model;
+use weft_train::grads::reduce::GradReduce;
+use weft_train::weights::build_model;
 use weft_train::{Rank, TrainOptions, TrainSummary};
 
 use crate::backend::{with_backend, GpuRank, OnBackend};
@@ -424,12 +424,12 @@ pub fn params(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&map)?);
     } else {
         for (name, n) in &counts {
-            println!("{name:<8} {n:>12}  {}", weft_train::trainer::human(*n));
+            println!("{name:<8} {n:>12}  {}", weft_train::weights::human(*n));
         }
         println!(
             "{:<8} {total:>12}  {}",
             "total",
-            weft_train::trainer::human(total)
+            weft_train::weights::human(total)
         );
     }
     Ok(())

@@ -15,7 +15,9 @@ use weft_config::Config;
 use weft_data::text::SPECIAL_TOKENS;
 use weft_model::{ObjectiveBatch, SpecialTokens};
 
-use crate::trainer::{build_model, objective_rng, Engine};
+use crate::engine::Engine;
+use crate::trainer::step::objective_rng;
+use crate::weights::build_model;
 
 /// Timings of a train bench.
 #[derive(Debug, Clone, Serialize)]

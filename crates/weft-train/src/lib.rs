@@ -1,34 +1,43 @@
 //! weft-train: the training loop of weft and the pieces it is made of.
 //!
-//! - [`params`]: parameters by module path, stable ids, the weight-decay rule, and the flat
-//!   gradient buffer (the unit that is clipped, and later all-reduced).
+//! - [`trainer`]: [`train`] and [`train_with`], the loop; [`trainer::step`] holds
+//!   `train_step`, one optimizer step; the validator and the checkpointer decide themselves
+//!   when they are due.
+//! - [`engine`]: the model, the master copy of its parameters and AdamW, behind one
+//!   interface for the host and the device ([`engine::Master`]).
+//! - [`grads`]: the gradient's path, one stage a file: flatten, accumulate, all-reduce, clip.
+//! - [`adamw`]: AdamW over flat buffers, on the host and on the device.
+//! - [`params`]: parameters by module path, stable ids, the weight-decay rule, the flat
+//!   parameter buffer and its scatter into the model.
+//! - [`weights`]: building the model of a config, `train.init_from`, the final
+//!   `model.safetensors`.
+//! - [`batch`]: data batches as the model sees them.
+//! - [`gather`]: ITC's feature gather over a collective.
+//! - [`snapshot`]: the engine's buffers as a checkpoint holds them (the files themselves are
+//!   `weft-checkpoint`'s).
 //! - [`schedule`]: linear warmup then cosine decay to a floor.
-//! - [`trainer`]: [`train`], the single-process loop: AdamW with decoupled weight decay,
-//!   global-norm clipping, gradient accumulation, non-finite step skipping, metrics, periodic
-//!   retrieval evaluation and the final safetensors weights.
-//! - [`checkpointing`]: snapshots written in the background and committed, and the restore of
-//!   a checkpoint (the files themselves are `weft-checkpoint`'s).
-//! - [`update`]: the update on the training device (AdamW over flat tensors), for GPUs: no
-//!   trip of gradients or parameters through the host.
-//! - [`dist`]: the data-parallel parts of a step: bucketed gradient all-reduce (host buffers,
-//!   or device tensors through a [`dist::GradReduce`] such as NCCL), the ITC feature gather
-//!   over a collective, the step statistics every rank agrees on.
-//! - [`eval`]: Recall@K image-to-text and text-to-image from ITC embeddings.
+//! - [`eval`]: Recall@K both ways (with ITM re-ranking), zero-shot, captioning, sharded over
+//!   the ranks.
 //! - [`metrics`], [`progress`]: `metrics.jsonl` / `eval.jsonl` and the terminal output.
 //! - [`bench`]: step timing for `weft bench train`.
 
+#![warn(missing_docs)]
+
+pub mod adamw;
+pub mod batch;
 pub mod bench;
-pub mod checkpointing;
-pub mod dist;
+pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod gather;
+pub mod grads;
 pub mod metrics;
-pub mod optim;
 pub mod params;
 pub mod progress;
 pub mod schedule;
+pub mod snapshot;
 pub mod trainer;
-pub mod update;
+pub mod weights;
 
 pub use error::TrainError;
 pub use eval::{evaluate_retrieval, Retrieval};

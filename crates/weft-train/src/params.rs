@@ -1,13 +1,13 @@
-//! Parameters by module path: stable ids, the weight-decay rule, flat gradient and parameter
-//! buffers.
+//! Parameters by module path: stable ids, the weight-decay rule, and the flat parameter
+//! buffer: gathered from a model ([`flat_params`]) and scattered back into it
+//! ([`set_flat_params`] from host values, [`set_flat_params_device`] from a device tensor).
 //!
 //! burn gives every parameter a random [`ParamId`]; weft replaces it with a hash of the
 //! parameter's module path right after init, so that ids (and optimizer state keyed by them)
 //! are the same in every process and across runs.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -119,97 +119,6 @@ pub fn stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
     })
 }
 
-/// All gradients of a model in one flat `[numel]` buffer, in parameter visit order, with a mask
-/// of the parameters that received a gradient. The layout is identical in every process, so
-/// the buffer can be all-reduced as it is.
-#[derive(Debug, Clone)]
-pub struct FlatGrads<B: Backend> {
-    /// The gradients, zeros where a parameter had none.
-    pub buffer: Tensor<B, 1>,
-    /// Per parameter: whether it had a gradient.
-    pub has_grad: Vec<bool>,
-}
-
-impl<B: Backend> FlatGrads<B> {
-    /// Flatten `grads` of the parameters `layout` (from [`params`]).
-    pub fn from_grads(grads: &GradientsParams, layout: &[ParamInfo], device: &B::Device) -> Self {
-        let mut parts = Vec::with_capacity(layout.len());
-        let mut has_grad = Vec::with_capacity(layout.len());
-        for p in layout {
-            let n = p.numel();
-            let g = match p.shape.len() {
-                1 => grads.get::<B, 1>(p.id).map(|t| t.reshape([n])),
-                2 => grads.get::<B, 2>(p.id).map(|t| t.reshape([n])),
-                3 => grads.get::<B, 3>(p.id).map(|t| t.reshape([n])),
-                4 => grads.get::<B, 4>(p.id).map(|t| t.reshape([n])),
-                d => panic!("parameter {} has unsupported rank {d}", p.path),
-            };
-            has_grad.push(g.is_some());
-            parts.push(g.unwrap_or_else(|| Tensor::zeros([n], device)));
-        }
-        Self {
-            buffer: Tensor::cat(parts, 0),
-            has_grad,
-        }
-    }
-
-    /// The gradients as host values, and the mask.
-    pub fn into_vec(self) -> (Vec<f32>, Vec<bool>) {
-        let values = self
-            .buffer
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32 gradients");
-        (values, self.has_grad)
-    }
-
-    /// Add another buffer of the same layout.
-    pub fn accumulate(self, other: Self) -> Self {
-        Self {
-            buffer: self.buffer + other.buffer,
-            has_grad: self
-                .has_grad
-                .iter()
-                .zip(&other.has_grad)
-                .map(|(a, b)| *a || *b)
-                .collect(),
-        }
-    }
-}
-
-/// Elements per parallel block of [`global_norm`] and [`scale_in_place`]. Fixed, so that the
-/// norm's partial sums add up in the same order for any thread count.
-const BLOCK: usize = 64 * 1024;
-
-/// The global L2 norm of flat gradients, summed in f64 over fixed blocks, in parallel.
-pub fn global_norm(grads: &[f32]) -> f64 {
-    let partials: Vec<f64> = grads
-        .par_chunks(BLOCK)
-        .map(|block| {
-            let square = |g: f32| f64::from(g) * f64::from(g);
-            // Eight independent lanes, so that the compiler can vectorise the sum.
-            let mut lanes = [0.0f64; 8];
-            let chunks = block.chunks_exact(8);
-            let rest: f64 = chunks.remainder().iter().map(|&g| square(g)).sum();
-            for c in chunks {
-                for (l, &g) in lanes.iter_mut().zip(c) {
-                    *l += square(g);
-                }
-            }
-            lanes.iter().sum::<f64>() + rest
-        })
-        .collect();
-    partials.iter().sum::<f64>().sqrt()
-}
-
-/// Multiply every element by `factor`, in parallel.
-pub fn scale_in_place(values: &mut [f32], factor: f32) {
-    values
-        .par_chunks_mut(BLOCK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v *= factor));
-}
-
 struct Gather {
     out: Vec<f32>,
 }
@@ -269,39 +178,32 @@ pub fn set_flat_params<B: Backend, M: Module<B>>(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{global_norm, scale_in_place};
+struct ScatterDevice<B: AutodiffBackend> {
+    values: Tensor<B::InnerBackend, 1>,
+    offset: usize,
+}
 
-    #[test]
-    fn global_norm_is_the_l2_norm_and_the_same_for_any_thread_count() {
-        // Longer than one block, not a multiple of the 8 lanes.
-        let v: Vec<f32> = (0..200_003)
-            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let want = v
-            .iter()
-            .map(|&g| f64::from(g) * f64::from(g))
-            .sum::<f64>()
-            .sqrt();
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
-        let one = pool(1).install(|| global_norm(&v));
-        let three = pool(3).install(|| global_norm(&v));
-        assert!((one - want).abs() <= 1e-9 * want, "{one} vs {want}");
-        assert_eq!(one.to_bits(), three.to_bits());
-        assert_eq!(global_norm(&[3.0, 4.0]), 5.0);
-        assert!(global_norm(&[1.0, f32::NAN]).is_nan());
+impl<B: AutodiffBackend> ModuleMapper<B> for ScatterDevice<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let inner = self.values.clone().narrow(0, self.offset, n).reshape(shape);
+        self.offset += n;
+        Param::from_mapped_value(id, Tensor::from_inner(inner).require_grad(), mapper)
     }
+}
 
-    #[test]
-    fn scale_in_place_multiplies_every_element() {
-        let mut v: Vec<f32> = (0..70_000).map(|i| i as f32).collect();
-        scale_in_place(&mut v, 0.5);
-        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32 * 0.5));
-    }
+/// `module` with every float parameter replaced, in visit order, by the next elements of the
+/// flat device tensor `values`: slices of it, no copy through the host.
+pub fn set_flat_params_device<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    values: &Tensor<B::InnerBackend, 1>,
+) -> M {
+    let total: usize = params(&module).iter().map(ParamInfo::numel).sum();
+    assert_eq!(total, values.dims()[0], "flat parameter buffer size");
+    module.map(&mut ScatterDevice::<B> {
+        values: values.clone(),
+        offset: 0,
+    })
 }

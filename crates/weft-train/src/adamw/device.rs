@@ -1,8 +1,8 @@
-//! The update of an optimizer step on the training device: AdamW over flat `[numel]` tensors
-//! (parameters, moments, gradients), so that on a GPU neither the gradients nor the parameters
-//! make a trip to the host ([`weft_config::UpdateOn::Device`]).
+//! AdamW on the training device over flat `[numel]` tensors (parameters, moments,
+//! gradients), so that on a GPU neither the gradients nor the parameters make a trip to the
+//! host ([`weft_config::UpdateOn::Device`]).
 //!
-//! It is [`crate::optim::FlatAdamW`]'s update written as burn tensor ops, in the same order of
+//! It is [`super::host::FlatAdamW`]'s update written as burn tensor ops, in the same order of
 //! operations: on the CPU the two give the same bits (tested). A parameter without a gradient
 //! this step keeps its values and moments; the step count of bias correction is per
 //! parameter, so the buffers are updated in runs of consecutive parameters that share one
@@ -10,65 +10,19 @@
 
 use std::ops::Range;
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 
-use crate::params::{params, ParamInfo};
+use crate::grads::flat::to_device;
+use crate::params::ParamInfo;
 
-/// Flat gradients of a step, where they live.
-#[derive(Debug, Clone)]
-pub enum Grads<B: Backend> {
-    /// Host values (the CPU path).
-    Host(Vec<f32>),
-    /// A `[numel]` tensor on the training device.
-    Device(Tensor<B, 1>),
-}
-
-impl<B: Backend> Grads<B> {
-    /// Elements.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Host(v) => v.len(),
-            Self::Device(t) => t.dims()[0],
-        }
-    }
-
-    /// No elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The values on the host (a copy from the device for [`Grads::Device`]).
-    pub fn into_host(self) -> Vec<f32> {
-        match self {
-            Self::Host(v) => v,
-            Self::Device(t) => to_host(t),
-        }
-    }
-}
-
-/// The values of a flat tensor on the host.
-pub fn to_host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 values")
-}
-
-/// Host values as a flat tensor on `device`.
-pub fn to_device<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values, [n]), device)
-}
-
-/// AdamW over flat tensors on the device (the math of [`crate::optim::FlatAdamW`]).
+/// AdamW over flat tensors on the device (the math of [`super::host::FlatAdamW`]).
 #[derive(Debug, Clone)]
 pub struct DeviceAdamW<B: Backend> {
     beta1: f32,
     beta2: f32,
     eps: f32,
-    /// The parameters, flat in layout order: the f32 master copy.
+    /// The parameters, flat in parameter order: the f32 master copy.
     pub values: Tensor<B, 1>,
     /// First moments.
     pub moment1: Tensor<B, 1>,
@@ -83,13 +37,13 @@ pub struct DeviceAdamW<B: Backend> {
 /// One run of consecutive parameters updated alike: their elements, and the step count of
 /// their bias correction (None: no gradient this step, left alone).
 fn runs(
-    layout: &[ParamInfo],
+    params: &[ParamInfo],
     steps: &[u64],
     has_grad: &[bool],
 ) -> Vec<(Range<usize>, Option<u64>)> {
     let mut out: Vec<(Range<usize>, Option<u64>)> = Vec::new();
     let mut offset = 0;
-    for (i, p) in layout.iter().enumerate() {
+    for (i, p) in params.iter().enumerate() {
         let n = p.numel();
         let key = has_grad[i].then_some(steps[i]);
         match out.last_mut() {
@@ -102,10 +56,10 @@ fn runs(
 }
 
 impl<B: Backend> DeviceAdamW<B> {
-    /// Zero moments for `values` (flat in `layout` order); `decays` per parameter.
+    /// Zero moments for `values` (flat in the order of `params`); `decays` per parameter.
     pub fn new(
         values: Tensor<B, 1>,
-        layout: &[ParamInfo],
+        params: &[ParamInfo],
         decays: &[bool],
         betas: [f64; 2],
         eps: f64,
@@ -113,7 +67,7 @@ impl<B: Backend> DeviceAdamW<B> {
         let device = values.device();
         let n = values.dims()[0];
         let mut mask = Vec::with_capacity(n);
-        for (p, &d) in layout.iter().zip(decays) {
+        for (p, &d) in params.iter().zip(decays) {
             mask.extend(std::iter::repeat_n(if d { 1.0f32 } else { 0.0 }, p.numel()));
         }
         assert_eq!(mask.len(), n, "adamw: parameter buffer size");
@@ -124,7 +78,7 @@ impl<B: Backend> DeviceAdamW<B> {
             moment1: Tensor::zeros([n], &device),
             moment2: Tensor::zeros([n], &device),
             values,
-            steps: vec![0; layout.len()],
+            steps: vec![0; params.len()],
             decay_mask: to_device(mask, &device),
         }
     }
@@ -133,7 +87,7 @@ impl<B: Backend> DeviceAdamW<B> {
     pub fn step(
         &mut self,
         grads: Tensor<B, 1>,
-        layout: &[ParamInfo],
+        params: &[ParamInfo],
         has_grad: &[bool],
         lr: f64,
         weight_decay: f64,
@@ -148,7 +102,7 @@ impl<B: Backend> DeviceAdamW<B> {
                 *s += 1;
             }
         }
-        let runs = runs(layout, &self.steps, has_grad);
+        let runs = runs(params, &self.steps, has_grad);
         // f32(1 − lr·wd) − 1 is exact (Sterbenz), so mask·d + 1 is exactly the host's factor.
         let decay = (1.0 - lr * weight_decay) as f32 - 1.0;
         let whole = runs.len() == 1;
@@ -199,47 +153,11 @@ impl<B: Backend> DeviceAdamW<B> {
     }
 }
 
-/// The global L2 norm of flat device gradients (an f32 sum on the device; one scalar comes
-/// back to the host).
-pub fn device_norm<B: Backend>(grads: &Tensor<B, 1>) -> f64 {
-    let sum: f32 = grads.clone().mul(grads.clone()).sum().into_scalar().elem();
-    f64::from(sum).sqrt()
-}
-
-struct ScatterDevice<B: AutodiffBackend> {
-    values: Tensor<B::InnerBackend, 1>,
-    offset: usize,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for ScatterDevice<B> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let inner = self.values.clone().narrow(0, self.offset, n).reshape(shape);
-        self.offset += n;
-        Param::from_mapped_value(id, Tensor::from_inner(inner).require_grad(), mapper)
-    }
-}
-
-/// `module` with every float parameter replaced, in visit order, by the next elements of the
-/// flat device tensor `values`: slices of it, no copy through the host.
-pub fn set_flat_params_device<B: AutodiffBackend, M: Module<B>>(
-    module: M,
-    values: &Tensor<B::InnerBackend, 1>,
-) -> M {
-    let total: usize = params(&module).iter().map(ParamInfo::numel).sum();
-    assert_eq!(total, values.dims()[0], "flat parameter buffer size");
-    module.map(&mut ScatterDevice::<B> {
-        values: values.clone(),
-        offset: 0,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::FlatAdamW;
+    use crate::adamw::host::FlatAdamW;
+    use crate::grads::flat::to_host;
     use burn::module::ParamId;
 
     type Flex = burn::backend::Flex;
@@ -263,18 +181,18 @@ mod tests {
 
     #[test]
     fn runs_group_parameters_by_gradient_and_step_count() {
-        let layout = [
+        let params = [
             info("a", &[2]),
             info("b", &[3]),
             info("c", &[1]),
             info("d", &[2]),
         ];
         assert_eq!(
-            runs(&layout, &[1, 1, 1, 1], &[true; 4]),
+            runs(&params, &[1, 1, 1, 1], &[true; 4]),
             vec![(0..8, Some(1))]
         );
         assert_eq!(
-            runs(&layout, &[2, 2, 1, 1], &[true, true, false, true]),
+            runs(&params, &[2, 2, 1, 1], &[true, true, false, true]),
             vec![(0..5, Some(2)), (5..6, None), (6..8, Some(1))]
         );
     }
@@ -282,19 +200,19 @@ mod tests {
     #[test]
     fn the_device_update_gives_the_host_updates_bits() {
         let dev = Default::default();
-        let layout = [
+        let params = [
             info("w.weight", &[3, 4]),
             info("w.bias", &[4]),
             info("x.weight", &[5, 2]),
             info("x.bias", &[2]),
         ];
         let decays = [true, false, true, false];
-        let n: usize = layout.iter().map(ParamInfo::numel).sum();
+        let n: usize = params.iter().map(ParamInfo::numel).sum();
         let mut host_values = pseudo(n, 7);
-        let mut host = FlatAdamW::new(&layout, [0.9, 0.98], 1e-6);
+        let mut host = FlatAdamW::new(&params, [0.9, 0.98], 1e-6);
         let mut device = DeviceAdamW::<Flex>::new(
             to_device(host_values.clone(), &dev),
-            &layout,
+            &params,
             &decays,
             [0.9, 0.98],
             1e-6,
@@ -308,26 +226,18 @@ mod tests {
             host.step(
                 &mut host_values,
                 &grads,
-                &layout,
+                &params,
                 &has_grad,
                 &decays,
                 lr,
                 0.1,
             );
-            device.step(to_device(grads, &dev), &layout, &has_grad, lr, 0.1);
+            device.step(to_device(grads, &dev), &params, &has_grad, lr, 0.1);
         }
         assert_eq!(device.steps, host.steps);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&to_host(device.values.clone())), bits(&host_values));
         assert_eq!(bits(&to_host(device.moment1.clone())), bits(&host.moment1));
         assert_eq!(bits(&to_host(device.moment2.clone())), bits(&host.moment2));
-    }
-
-    #[test]
-    fn device_norm_is_the_l2_norm() {
-        let t = to_device::<Flex>(vec![3.0, 4.0], &Default::default());
-        assert_eq!(device_norm(&t), 5.0);
-        let t = to_device::<Flex>(vec![1.0, f32::NAN], &Default::default());
-        assert!(device_norm(&t).is_nan());
     }
 }

@@ -1,4 +1,4 @@
-//! AdamW over the flat parameter and gradient buffers, in parallel.
+//! AdamW over flat host buffers of parameters and gradients, in parallel (the CPU path).
 //!
 //! The update is PyTorch's `torch.optim.AdamW` (and burn's): decoupled weight decay
 //! `p ← p·(1 − lr·wd)` on the parameters whose [`ParamInfo::decays`] says so, then
@@ -42,33 +42,33 @@ struct Segment {
 }
 
 impl FlatAdamW {
-    /// Zero moments for the parameters of `layout`.
-    pub fn new(layout: &[ParamInfo], betas: [f64; 2], eps: f64) -> Self {
-        let n: usize = layout.iter().map(ParamInfo::numel).sum();
+    /// Zero moments for the parameters `params`.
+    pub fn new(params: &[ParamInfo], betas: [f64; 2], eps: f64) -> Self {
+        let n: usize = params.iter().map(ParamInfo::numel).sum();
         Self {
             beta1: betas[0] as f32,
             beta2: betas[1] as f32,
             eps: eps as f32,
             moment1: vec![0.0; n],
             moment2: vec![0.0; n],
-            steps: vec![0; layout.len()],
+            steps: vec![0; params.len()],
         }
     }
 
-    /// Update `params` in place from `grads` (both flat in `layout` order).
+    /// Update `values` in place from `grads` (both flat in the order of `params`).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
-        params: &mut [f32],
+        values: &mut [f32],
         grads: &[f32],
-        layout: &[ParamInfo],
+        params: &[ParamInfo],
         has_grad: &[bool],
         decays: &[bool],
         lr: f64,
         weight_decay: f64,
     ) {
         assert_eq!(
-            params.len(),
+            values.len(),
             self.moment1.len(),
             "adamw: parameter buffer size"
         );
@@ -77,9 +77,9 @@ impl FlatAdamW {
             self.moment1.len(),
             "adamw: gradient buffer size"
         );
-        let mut segments = Vec::with_capacity(layout.len());
+        let mut segments = Vec::with_capacity(params.len());
         let mut offset = 0;
-        for (i, p) in layout.iter().enumerate() {
+        for (i, p) in params.iter().enumerate() {
             let n = p.numel();
             if has_grad[i] {
                 self.steps[i] += 1;
@@ -107,7 +107,7 @@ impl FlatAdamW {
         }
         // Cut the three buffers into the blocks' disjoint slices, front to back.
         let mut work = Vec::with_capacity(blocks.len());
-        let (mut p, mut m, mut v) = (params, &mut self.moment1[..], &mut self.moment2[..]);
+        let (mut p, mut m, mut v) = (values, &mut self.moment1[..], &mut self.moment2[..]);
         let mut at = 0;
         for (range, s) in &blocks {
             let skip = range.start - at;
@@ -140,7 +140,8 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
     use super::FlatAdamW;
-    use crate::params::{flat_params, params, set_flat_params, FlatGrads};
+    use crate::grads::flat::FlatGrads;
+    use crate::params::{flat_params, params, set_flat_params};
     use crate::CpuBackend;
 
     type Inner = burn::backend::Flex;
@@ -149,7 +150,7 @@ mod tests {
     fn matches_burns_adamw_step_by_step() {
         let dev = Default::default();
         let model: Linear<CpuBackend> = LinearConfig::new(5, 3).init(&dev);
-        let layout = params(&model);
+        let infos = params(&model);
         let x = Tensor::<CpuBackend, 2>::random([4, 5], Distribution::Default, &dev);
         let loss = |m: &Linear<CpuBackend>| m.forward(x.clone()).powi_scalar(2).sum();
         let (lr, wd) = (0.05, 0.1);
@@ -159,7 +160,7 @@ mod tests {
             .with_epsilon(1e-6)
             .with_weight_decay(wd as f32)
             .init::<CpuBackend, Linear<CpuBackend>>();
-        let mut flat_opt = FlatAdamW::new(&layout, [0.9, 0.98], 1e-6);
+        let mut flat_opt = FlatAdamW::new(&infos, [0.9, 0.98], 1e-6);
         // burn initialises parameters lazily: read them once so that both copies share them.
         let start = flat_params(&model);
         let (mut a, mut b) = (model.clone(), model);
@@ -167,19 +168,11 @@ mod tests {
             let g = GradientsParams::from_grads(loss(&a).backward(), &a);
             a = burn_opt.step(lr, a, g);
             let g = GradientsParams::from_grads(loss(&b).backward(), &b);
-            let flat = FlatGrads::<Inner>::from_grads(&g, &layout, &dev);
+            let flat = FlatGrads::<Inner>::from_grads(&g, &infos, &dev);
             let grads = flat.buffer.into_data().into_vec::<f32>().unwrap();
             let mut values = flat_params(&b);
-            let decays = vec![true; layout.len()];
-            flat_opt.step(
-                &mut values,
-                &grads,
-                &layout,
-                &flat.has_grad,
-                &decays,
-                lr,
-                wd,
-            );
+            let decays = vec![true; infos.len()];
+            flat_opt.step(&mut values, &grads, &infos, &flat.has_grad, &decays, lr, wd);
             b = set_flat_params(b, &values, &dev);
         }
         let (pa, pb) = (flat_params(&a), flat_params(&b));

@@ -1,6 +1,6 @@
-//! The data-parallel parts of a training step: the gradient all-reduce in buckets, the
-//! feature all-gather of ITC over the global batch. (That every rank reads the same dataset is
-//! checked by the coordinator, which hands out the data plan.)
+//! The gradient all-reduce of a data-parallel step, in buckets: host buffers over the job's
+//! collective; device tensors through a [`GradReduce`] (NCCL on the GPUs' memory) or, without
+//! one, through the host.
 //!
 //! Every rank runs the same code in the same order; a one-process run goes through it with
 //! [`weft_collective::SingleRank`], where every operation is the identity.
@@ -8,9 +8,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use weft_collective::{Collective, CollectiveError, DeviceReduce, ReduceOp};
-use weft_model::FeatureGather;
 
-use crate::update::{to_device, to_host, Grads};
+use crate::grads::flat::{to_device, to_host, Grads};
 
 /// Averages flat gradients that live on the training device over the ranks, without taking
 /// them through the host (NCCL on the GPUs' memory: `weft_gpu::cuda::NcclGrads`).
@@ -67,55 +66,16 @@ pub fn all_reduce_mean(
     Ok(())
 }
 
-/// [`FeatureGather`] over a collective. The gather cannot fail inside the model's loss code,
-/// so a failure is kept, the gather returns zeros, and the trainer reads the failure with
-/// [`CollectiveGather::finish`] right after the forward pass.
-pub struct CollectiveGather<'a> {
-    collective: &'a mut dyn Collective,
-    error: Option<CollectiveError>,
-}
-
-impl<'a> CollectiveGather<'a> {
-    /// Gather over `collective`.
-    pub fn new(collective: &'a mut dyn Collective) -> Self {
-        Self {
-            collective,
-            error: None,
-        }
+/// Which parameters had a gradient on any rank (one all-reduce of flags).
+pub fn any_rank_has_grad(
+    collective: &mut dyn Collective,
+    has_grad: &[bool],
+) -> Result<Vec<bool>, CollectiveError> {
+    let mut flags: Vec<f32> = has_grad.iter().map(|&h| f32::from(u8::from(h))).collect();
+    if collective.world_size() > 1 {
+        collective.all_reduce(&mut flags, ReduceOp::Max)?;
     }
-
-    /// The first failure of a gather, if any.
-    pub fn finish(self) -> Result<(), CollectiveError> {
-        self.error.map_or(Ok(()), Err)
-    }
-}
-
-impl FeatureGather for CollectiveGather<'_> {
-    fn rank(&self) -> usize {
-        self.collective.rank()
-    }
-
-    fn world_size(&self) -> usize {
-        self.collective.world_size()
-    }
-
-    fn all_gather(&mut self, local: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; local.len() * self.collective.world_size()];
-        if self.error.is_none() {
-            if let Err(e) = self.collective.all_gather(local, &mut out) {
-                self.error = Some(e);
-            }
-        }
-        out
-    }
-
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) {
-        if self.error.is_none() {
-            if let Err(e) = self.collective.all_reduce(buf, ReduceOp::Sum) {
-                self.error = Some(e);
-            }
-        }
-    }
+    Ok(flags.iter().map(|&f| f > 0.0).collect())
 }
 
 #[cfg(test)]
@@ -135,8 +95,9 @@ mod tests {
         let mut g = vec![1.0, 2.0, 3.0];
         all_reduce_mean(&mut one, &mut g, 2).unwrap();
         assert_eq!(g, [1.0, 2.0, 3.0]);
-        let mut gather = CollectiveGather::new(&mut one);
-        assert_eq!(gather.all_gather(&[4.0, 5.0]), [4.0, 5.0]);
-        gather.finish().unwrap();
+        assert_eq!(
+            any_rank_has_grad(&mut one, &[true, false]).unwrap(),
+            [true, false]
+        );
     }
 }
