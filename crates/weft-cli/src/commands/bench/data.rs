@@ -1,4 +1,4 @@
-//! `weft bench ...`: speed measurements.
+//! `weft bench data`: end-to-end images/s of the data pipeline.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,7 +28,7 @@ pub struct BenchDataArgs {
 
 /// End-to-end images/s (Parquet read, decode, crop, resize, normalize, batch) for 1 and N
 /// decode workers, with the eval transform (resize the shorter side, center crop).
-pub fn data(args: BenchDataArgs, config: &Config) -> anyhow::Result<()> {
+pub fn run(args: BenchDataArgs, config: &Config) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() {
         config.data.train.clone()
     } else {

@@ -20,8 +20,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use weft_config::{Config, ConfigLoader, Device, Precision};
 
+use super::bench::train::BenchRun;
 use crate::backend::with_backend;
-use crate::train::BenchRun;
 
 /// Arguments of `weft doctor`.
 #[derive(Args, Debug)]

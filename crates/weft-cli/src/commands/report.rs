@@ -24,7 +24,7 @@ pub struct ReportArgs {
 }
 
 /// Write the report and say where it is.
-pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut builder = weft_report::ReportBuilder::new(&args.run_dir).size(args.width, args.height);
     if let Some(out) = args.out {
         builder = builder.out(out);

@@ -127,7 +127,7 @@ pub fn config(
 ///
 /// The model config is `--config` if given, else the run directory's config.toml; `--set`
 /// overrides apply to either.
-pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<()> {
+pub fn run(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> anyhow::Result<()> {
     // A checkpoint directory (RUN_DIR/checkpoints/step-N) belongs to the run directory two
     // levels up; a run directory gives its model.safetensors, else its newest checkpoint.
     let path = &args.checkpoint;
@@ -150,7 +150,7 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
     }
     // Under `weft launch` every rank evaluates its share of the rows; rank 0 prints.
     let env = LaunchEnv::from_env()?;
-    crate::train::init_rank_threads(&config, &env);
+    crate::rank::init_rank_threads(&config, &env);
     let data = if args.data.is_empty() {
         config.data.val.clone()
     } else {
@@ -186,7 +186,7 @@ pub fn eval(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> an
         },
     };
     let mut job = if env.world_size > 1 {
-        let (job, options) = crate::train::join_job(&env, &config, None)?;
+        let (job, options) = crate::rank::join_job(&env, &config, None)?;
         tracing::info!(
             "rank {} of {} joined the evaluation",
             env.rank,
