@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
-cargo build --release --locked -p weft-cli --features cuda
+cargo build --release --locked -p weft --features cuda
 mkdir -p target/gpu-carry
 strip -o target/gpu-carry/weft target/release/weft
 gzip -9f target/gpu-carry/weft

@@ -60,7 +60,7 @@ pub fn ok(out: &Output) -> String {
 
 /// The repository (where `datasets/sample` and `configs/` are).
 pub fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 /// `weft args...` in the repository within `limit`; its stdout (failing with its stderr).

@@ -27,7 +27,7 @@ pub fn set_objectives(c: &mut Config, [itc, itm, mlm, lm, mim]: [f64; 5]) {
 
 /// The committed sample dataset.
 pub fn sample_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sample")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/sample")
 }
 
 /// A very small model with every objective on, reading the sample dataset.

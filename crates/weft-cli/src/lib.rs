@@ -1,5 +1,5 @@
 //! weft-cli: the commands of `weft`, the one binary of the weft vision-language pretraining
-//! framework (the binary itself is `src/main.rs`).
+//! framework (the binary itself is the workspace's root package, `src/main.rs`).
 //!
 //! - [`cli`]: the command-line tree; [`run`]: which config a command gets and where it goes;
 //! - [`commands`]: one file per command (`weft train`, `launch`, `coordinator`, `eval`,
