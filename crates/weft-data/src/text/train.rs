@@ -40,12 +40,6 @@ pub fn learn(
     min_frequency: u64,
     style: Style,
 ) -> Learned {
-    let mut tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
-    let mut ids: HashMap<String, u32> = HashMap::new();
-    for (i, t) in tokens.iter().enumerate() {
-        ids.insert(t.clone(), i as u32);
-    }
-    // The alphabet: every symbol of every word, most frequent first if it must be cut.
     let symbol = |i: usize, c: char, n: usize| -> String {
         match style {
             Style::WordPiece if i > 0 => format!("{PREFIX}{c}"),
@@ -53,6 +47,64 @@ pub fn learn(
             _ => c.to_string(),
         }
     };
+    let (mut tokens, mut ids) = alphabet(word_counts, specials, vocab_size, &symbol);
+    // Words as symbol ids; words with a symbol outside the alphabet take no part.
+    let mut words: Vec<(Vec<u32>, u64)> = Vec::new();
+    for (w, &count) in word_counts {
+        let n = w.chars().count();
+        let syms: Option<Vec<u32>> = w
+            .chars()
+            .enumerate()
+            .map(|(i, c)| ids.get(&symbol(i, c, n)).copied())
+            .collect();
+        if let Some(syms) = syms {
+            words.push((syms, count));
+        }
+    }
+    let mut pairs = PairCounts::of(&words);
+    let mut merges = Vec::new();
+    while tokens.len() < vocab_size {
+        let Some((count, pair)) = pairs.most_frequent() else {
+            break;
+        };
+        if count < min_frequency.max(1) {
+            break;
+        }
+        let (a, b) = pair;
+        let (sa, sb) = (tokens[a as usize].clone(), tokens[b as usize].clone());
+        let merged = match style {
+            Style::WordPiece => format!("{sa}{}", sb.strip_prefix(PREFIX).unwrap_or(&sb)),
+            Style::Bpe => format!("{sa}{sb}"),
+        };
+        let new_id = match ids.get(&merged) {
+            Some(&id) => id,
+            None => {
+                let id = tokens.len() as u32;
+                ids.insert(merged.clone(), id);
+                tokens.push(merged);
+                id
+            }
+        };
+        merges.push((sa, sb));
+        pairs.merge(&mut words, pair, new_id);
+    }
+    Learned { tokens, merges }
+}
+
+/// The special tokens, then the alphabet: every symbol of every word (`symbol(i, c, n)`: the
+/// `i`-th char `c` of a word of `n`), sorted, the most frequent kept if they do not all fit in
+/// `vocab_size`. Returns the tokens and their ids.
+fn alphabet(
+    word_counts: &BTreeMap<String, u64>,
+    specials: &[&str],
+    vocab_size: usize,
+    symbol: &dyn Fn(usize, char, usize) -> String,
+) -> (Vec<String>, HashMap<String, u32>) {
+    let mut tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        ids.insert(t.clone(), i as u32);
+    }
     let mut alphabet: BTreeMap<String, u64> = BTreeMap::new();
     for (w, &count) in word_counts {
         let n = w.chars().count();
@@ -73,61 +125,56 @@ pub fn learn(
             tokens.push(s);
         }
     }
-    // Words as symbol ids; words with a symbol outside the alphabet take no part.
-    let mut words: Vec<(Vec<u32>, u64)> = Vec::new();
-    for (w, &count) in word_counts {
-        let n = w.chars().count();
-        let syms: Option<Vec<u32>> = w
-            .chars()
-            .enumerate()
-            .map(|(i, c)| ids.get(&symbol(i, c, n)).copied())
-            .collect();
-        if let Some(syms) = syms {
-            words.push((syms, count));
+    (tokens, ids)
+}
+
+/// How often each pair of adjacent symbols occurs, in which words, and a heap of the counts
+/// (entries go stale as merges change the counts; a stale one is put back with its count).
+struct PairCounts {
+    counts: HashMap<(u32, u32), u64>,
+    words: HashMap<(u32, u32), BTreeSet<usize>>,
+    heap: BinaryHeap<(u64, Reverse<(u32, u32)>)>,
+}
+
+impl PairCounts {
+    /// The pairs of `words` (symbol ids, count).
+    fn of(words: &[(Vec<u32>, u64)]) -> Self {
+        let mut counts: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut at: HashMap<(u32, u32), BTreeSet<usize>> = HashMap::new();
+        for (wi, (syms, count)) in words.iter().enumerate() {
+            for p in syms.windows(2) {
+                *counts.entry((p[0], p[1])).or_default() += count;
+                at.entry((p[0], p[1])).or_default().insert(wi);
+            }
+        }
+        let heap = counts.iter().map(|(&p, &c)| (c, Reverse(p))).collect();
+        Self {
+            counts,
+            words: at,
+            heap,
         }
     }
-    let mut pair_counts: HashMap<(u32, u32), u64> = HashMap::new();
-    let mut where_: HashMap<(u32, u32), BTreeSet<usize>> = HashMap::new();
-    for (wi, (syms, count)) in words.iter().enumerate() {
-        for p in syms.windows(2) {
-            *pair_counts.entry((p[0], p[1])).or_default() += count;
-            where_.entry((p[0], p[1])).or_default().insert(wi);
-        }
-    }
-    let mut heap: BinaryHeap<(u64, Reverse<(u32, u32)>)> =
-        pair_counts.iter().map(|(&p, &c)| (c, Reverse(p))).collect();
-    let mut merges = Vec::new();
-    while tokens.len() < vocab_size {
-        let Some((count, Reverse(pair))) = heap.pop() else {
-            break;
-        };
-        let current = pair_counts.get(&pair).copied().unwrap_or(0);
-        if current != count {
+
+    /// The most frequent pair and its count (among equal counts, the smallest ids), or None
+    /// when no pair is left.
+    fn most_frequent(&mut self) -> Option<(u64, (u32, u32))> {
+        loop {
+            let (count, Reverse(pair)) = self.heap.pop()?;
+            let current = self.counts.get(&pair).copied().unwrap_or(0);
+            if current == count {
+                return Some((count, pair));
+            }
             if current > 0 {
-                heap.push((current, Reverse(pair)));
+                self.heap.push((current, Reverse(pair)));
             }
-            continue;
         }
-        if count < min_frequency.max(1) {
-            break;
-        }
+    }
+
+    /// Replace `pair` by `new_id` in every word that holds it, and update the counts.
+    fn merge(&mut self, words: &mut [(Vec<u32>, u64)], pair: (u32, u32), new_id: u32) {
         let (a, b) = pair;
-        let (sa, sb) = (tokens[a as usize].clone(), tokens[b as usize].clone());
-        let merged = match style {
-            Style::WordPiece => format!("{sa}{}", sb.strip_prefix(PREFIX).unwrap_or(&sb)),
-            Style::Bpe => format!("{sa}{sb}"),
-        };
-        let new_id = match ids.get(&merged) {
-            Some(&id) => id,
-            None => {
-                let id = tokens.len() as u32;
-                ids.insert(merged.clone(), id);
-                tokens.push(merged);
-                id
-            }
-        };
-        merges.push((sa, sb));
-        let affected: Vec<usize> = where_
+        let affected: Vec<usize> = self
+            .words
             .remove(&pair)
             .unwrap_or_default()
             .into_iter()
@@ -140,7 +187,7 @@ pub fn learn(
             }
             for p in syms.windows(2) {
                 let k = (p[0], p[1]);
-                if let Some(c) = pair_counts.get_mut(&k) {
+                if let Some(c) = self.counts.get_mut(&k) {
                     *c -= *wcount;
                 }
                 touched.insert(k);
@@ -159,23 +206,22 @@ pub fn learn(
             *syms = out;
             for p in syms.windows(2) {
                 let k = (p[0], p[1]);
-                *pair_counts.entry(k).or_default() += *wcount;
-                where_.entry(k).or_default().insert(wi);
+                *self.counts.entry(k).or_default() += *wcount;
+                self.words.entry(k).or_default().insert(wi);
                 touched.insert(k);
             }
         }
-        pair_counts.remove(&pair);
+        self.counts.remove(&pair);
         for k in touched {
-            match pair_counts.get(&k).copied() {
+            match self.counts.get(&k).copied() {
                 Some(0) => {
-                    pair_counts.remove(&k);
+                    self.counts.remove(&k);
                 }
-                Some(c) if k != pair => heap.push((c, Reverse(k))),
+                Some(c) if k != pair => self.heap.push((c, Reverse(k))),
                 _ => {}
             }
         }
     }
-    Learned { tokens, merges }
 }
 
 #[cfg(test)]
