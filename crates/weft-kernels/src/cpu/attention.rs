@@ -324,6 +324,113 @@ pub fn forward(
     (out, probs)
 }
 
+/// The operands of [`backward`] that its parallel tasks share: the inputs, the probabilities,
+/// the output gradient, and where the three gradients go.
+struct Operands<'a> {
+    dims: Dims,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    probs: &'a [f32],
+    dout: &'a [f32],
+    dq: Out,
+    dk: Out,
+    dv: Out,
+}
+
+impl Operands<'_> {
+    /// Query sample `b`'s part of the task of head `h` of the key/value block at `ko`: its
+    /// query gradient, and its share of the key and value gradients (written when `acc` is
+    /// false, the task's first query sample; added to after). `scratch` holds at least its
+    /// `lq × lk` probabilities.
+    fn query_sample(
+        &self,
+        map: &RowMap<'_>,
+        b: usize,
+        h: usize,
+        ko: usize,
+        acc: bool,
+        scratch: &mut [f32],
+    ) {
+        let Dims {
+            lk,
+            heads,
+            head_dim: d,
+            ..
+        } = self.dims;
+        let (w, scale) = (self.dims.width(), self.dims.scale());
+        let (q, k, v, probs, dout) = (self.q, self.k, self.v, self.probs, self.dout);
+        let (dqp, dkp, dvp) = (self.dq, self.dk, self.dv);
+        let (r0, lq) = map.rows(b);
+        let at = (heads * r0 + h * lq) * lk;
+        let p = &probs[at..at + lq * lk];
+        let ds = &mut scratch[..lq * lk];
+        let qo = r0 * w + h * d;
+        #[allow(unsafe_code)]
+        // SAFETY: (this block and the next) every operand is a block inside its buffer
+        // read with the strides of its layout (see `forward`); ds is this task's
+        // scratch; the destinations are this task's own blocks: its (key/value
+        // sample, head) block of dk and dv (written by its first query sample, added
+        // to by the others), and the (query sample, head) block of dq of a query
+        // sample that no other task has.
+        unsafe {
+            // dV_h (+)= Pᵀ·dO_h
+            matmul_acc(
+                (lk, d, lq),
+                dvp.at(ko),
+                w,
+                p.as_ptr(),
+                (1, lk),
+                dout[qo..].as_ptr(),
+                (w, 1),
+                1.0,
+                acc,
+            );
+            // dP = dO_h·V_hᵀ
+            matmul(
+                (lq, lk, d),
+                ds.as_mut_ptr(),
+                lk,
+                dout[qo..].as_ptr(),
+                (w, 1),
+                v[ko..].as_ptr(),
+                (1, w),
+                1.0,
+            );
+        }
+        for (g, pr) in ds.chunks_exact_mut(lk).zip(p.chunks_exact(lk)) {
+            softmax_backward_row(g, pr);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        unsafe {
+            // dQ_h = scale·dS·K_h
+            matmul(
+                (lq, d, lk),
+                dqp.at(qo),
+                w,
+                ds.as_ptr(),
+                (lk, 1),
+                k[ko..].as_ptr(),
+                (w, 1),
+                scale,
+            );
+            // dK_h (+)= scale·dSᵀ·Q_h
+            matmul_acc(
+                (lk, d, lq),
+                dkp.at(ko),
+                w,
+                ds.as_ptr(),
+                (1, lk),
+                q[qo..].as_ptr(),
+                (w, 1),
+                scale,
+                acc,
+            );
+        }
+    }
+}
+
 /// Gradients of [`forward`] with respect to the queries, keys and values, from the gradient of
 /// its output `dout` (`[R, W]`) and the probabilities it returned. The bias is a constant.
 ///
@@ -364,12 +471,18 @@ pub fn backward(
     let mut dq: Vec<f32> = Vec::with_capacity(q.len());
     let mut dk: Vec<f32> = Vec::with_capacity(k.len());
     let mut dv: Vec<f32> = Vec::with_capacity(v.len());
-    let (dqp, dkp, dvp) = (
-        Out(dq.as_mut_ptr()),
-        Out(dk.as_mut_ptr()),
-        Out(dv.as_mut_ptr()),
-    );
-    let scale = dims.scale();
+    let operands = Operands {
+        dims: *dims,
+        q,
+        k,
+        v,
+        probs,
+        dout,
+        dq: Out(dq.as_mut_ptr()),
+        dk: Out(dk.as_mut_ptr()),
+        dv: Out(dv.as_mut_ptr()),
+    };
+    let (dkp, dvp) = (operands.dk, operands.dv);
     let lq_max = (0..batch).map(|b| map.rows(b).1).max().unwrap_or(0);
     (0..kv_batch * heads).into_par_iter().for_each_init(
         || vec![0.0f32; lq_max * lk],
@@ -389,74 +502,7 @@ pub fn backward(
                 return;
             }
             for (n, &b) in users[j].iter().enumerate() {
-                let acc = n > 0;
-                let (r0, lq) = map.rows(b);
-                let at = (heads * r0 + h * lq) * lk;
-                let p = &probs[at..at + lq * lk];
-                let ds = &mut scratch[..lq * lk];
-                let qo = r0 * w + h * d;
-                #[allow(unsafe_code)]
-                // SAFETY: (this block and the next) every operand is a block inside its buffer
-                // read with the strides of its layout (see `forward`); ds is this task's
-                // scratch; the destinations are this task's own blocks: its (key/value
-                // sample, head) block of dk and dv (written by its first query sample, added
-                // to by the others), and the (query sample, head) block of dq of a query
-                // sample that no other task has.
-                unsafe {
-                    // dV_h (+)= Pᵀ·dO_h
-                    matmul_acc(
-                        (lk, d, lq),
-                        dvp.at(ko),
-                        w,
-                        p.as_ptr(),
-                        (1, lk),
-                        dout[qo..].as_ptr(),
-                        (w, 1),
-                        1.0,
-                        acc,
-                    );
-                    // dP = dO_h·V_hᵀ
-                    matmul(
-                        (lq, lk, d),
-                        ds.as_mut_ptr(),
-                        lk,
-                        dout[qo..].as_ptr(),
-                        (w, 1),
-                        v[ko..].as_ptr(),
-                        (1, w),
-                        1.0,
-                    );
-                }
-                for (g, pr) in ds.chunks_exact_mut(lk).zip(p.chunks_exact(lk)) {
-                    softmax_backward_row(g, pr);
-                }
-                #[allow(unsafe_code)]
-                // SAFETY: as above.
-                unsafe {
-                    // dQ_h = scale·dS·K_h
-                    matmul(
-                        (lq, d, lk),
-                        dqp.at(qo),
-                        w,
-                        ds.as_ptr(),
-                        (lk, 1),
-                        k[ko..].as_ptr(),
-                        (w, 1),
-                        scale,
-                    );
-                    // dK_h (+)= scale·dSᵀ·Q_h
-                    matmul_acc(
-                        (lk, d, lq),
-                        dkp.at(ko),
-                        w,
-                        ds.as_ptr(),
-                        (1, lk),
-                        q[qo..].as_ptr(),
-                        (w, 1),
-                        scale,
-                        acc,
-                    );
-                }
+                operands.query_sample(map, b, h, ko, n > 0, scratch);
             }
         },
     );
