@@ -242,11 +242,6 @@ impl TcpRing {
         let (next_rank, prev_rank) = (self.next_rank(), self.prev_rank());
         let (next, prev) = (&mut self.next, &mut self.prev);
         let spare = std::cell::RefCell::new(std::mem::take(&mut self.spare));
-        let segments = |r: Range<usize>| {
-            (r.start..r.end)
-                .step_by(seg)
-                .map(move |s| s..(s + seg).min(r.end))
-        };
         let result = std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Vec<u8>>();
             let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
@@ -277,46 +272,13 @@ impl TcpRing {
             // The first chunk goes out a few segments ahead of the receives (not all at once:
             // that would copy it whole into the queue), and before any forward: the next rank
             // takes it in order. Forwards that come due before it is all queued wait here.
-            let mut initial = first.into_iter().flat_map(segments);
+            let mut initial = first.into_iter().flat_map(|r| segments(r, seg));
             for s in initial.by_ref().take(AHEAD) {
                 send(&buf[s]);
             }
             let mut initial = initial.peekable();
             let mut deferred: Vec<Range<usize>> = Vec::new();
-            let mut scratch: Vec<f32> = Vec::new();
-            let received = (|| -> std::io::Result<()> {
-                for recv in recvs {
-                    for s in segments(recv.range.clone()) {
-                        if let Some(i) = initial.next() {
-                            send(&buf[i]);
-                        }
-                        match recv.fold {
-                            None => {
-                                prev.read_exact(bytemuck::cast_slice_mut(&mut buf[s.clone()]))?
-                            }
-                            Some(fold) => {
-                                scratch.resize(s.len(), 0.0);
-                                prev.read_exact(bytemuck::cast_slice_mut(&mut scratch[..]))?;
-                                fold.fold(&mut buf[s.clone()], &scratch);
-                                if let Some(n) = recv.divide_by {
-                                    buf[s.clone()].iter_mut().for_each(|v| *v /= n);
-                                }
-                            }
-                        }
-                        if recv.forward {
-                            if initial.peek().is_some() {
-                                deferred.push(s);
-                            } else {
-                                for d in deferred.drain(..) {
-                                    send(&buf[d]);
-                                }
-                                send(&buf[s]);
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })();
+            let received = receive(recvs, seg, buf, prev, &mut initial, &mut deferred, &send);
             // Only sends are left (a broadcast's root): no receive can be starved now, so wait
             // for the sender to free a buffer before copying the next segment.
             if received.is_ok() {
@@ -351,6 +313,58 @@ impl TcpRing {
         }
         result
     }
+}
+
+/// `r` cut into segments of `seg` elements (the last one shorter).
+fn segments(r: Range<usize>, seg: usize) -> impl Iterator<Item = Range<usize>> {
+    (r.start..r.end)
+        .step_by(seg)
+        .map(move |s| s..(s + seg).min(r.end))
+}
+
+/// The receives of one transfer, in order: each segment read from the previous rank into
+/// `buf` (or folded into it), then sent on when its receive says so. The segments of the first
+/// chunk still waiting in `initial` go first, one per receive (the next rank takes them in
+/// order): a forward that comes due before they are all queued waits in `deferred`.
+fn receive<I: Iterator<Item = Range<usize>>>(
+    recvs: &[Recv],
+    seg: usize,
+    buf: &mut [f32],
+    prev: &mut TcpStream,
+    initial: &mut std::iter::Peekable<I>,
+    deferred: &mut Vec<Range<usize>>,
+    send: &dyn Fn(&[f32]),
+) -> std::io::Result<()> {
+    let mut scratch: Vec<f32> = Vec::new();
+    for recv in recvs {
+        for s in segments(recv.range.clone(), seg) {
+            if let Some(i) = initial.next() {
+                send(&buf[i]);
+            }
+            match recv.fold {
+                None => prev.read_exact(bytemuck::cast_slice_mut(&mut buf[s.clone()]))?,
+                Some(fold) => {
+                    scratch.resize(s.len(), 0.0);
+                    prev.read_exact(bytemuck::cast_slice_mut(&mut scratch[..]))?;
+                    fold.fold(&mut buf[s.clone()], &scratch);
+                    if let Some(n) = recv.divide_by {
+                        buf[s.clone()].iter_mut().for_each(|v| *v /= n);
+                    }
+                }
+            }
+            if recv.forward {
+                if initial.peek().is_some() {
+                    deferred.push(s);
+                } else {
+                    for d in deferred.drain(..) {
+                        send(&buf[d]);
+                    }
+                    send(&buf[s]);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Collective for TcpRing {
