@@ -7,7 +7,7 @@ use image::{ExtendedColorType, ImageEncoder};
 use plotters::prelude::*;
 
 use crate::error::ReportError;
-use crate::read::{Points, RunData};
+use crate::read::{natural_key, Points, RunData};
 
 /// DejaVu Sans (Bitstream Vera licence, `fonts/DejaVuSans-LICENSE`): the plots' text, so that a
 /// report draws the same on a machine without fonts.
@@ -36,27 +36,6 @@ const TAB10: [RGBColor; 10] = [
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
 ];
-
-/// `i2t_r5` before `i2t_r10`: runs of digits compare as numbers.
-pub(crate) fn natural_key(key: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut chars = key.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            let mut n = u64::from(c as u8 - b'0');
-            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                n = n.saturating_mul(10).saturating_add(u64::from(d));
-                chars.next();
-            }
-            out.push((std::mem::take(&mut text), n));
-        } else {
-            text.push(c);
-        }
-    }
-    out.push((text, 0));
-    out
-}
 
 /// How a series is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -152,7 +152,7 @@ impl RunData {
     /// The evaluation fields, `i2t_r5` before `i2t_r10`.
     pub fn eval_keys(&self) -> impl Iterator<Item = &str> {
         let mut keys: Vec<&str> = self.eval.keys().map(String::as_str).collect();
-        keys.sort_by_key(|k| crate::plot::natural_key(k));
+        keys.sort_by_key(|k| natural_key(k));
         keys.into_iter()
     }
 
@@ -210,6 +210,27 @@ fn read_lines(path: &Path, notes: &mut Vec<String>) -> Result<Vec<StepRow>, Repo
     }
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(rows)
+}
+
+/// `i2t_r5` before `i2t_r10`: runs of digits compare as numbers.
+pub(crate) fn natural_key(key: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut n = u64::from(c as u8 - b'0');
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(u64::from(d));
+                chars.next();
+            }
+            out.push((std::mem::take(&mut text), n));
+        } else {
+            text.push(c);
+        }
+    }
+    out.push((text, 0));
+    out
 }
 
 #[cfg(test)]
