@@ -17,6 +17,8 @@
 //!
 //! A single process commits for itself; in a job the coordinator does (`weft-coordinator`).
 
+#![warn(missing_docs)]
+
 pub mod commit;
 pub mod error;
 pub mod export;

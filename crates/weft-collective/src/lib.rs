@@ -13,6 +13,8 @@
 //!
 //! The crate knows nothing of burn: the trainer flattens its gradients into `f32` buffers.
 
+#![warn(missing_docs)]
+
 mod error;
 #[cfg(feature = "cuda")]
 pub mod nccl;

@@ -11,6 +11,8 @@
 //! - [`worker`]: a worker's way into its job: host the coordinator when it must, join, and
 //!   form the TCP ring ([`worker::Job`]); [`worker::spawn_coordinator`] for launchers.
 
+#![warn(missing_docs)]
+
 pub mod env;
 pub mod hostlist;
 pub mod meter;

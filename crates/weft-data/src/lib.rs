@@ -28,6 +28,8 @@
 //! # Ok::<(), weft_data::DataError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod error;
 pub mod idx;

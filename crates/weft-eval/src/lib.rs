@@ -8,6 +8,8 @@
 //!   median rank.
 //! - [`classify`]: top-k accuracy and a per-class table from class scores.
 
+#![warn(missing_docs)]
+
 pub mod caption;
 pub mod classify;
 pub mod retrieval;

@@ -13,6 +13,8 @@
 //! Without the `cuda` feature the CUDA items are absent and [`require_cuda`] says how to build
 //! them.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod libs;
 pub mod peak;

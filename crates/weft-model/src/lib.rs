@@ -11,6 +11,8 @@
 //! - [`objectives`]: ITC, ITM with hard negatives, MLM, LM and MIM, and their weighted sum.
 //! - [`decode`]: captions from the decoder, greedy or by beam search.
 
+#![warn(missing_docs)]
+
 pub mod block;
 pub mod decode;
 pub mod fusion;

@@ -15,6 +15,8 @@
 //! # Ok::<(), weft_report::ReportError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod html;
 pub mod plot;
