@@ -45,19 +45,14 @@ impl<B: AutodiffBackend> DeviceMaster<B> {
 }
 
 impl<B: AutodiffBackend> Master<B> for DeviceMaster<B> {
-    fn on_device(&self) -> bool {
-        true
-    }
-
     fn average(
         &self,
         summed: Option<Tensor<B::InnerBackend, 1>>,
         accum: u64,
-        numel: usize,
-        device: &B::Device,
     ) -> Grads<B::InnerBackend> {
         let Some(buffer) = summed else {
-            return Grads::Device(Tensor::zeros([numel], device));
+            let values = &self.adam.values;
+            return Grads::Device(Tensor::zeros(values.dims(), &values.device()));
         };
         if accum > 1 {
             Grads::Device(buffer.mul_scalar(1.0 / accum as f32))
@@ -66,17 +61,11 @@ impl<B: AutodiffBackend> Master<B> for DeviceMaster<B> {
         }
     }
 
-    fn update(
-        &mut self,
-        model: VlModel<B>,
-        grads: Grads<B::InnerBackend>,
-        rules: &UpdateRules<'_>,
-        device: &B::Device,
-    ) -> (VlModel<B>, f64, bool) {
-        let mut grads = grads.into_device(device);
+    fn step(&mut self, grads: Grads<B::InnerBackend>, rules: &UpdateRules<'_>) -> (f64, bool) {
+        let mut grads = grads.into_device(&self.adam.values.device());
         let norm = device_norm(&grads);
         if !norm.is_finite() {
-            return (model, norm, false);
+            return (norm, false);
         }
         if let Some(f) = clip_factor(rules.clip, norm) {
             grads = grads.mul_scalar(f);
@@ -88,7 +77,11 @@ impl<B: AutodiffBackend> Master<B> for DeviceMaster<B> {
             rules.lr,
             rules.weight_decay,
         );
-        (set_flat_params_device(model, &self.adam.values), norm, true)
+        (norm, true)
+    }
+
+    fn scatter(&self, model: VlModel<B>, _device: &B::Device) -> VlModel<B> {
+        set_flat_params_device(model, &self.adam.values)
     }
 
     fn snapshot(&self, table: &Arc<ParamTable>, spare: Option<Snapshot>) -> Snapshot {
@@ -103,24 +96,19 @@ impl<B: AutodiffBackend> Master<B> for DeviceMaster<B> {
         )
     }
 
-    fn restore(&mut self, r: Restored, model: VlModel<B>, device: &B::Device) -> VlModel<B> {
+    fn restore(&mut self, r: Restored) {
         let adam = &mut self.adam;
-        adam.values = to_device(r.values, device);
-        adam.moment1 = to_device(r.exp_avg, device);
-        adam.moment2 = to_device(r.exp_avg_sq, device);
+        let device = adam.values.device();
+        adam.values = to_device(r.values, &device);
+        adam.moment1 = to_device(r.exp_avg, &device);
+        adam.moment2 = to_device(r.exp_avg_sq, &device);
         adam.steps = r.steps;
-        set_flat_params_device(model, &adam.values)
     }
 
-    fn broadcast(
-        &mut self,
-        collective: &mut dyn Collective,
-        model: VlModel<B>,
-        device: &B::Device,
-    ) -> Result<VlModel<B>, CollectiveError> {
+    fn broadcast(&mut self, collective: &mut dyn Collective) -> Result<(), CollectiveError> {
         let mut values = to_host(self.adam.values.clone());
         collective.broadcast(&mut values, 0)?;
-        self.adam.values = to_device(values, device);
-        Ok(set_flat_params_device(model, &self.adam.values))
+        self.adam.values = to_device(values, &self.adam.values.device());
+        Ok(())
     }
 }

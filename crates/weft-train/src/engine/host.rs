@@ -43,19 +43,13 @@ impl HostMaster {
 }
 
 impl<B: AutodiffBackend> Master<B> for HostMaster {
-    fn on_device(&self) -> bool {
-        false
-    }
-
     fn average(
         &self,
         summed: Option<Tensor<B::InnerBackend, 1>>,
         accum: u64,
-        numel: usize,
-        _device: &B::Device,
     ) -> Grads<B::InnerBackend> {
         let Some(buffer) = summed else {
-            return Grads::Host(vec![0.0; numel]);
+            return Grads::Host(vec![0.0; self.values.len()]);
         };
         let mut grads = to_host(buffer);
         if accum > 1 {
@@ -64,17 +58,11 @@ impl<B: AutodiffBackend> Master<B> for HostMaster {
         Grads::Host(grads)
     }
 
-    fn update(
-        &mut self,
-        model: VlModel<B>,
-        grads: Grads<B::InnerBackend>,
-        rules: &UpdateRules<'_>,
-        device: &B::Device,
-    ) -> (VlModel<B>, f64, bool) {
+    fn step(&mut self, grads: Grads<B::InnerBackend>, rules: &UpdateRules<'_>) -> (f64, bool) {
         let mut grads = grads.into_host();
         let norm = global_norm(&grads);
         if !norm.is_finite() {
-            return (model, norm, false);
+            return (norm, false);
         }
         if let Some(f) = clip_factor(rules.clip, norm) {
             scale_in_place(&mut grads, f);
@@ -88,7 +76,11 @@ impl<B: AutodiffBackend> Master<B> for HostMaster {
             rules.lr,
             rules.weight_decay,
         );
-        (set_flat_params(model, &self.values, device), norm, true)
+        (norm, true)
+    }
+
+    fn scatter(&self, model: VlModel<B>, device: &B::Device) -> VlModel<B> {
+        set_flat_params(model, &self.values, device)
     }
 
     fn snapshot(&self, table: &Arc<ParamTable>, spare: Option<Snapshot>) -> Snapshot {
@@ -103,21 +95,14 @@ impl<B: AutodiffBackend> Master<B> for HostMaster {
         )
     }
 
-    fn restore(&mut self, r: Restored, model: VlModel<B>, device: &B::Device) -> VlModel<B> {
+    fn restore(&mut self, r: Restored) {
         self.values = r.values;
         self.optim.moment1 = r.exp_avg;
         self.optim.moment2 = r.exp_avg_sq;
         self.optim.steps = r.steps;
-        set_flat_params(model, &self.values, device)
     }
 
-    fn broadcast(
-        &mut self,
-        collective: &mut dyn Collective,
-        model: VlModel<B>,
-        device: &B::Device,
-    ) -> Result<VlModel<B>, CollectiveError> {
-        collective.broadcast(&mut self.values, 0)?;
-        Ok(set_flat_params(model, &self.values, device))
+    fn broadcast(&mut self, collective: &mut dyn Collective) -> Result<(), CollectiveError> {
+        collective.broadcast(&mut self.values, 0)
     }
 }

@@ -5,8 +5,8 @@
 //! The master copy lives where `train.update_on` says, behind one interface ([`Master`]):
 //! flat host buffers updated in parallel on the CPU cores ([`host`]), or flat tensors on the
 //! training device ([`device`]). Each runs the same stages of the update: average the
-//! micro-batches' gradients, clip them to the global norm, AdamW, and scatter the new values
-//! into the model.
+//! micro-batches' gradients ([`Master::average`]), clip them to the global norm and step AdamW
+//! ([`Master::step`]), and scatter the new values into the model ([`Master::scatter`]).
 
 pub mod device;
 pub mod host;
@@ -44,44 +44,31 @@ pub struct UpdateRules<'a> {
 /// Where the f32 master copy of the parameters and AdamW's moments live, and the stages of the
 /// update that run there.
 pub trait Master<B: AutodiffBackend>: Send + Sync {
-    /// Whether the copy lives on the training device.
-    fn on_device(&self) -> bool;
-
     /// The micro-batches' summed gradients (`None`: there are none, zeros), averaged over
     /// `accum`, where the update runs.
     fn average(
         &self,
         summed: Option<Tensor<B::InnerBackend, 1>>,
         accum: u64,
-        numel: usize,
-        device: &B::Device,
     ) -> Grads<B::InnerBackend>;
 
-    /// Clip the averaged `grads` to the global norm, decay and step, and scatter the new values
-    /// into `model`. Returns the model, the norm before clipping and whether the update was
-    /// applied (not when the norm is not finite: then the model is as it was).
-    fn update(
-        &mut self,
-        model: VlModel<B>,
-        grads: Grads<B::InnerBackend>,
-        rules: &UpdateRules<'_>,
-        device: &B::Device,
-    ) -> (VlModel<B>, f64, bool);
+    /// Clip the averaged `grads` to the global norm, decay and step. Returns the norm before
+    /// clipping and whether the update was applied (not when the norm is not finite: then the
+    /// copy is as it was).
+    fn step(&mut self, grads: Grads<B::InnerBackend>, rules: &UpdateRules<'_>) -> (f64, bool);
+
+    /// `model` with the copy's values as its parameters.
+    fn scatter(&self, model: VlModel<B>, device: &B::Device) -> VlModel<B>;
 
     /// Copies of the parameters and the optimizer state, for a checkpoint (into `spare`'s
     /// buffers when given).
     fn snapshot(&self, table: &Arc<ParamTable>, spare: Option<Snapshot>) -> Snapshot;
 
-    /// Take the parameters and optimizer state of a checkpoint; `model` with them.
-    fn restore(&mut self, r: Restored, model: VlModel<B>, device: &B::Device) -> VlModel<B>;
+    /// Take the parameters and optimizer state of a checkpoint.
+    fn restore(&mut self, r: Restored);
 
-    /// Take rank 0's parameters; `model` with them.
-    fn broadcast(
-        &mut self,
-        collective: &mut dyn Collective,
-        model: VlModel<B>,
-        device: &B::Device,
-    ) -> Result<VlModel<B>, CollectiveError>;
+    /// Take rank 0's parameters.
+    fn broadcast(&mut self, collective: &mut dyn Collective) -> Result<(), CollectiveError>;
 }
 
 /// One optimizer step's machinery: the model, its master copy with AdamW, the parameters and
@@ -142,7 +129,7 @@ impl<B: AutodiffBackend> Engine<B> {
 
     /// Whether the update runs on the device's tensors (`train.update_on`).
     pub fn updates_on_device(&self) -> bool {
-        self.master.on_device()
+        self.train.update_on_device()
     }
 
     /// Total elements of the parameters.
@@ -236,7 +223,7 @@ impl<B: AutodiffBackend> Engine<B> {
             return (f64::NAN, false);
         };
         let device = flat.buffer.device();
-        let (grads, has_grad) = self.grads(Some(flat), accum, &device);
+        let (grads, has_grad) = self.grads(Some(flat), accum);
         self.update(grads, &has_grad, lr, &device)
     }
 
@@ -246,14 +233,12 @@ impl<B: AutodiffBackend> Engine<B> {
         &self,
         summed: Option<FlatGrads<B::InnerBackend>>,
         accum: u64,
-        device: &B::Device,
     ) -> (Grads<B::InnerBackend>, Vec<bool>) {
         let (buffer, has_grad) = match summed {
             Some(flat) => (Some(flat.buffer), flat.has_grad),
             None => (None, vec![false; self.params.len()]),
         };
-        let grads = self.master.average(buffer, accum, self.numel(), device);
-        (grads, has_grad)
+        (self.master.average(buffer, accum), has_grad)
     }
 
     /// Clip the averaged flat `grads` to the global norm, decay and step. Returns the norm
@@ -272,10 +257,10 @@ impl<B: AutodiffBackend> Engine<B> {
             weight_decay: self.train.weight_decay,
             clip: self.train.grad_clip,
         };
-        let (model, norm, applied) = self
-            .master
-            .update(self.model.clone(), grads, &rules, device);
-        self.model = model;
+        let (norm, applied) = self.master.step(grads, &rules);
+        if applied {
+            self.model = self.master.scatter(self.model.clone(), device);
+        }
         (norm, applied)
     }
 
@@ -288,7 +273,8 @@ impl<B: AutodiffBackend> Engine<B> {
     /// Takes the parameters and optimizer state of a checkpoint.
     pub fn restore(&mut self, r: Restored, device: &B::Device) {
         assert_eq!(r.values.len(), self.numel(), "restore: parameter count");
-        self.model = self.master.restore(r, self.model.clone(), device);
+        self.master.restore(r);
+        self.model = self.master.scatter(self.model.clone(), device);
     }
 
     /// Make every rank start from rank 0's parameters (DDP's initial broadcast), whatever
@@ -301,9 +287,8 @@ impl<B: AutodiffBackend> Engine<B> {
         if collective.world_size() == 1 {
             return Ok(());
         }
-        self.model = self
-            .master
-            .broadcast(collective, self.model.clone(), device)?;
+        self.master.broadcast(collective)?;
+        self.model = self.master.scatter(self.model.clone(), device);
         Ok(())
     }
 }

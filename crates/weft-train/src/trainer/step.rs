@@ -210,7 +210,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         lr: f64,
     ) -> Result<(f64, bool), TrainError> {
         let accum = self.config.train.grad_accum;
-        let (grads, has_grad) = self.engine.grads(summed, accum, self.device);
+        let (grads, has_grad) = self.engine.grads(summed, accum);
         let grads = all_reduce_grads(
             &mut *self.collective,
             self.grad_reduce.as_deref_mut(),
