@@ -23,30 +23,14 @@ pub fn linear<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    let d_in = x.dims()[D - 1];
-    let [w_in, out] = weight.dims();
-    assert_eq!(
-        d_in, w_in,
-        "linear: input width {d_in} but weight [{w_in}, {out}]"
-    );
+    let (w_in, out) = in_out(&x, &weight);
     flops::linear(x.dims()[..D - 1].iter().product(), w_in, out);
     let Some(bias) = bias else {
         return rows_linear(x, weight, None);
     };
     match route(&x) {
-        Route::Autodiff => wrap::<AdFlex, B, D>(linear_ad(
-            prim::<AdFlex, B, D>(x),
-            prim::<AdFlex, B, 2>(weight),
-            prim::<AdFlex, B, 1>(bias),
-        )),
-        Route::Flex => {
-            let x = contiguous(prim::<Flex, B, D>(x));
-            let w = contiguous(prim::<Flex, B, 2>(weight));
-            let b = contiguous(prim::<Flex, B, 1>(bias));
-            let y = cpu::linear::forward(data(&x), data(&w), data(&b), None);
-            wrap::<Flex, B, D>(flex(y, with_last(&x, out)))
-        }
         Route::Reference => rows_linear(x, weight, Some(bias)),
+        _ => linear_fused(x, weight, bias, None, out),
     }
 }
 
@@ -58,32 +42,52 @@ pub fn linear_add<B: Backend, const D: usize>(
     bias: Tensor<B, 1>,
     residual: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    let (w_in, out) = in_out(&x, &weight);
+    let mut expected = x.dims();
+    expected[D - 1] = out;
+    assert_eq!(residual.dims(), expected, "linear: residual shape");
+    flops::linear(expected[..D - 1].iter().product(), w_in, out);
+    match route(&x) {
+        Route::Reference => rows_linear(x, weight, Some(bias)) + residual,
+        _ => linear_fused(x, weight, bias, Some(residual), out),
+    }
+}
+
+/// The weight's `(in, out)`, after checking that `in` is `x`'s width.
+fn in_out<B: Backend, const D: usize>(x: &Tensor<B, D>, weight: &Tensor<B, 2>) -> (usize, usize) {
     let d_in = x.dims()[D - 1];
     let [w_in, out] = weight.dims();
     assert_eq!(
         d_in, w_in,
         "linear: input width {d_in} but weight [{w_in}, {out}]"
     );
-    let mut expected = x.dims();
-    expected[D - 1] = out;
-    assert_eq!(residual.dims(), expected, "linear: residual shape");
-    flops::linear(expected[..D - 1].iter().product(), w_in, out);
+    (w_in, out)
+}
+
+/// The fused kernels' routes of [`linear`] and [`linear_add`] (autodiff or forward-only flex).
+fn linear_fused<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+    residual: Option<Tensor<B, D>>,
+    out: usize,
+) -> Tensor<B, D> {
     match route(&x) {
-        Route::Autodiff => wrap::<AdFlex, B, D>(linear_add_ad(
+        Route::Autodiff => wrap::<AdFlex, B, D>(linear_ad(
             prim::<AdFlex, B, D>(x),
             prim::<AdFlex, B, 2>(weight),
             prim::<AdFlex, B, 1>(bias),
-            prim::<AdFlex, B, D>(residual),
+            residual.map(prim::<AdFlex, B, D>),
         )),
         Route::Flex => {
             let x = contiguous(prim::<Flex, B, D>(x));
             let w = contiguous(prim::<Flex, B, 2>(weight));
             let b = contiguous(prim::<Flex, B, 1>(bias));
-            let r = contiguous(prim::<Flex, B, D>(residual));
-            let y = cpu::linear::forward(data(&x), data(&w), data(&b), Some(data(&r)));
+            let r = residual.map(|r| contiguous(prim::<Flex, B, D>(r)));
+            let y = cpu::linear::forward(data(&x), data(&w), data(&b), r.as_ref().map(data));
             wrap::<Flex, B, D>(flex(y, with_last(&x, out)))
         }
-        Route::Reference => rows_linear(x, weight, Some(bias)) + residual,
+        Route::Reference => unreachable!("weft-kernels: the reference route is the caller's"),
     }
 }
 
@@ -126,21 +130,6 @@ impl Backward<Flex, 3> for LinearBackward {
     }
 }
 
-fn linear_ad(
-    x: FloatTensor<AdFlex>,
-    w: FloatTensor<AdFlex>,
-    b: FloatTensor<AdFlex>,
-) -> FloatTensor<AdFlex> {
-    let xs = contiguous(x.primitive.clone());
-    let ws = contiguous(w.primitive.clone());
-    let bs = contiguous(b.primitive.clone());
-    let out = bs.layout().shape().num_elements();
-    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), None);
-    let y = flex(y, with_last(&xs, out));
-    let state = || (xs, ws, [key(&x), key(&w), key(&b)]);
-    record(LinearBackward, [&x, &w, &b], state, y)
-}
-
 #[derive(Debug)]
 struct LinearAddBackward;
 
@@ -161,21 +150,28 @@ impl Backward<Flex, 4> for LinearAddBackward {
     }
 }
 
-fn linear_add_ad(
+/// `x·w + b`, plus `r` when given (a residual), as a node of the autodiff graph.
+fn linear_ad(
     x: FloatTensor<AdFlex>,
     w: FloatTensor<AdFlex>,
     b: FloatTensor<AdFlex>,
-    r: FloatTensor<AdFlex>,
+    r: Option<FloatTensor<AdFlex>>,
 ) -> FloatTensor<AdFlex> {
     let xs = contiguous(x.primitive.clone());
     let ws = contiguous(w.primitive.clone());
     let bs = contiguous(b.primitive.clone());
-    let rs = contiguous(r.primitive.clone());
+    let rs = r.as_ref().map(|r| contiguous(r.primitive.clone()));
     let out = bs.layout().shape().num_elements();
-    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), Some(data(&rs)));
+    let y = cpu::linear::forward(data(&xs), data(&ws), data(&bs), rs.as_ref().map(data));
     let y = flex(y, with_last(&xs, out));
-    let state = || ((xs, ws, [key(&x), key(&w), key(&b)]), key(&r));
-    record(LinearAddBackward, [&x, &w, &b, &r], state, y)
+    let keys = || [key(&x), key(&w), key(&b)];
+    match &r {
+        None => record(LinearBackward, [&x, &w, &b], || (xs, ws, keys()), y),
+        Some(r) => {
+            let state = || ((xs, ws, keys()), key(r));
+            record(LinearAddBackward, [&x, &w, &b, r], state, y)
+        }
+    }
 }
 
 /// The input, weight and bias gradients of a linear layer from its output gradient, for the
