@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{ok, weft_within};
+use common::process::{ok, two_rank_train_args, weft_within};
 use common::train::sample_dir;
 use weft_checkpoint::{open_verified, Family};
 
@@ -58,14 +58,7 @@ fn shards_and_exports_load_in_python_safetensors() {
     let run = dir.path().join("run");
     let repo = sample_dir().join("../..");
     let run_s = run.display().to_string();
-    let args = [
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--run-dir",
-        &run_s,
+    let sets = [
         "--set",
         "train.max_steps=2",
         "--set",
@@ -73,6 +66,8 @@ fn shards_and_exports_load_in_python_safetensors() {
         "--set",
         "train.threads=1",
     ];
+    let args = two_rank_train_args(&run, sets.map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&weft_within(&repo, &args, Duration::from_secs(300)));
     let name = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     let ckpt_dir = run.join("checkpoints").join(name.trim());

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::process::{ok, weft_within};
+use common::process::{ok, two_rank_train_args, weft_within};
 use common::train::sample_dir;
 use weft_data::synth::{encode, write_hf_parquet, Scene, SynthFormat};
 
@@ -89,7 +89,7 @@ fn sets(data: &Path, batch: usize) -> Vec<String> {
 /// `launch --nproc-per-node 2 -- train --run-dir RUN SETS...`.
 /// A 2-rank job over `data` with per-rank batch 8 and the settings `extra` on top of [`sets`].
 fn job_args(run: &Path, data: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = launch_args(run, sets(data, 8));
+    let mut args = two_rank_train_args(run, sets(data, 8));
     for kv in extra {
         args.push("--set".into());
         args.push((*kv).into());
@@ -105,22 +105,6 @@ fn run_job(run: &Path, data: &Path, extra: &[&str]) -> (Vec<serde_json::Value>, 
     let lines = common::ckpt::metrics(run);
     let seen = lines.iter().map(|l| l["samples_seen"].as_u64()).collect();
     (lines, seen)
-}
-
-fn launch_args(run: &Path, sets: Vec<String>) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--run-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(run.display().to_string());
-    args.extend(sets);
-    args
 }
 
 #[test]
@@ -153,7 +137,7 @@ fn two_ranks_of_half_the_batch_train_what_one_process_trains() {
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
 
     let two = dir.path().join("two");
-    let args = launch_args(&two, sets(&split, half));
+    let args = two_rank_train_args(&two, sets(&split, half));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&weft_within(&repo(), &argv, Duration::from_secs(300)));
     assert!(two.join("logs/rank-0.log").exists() && two.join("logs/rank-1.log").exists());

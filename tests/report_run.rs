@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::process::{repo, train_with_sets, weft_ok, weft_within, SMALL_MODEL};
+use common::train::STEP_MEASURES;
 
 fn train(run: &Path, steps: usize) {
     let max = format!("train.max_steps={steps}");
@@ -78,23 +79,11 @@ fn a_report_of_a_resumed_run_embeds_every_plot_and_names_every_metric() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let mut expected: Vec<String> = [
-        "loss",
-        "itc",
-        "itm",
-        "mlm",
-        "lm",
-        "mim",
-        "lr",
-        "grad_norm",
-        "samples_per_s",
-        "step_time_s",
-        "data_wait_fraction",
-    ]
-    .iter()
-    .map(|k| format!("train_{k}.png"))
-    .chain(["eval_recall.png".into(), "eval_rank.png".into()])
-    .collect();
+    let mut expected: Vec<String> = STEP_MEASURES
+        .iter()
+        .map(|k| format!("train_{k}.png"))
+        .chain(["eval_recall.png".into(), "eval_rank.png".into()])
+        .collect();
     expected.sort();
     assert_eq!(names, expected);
     for name in &names {

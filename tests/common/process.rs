@@ -110,3 +110,21 @@ pub fn weft_json(ranks: Option<&str>, args: &[&str]) -> serde_json::Value {
     let out = weft_ok(&all, Duration::from_secs(300));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {all:?}: {e}: {out}"))
 }
+
+/// The arguments of a two-rank training job on this machine:
+/// `launch --nproc-per-node 2 -- train --run-dir RUN` and then `extra`.
+pub fn two_rank_train_args(run: &Path, extra: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--run-dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(run.display().to_string());
+    args.extend(extra);
+    args
+}

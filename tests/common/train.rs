@@ -119,3 +119,19 @@ pub fn one_training_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The measures of every line of `metrics.jsonl` beside its step, epoch and samples seen: the
+/// weighted loss, each objective's, and the training measures (one report plot each).
+pub const STEP_MEASURES: [&str; 11] = [
+    "loss",
+    "itc",
+    "itm",
+    "mlm",
+    "lm",
+    "mim",
+    "lr",
+    "grad_norm",
+    "samples_per_s",
+    "step_time_s",
+    "data_wait_fraction",
+];
