@@ -170,12 +170,11 @@ pub fn train_with<B: AutodiffBackend>(
         options.checkpoint_write,
         config.checkpoint.async_save,
     );
-    let table = Arc::clone(&started.table);
     let mut checkpointer = Checkpointer::new(
         saver,
         &config.checkpoint,
         total,
-        table,
+        started.table,
         started.resolved_json,
     );
     let mut trainer = Trainer {
