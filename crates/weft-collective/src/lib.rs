@@ -11,11 +11,16 @@
 //! - `nccl::Nccl` (the `cuda` feature): NCCL through cudarc, on device buffers; rank 0 makes the
 //!   unique id, the coordinator hands it to the others.
 //!
+//! - [`auth`]: the job token as a key of challenge–response proofs, for the ring and the
+//!   coordinator's join: the token never travels, and a recorded exchange cannot be replayed.
+//!
 //! The crate knows nothing of burn: the trainer flattens its gradients into `f32` buffers.
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod error;
+mod handshake;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 mod ring;

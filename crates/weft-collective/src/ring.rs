@@ -1,23 +1,16 @@
 //! [`TcpRing`]: every rank connected to the next one over TCP, and the ring algorithms.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
+use crate::handshake::{form, Ring};
 use crate::{check_gather, check_root, Collective, CollectiveError, ReduceOp};
 
-/// First bytes of a ring connection (the version is the last byte).
-const MAGIC: &[u8; 8] = b"WEFTRNG1";
-/// Magic, world size, rank, token digest.
-const HELLO_LEN: usize = 8 + 4 + 4 + 32;
-const ACCEPTED: u8 = 1;
 /// Segments of the first chunk queued ahead of the receives.
 const AHEAD: usize = 4;
-const REFUSED: u8 = 0;
 
 /// How one rank joins a [`TcpRing`].
 #[derive(Debug, Clone)]
@@ -28,8 +21,14 @@ pub struct RingConfig {
     pub world_size: usize,
     /// Where the next rank (`(rank + 1) % world_size`) listens.
     pub next: SocketAddr,
-    /// The job token: a peer with another token is refused.
+    /// The job token: a peer that cannot prove it holds it is refused (it never travels).
     pub token: String,
+    /// The address this rank's connection to the next one leaves from (the rank table's);
+    /// `None`: the one the system picks.
+    pub local_ip: Option<IpAddr>,
+    /// The address the previous rank's connection must come from (the rank table's); `None`:
+    /// any.
+    pub prev_ip: Option<IpAddr>,
     /// The bound of every wait: forming the ring, and each read or write of an operation.
     pub timeout: Duration,
     /// Bytes per pipelined segment of a transfer.
@@ -44,6 +43,8 @@ impl RingConfig {
             world_size,
             next,
             token: token.into(),
+            local_ip: None,
+            prev_ip: None,
             timeout: Duration::from_secs(60),
             segment_bytes: 512 << 10,
         }
@@ -52,6 +53,14 @@ impl RingConfig {
     /// Sets [`Self::timeout`].
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`Self::local_ip`] and [`Self::prev_ip`], the rank table's addresses of this rank
+    /// and of the previous one.
+    pub fn with_addresses(mut self, local: IpAddr, prev: IpAddr) -> Self {
+        self.local_ip = Some(local);
+        self.prev_ip = Some(prev);
         self
     }
 
@@ -102,16 +111,20 @@ struct Recv {
 
 impl TcpRing {
     /// Joins the ring: connects to the next rank at `config.next` and accepts the previous
-    /// rank on `listener` (where the previous rank's `next` points). Both sides check the
-    /// magic, the world size, the rank and the job token; a connection that fails the check is
-    /// refused and the wait goes on. Every rank calls this at about the same time; it fails
-    /// after `config.timeout`.
+    /// rank on `listener` (where the previous rank's `next` points), at the same time. Each
+    /// side proves to the other that it holds the job token, over fresh nonces of both
+    /// (`handshake`); the accepting side also checks the world size, the rank and the address
+    /// of the rank table. A connection that fails the checks is refused and the wait goes on; a
+    /// silent one never delays it. Every rank calls this at about the same time; it fails after
+    /// `config.timeout`.
     pub fn connect(config: RingConfig, listener: &TcpListener) -> Result<Self, CollectiveError> {
         let RingConfig {
             rank,
             world_size: world,
             next,
-            ref token,
+            token,
+            local_ip,
+            prev_ip,
             timeout,
             segment_bytes,
         } = config;
@@ -121,68 +134,14 @@ impl TcpRing {
                 "a ring needs at least 2 ranks and a rank below them (rank {rank} of {world})"
             )));
         }
-        let deadline = Instant::now() + timeout;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let (next_rank, prev_rank) = ((rank + 1) % world, (rank + world - 1) % world);
-
-        let mut out = connect_until(next, deadline)
-            .map_err(|e| setup(format!("rank {next_rank} at {next} is unreachable: {e}")))?;
-        let mut hello = Vec::with_capacity(HELLO_LEN);
-        hello.extend_from_slice(MAGIC);
-        hello.extend_from_slice(&(world as u32).to_le_bytes());
-        hello.extend_from_slice(&(rank as u32).to_le_bytes());
-        hello.extend_from_slice(&digest);
-        out.write_all(&hello)
-            .map_err(|e| setup(format!("cannot greet rank {next_rank} at {next}: {e}")))?;
-
-        let mut refused = Vec::new();
-        let inc = loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Err(setup(format!(
-                    "rank {prev_rank} did not connect within {timeout:?}{}",
-                    if refused.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; refused: {}", refused.join("; "))
-                    }
-                )));
-            };
-            let (mut s, addr) = match accept_within(listener, left) {
-                Ok(Some(c)) => c,
-                Ok(None) => continue,
-                Err(e) => return Err(setup(format!("accepting rank {prev_rank}: {e}"))),
-            };
-            let mut theirs = [0u8; HELLO_LEN];
-            let checked = s
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .and_then(|()| s.read_exact(&mut theirs))
-                .map_err(|e| format!("{addr}: no greeting ({e})"))
-                .and_then(|()| check_hello(&theirs, world, prev_rank, &digest, addr));
-            match checked {
-                Ok(()) => {
-                    s.write_all(&[ACCEPTED])
-                        .map_err(|e| setup(format!("answering rank {prev_rank}: {e}")))?;
-                    break s;
-                }
-                Err(reason) => {
-                    let _ = s.write_all(&[REFUSED]);
-                    refused.push(reason);
-                }
-            }
+        let ring = Ring {
+            rank,
+            world,
+            token,
+            local_ip,
+            prev_ip,
         };
-
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .unwrap_or(Duration::from_millis(1));
-        let mut answer = [0u8; 1];
-        out.set_read_timeout(Some(left))
-            .and_then(|()| out.read_exact(&mut answer))
-            .map_err(|e| setup(format!("rank {next_rank} at {next} did not answer: {e}")))?;
-        if answer[0] != ACCEPTED {
-            return Err(setup(format!(
-                "rank {next_rank} at {next} refused the connection (another job token or ring)"
-            )));
-        }
+        let (out, inc) = form(&ring, next, listener, Instant::now() + timeout).map_err(setup)?;
         for s in [&out, &inc] {
             s.set_nodelay(true)
                 .and_then(|()| s.set_read_timeout(Some(timeout)))
@@ -446,70 +405,4 @@ impl Collective for TcpRing {
         let mut token = vec![0.0f32; self.world];
         self.all_reduce(&mut token, ReduceOp::Sum)
     }
-}
-
-/// Connects to `addr`, retrying while nobody listens there yet, until `deadline`.
-fn connect_until(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
-    loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?;
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
-            Ok(s) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::thread::sleep(Duration::from_millis(20).min(left));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Accepts one connection on `listener` within about `left` (None: none came yet).
-fn accept_within(
-    listener: &TcpListener,
-    left: Duration,
-) -> std::io::Result<Option<(TcpStream, SocketAddr)>> {
-    listener.set_nonblocking(true)?;
-    let until = Instant::now() + left.min(Duration::from_millis(200));
-    loop {
-        match listener.accept() {
-            Ok((s, addr)) => {
-                listener.set_nonblocking(false)?;
-                s.set_nonblocking(false)?;
-                return Ok(Some((s, addr)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= until {
-                    return Ok(None);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Checks a greeting from `addr`, which should be rank `prev` of `world` with our token.
-fn check_hello(
-    hello: &[u8; HELLO_LEN],
-    world: usize,
-    prev: usize,
-    digest: &[u8; 32],
-    addr: SocketAddr,
-) -> Result<(), String> {
-    if &hello[..8] != MAGIC {
-        return Err(format!("{addr}: not a weft ring connection"));
-    }
-    let word =
-        |at: usize| u32::from_le_bytes([hello[at], hello[at + 1], hello[at + 2], hello[at + 3]]);
-    let (their_world, their_rank) = (word(8) as usize, word(12) as usize);
-    if their_world != world || their_rank != prev {
-        return Err(format!(
-            "{addr}: rank {their_rank} of {their_world}, expected rank {prev} of {world}"
-        ));
-    }
-    if &hello[16..] != digest {
-        return Err(format!("{addr}: rank {their_rank} has another job token"));
-    }
-    Ok(())
 }

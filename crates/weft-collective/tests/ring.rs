@@ -1,6 +1,7 @@
 //! weft-collective's TCP ring on 127.0.0.1, one thread per rank: every operation against its
 //! definition on awkward sizes (fewer elements than ranks, segments much smaller than chunks),
-//! identical results on every rank, a refused job token, and a dead or silent peer.
+//! identical results on every rank, a refused job token, strangers (silent, guessing or from
+//! another address) that neither join nor delay the ring, and a dead or silent peer.
 
 use std::net::TcpListener;
 use std::thread;
@@ -192,6 +193,98 @@ fn a_rank_with_another_token_is_refused() {
             .any(|r| r.contains("refused") || r.contains("token")),
         "{results:?}"
     );
+}
+
+#[test]
+fn a_silent_connection_and_a_stranger_neither_delay_nor_join_the_ring() {
+    use std::io::{Read, Write};
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    // Before the ranks start: one connection that says nothing, and one that greets as rank 0
+    // with a nonce and then cannot prove the token.
+    let _silent = std::net::TcpStream::connect(addrs[1]).unwrap();
+    let mut stranger = std::net::TcpStream::connect(addrs[1]).unwrap();
+    let mut hello = b"WEFTRNG2".to_vec();
+    hello.extend_from_slice(&2u32.to_le_bytes());
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    hello.extend_from_slice(&[7u8; 32]);
+    stranger.write_all(&hello).unwrap();
+    let start = Instant::now();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let config = RingConfig::new(rank, 2, addrs[(rank + 1) % 2], "job-1")
+                .with_timeout(Duration::from_secs(30));
+            thread::spawn(move || {
+                let mut ring = TcpRing::connect(config, &listener).unwrap();
+                let mut v = vec![rank as f32 + 1.0; 3];
+                ring.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                v
+            })
+        })
+        .collect();
+    // The stranger's answer: go on, a nonce and the acceptor's proof; its own proof is wrong.
+    let mut answer = [0u8; 65];
+    stranger.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 1);
+    stranger.write_all(&[0u8; 32]).unwrap();
+    let mut verdict = [9u8; 1];
+    stranger.read_exact(&mut verdict).unwrap();
+    assert_eq!(verdict[0], 0, "the stranger was refused");
+    for h in handles {
+        assert_eq!(h.join().unwrap(), vec![3.0; 3]);
+    }
+    // Formed long before the silent connection's bound (5 s), let alone the timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_connection_from_another_address_than_the_rank_tables_is_refused() {
+    // Rank 0 connects from 127.0.0.1; rank 1's rank table says rank 0 is at 127.0.0.2.
+    let results = on_ring_with(2, |rank, config| {
+        let here = "127.0.0.1".parse().unwrap();
+        if rank == 1 {
+            config.with_addresses(here, "127.0.0.2".parse().unwrap())
+        } else {
+            config.with_addresses(here, here)
+        }
+    });
+    let rank1 = results[1].as_ref().unwrap_err();
+    assert!(rank1.contains("whose address is 127.0.0.2"), "{rank1}");
+}
+
+/// Forms a ring of `world` ranks with `configure` applied to each rank's config (token
+/// "job-1", 2 s timeout); each rank's error as a string.
+fn on_ring_with(
+    world: usize,
+    configure: impl Fn(usize, RingConfig) -> RingConfig,
+) -> Vec<Result<(), String>> {
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let config = RingConfig::new(rank, world, addrs[(rank + 1) % world], "job-1")
+                .with_timeout(Duration::from_secs(2));
+            let config = configure(rank, config);
+            thread::spawn(move || {
+                TcpRing::connect(config, &listener)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 #[test]
