@@ -194,5 +194,6 @@ pub fn write_hf_with_paths(path: &Path, rows: &[weft_data::synth::HfRow]) {
     weft_data::synth::write_hf_parquet_with_paths(path, rows, 1000).unwrap();
 }
 pub mod ckpt;
+pub mod dist;
 pub mod process;
 pub mod train;

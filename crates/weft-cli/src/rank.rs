@@ -1,7 +1,7 @@
 //! What every rank of a job does before its command runs: size its thread pool, join the
 //! job; and the default run directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use weft_config::Config;
@@ -53,16 +53,19 @@ pub(crate) fn rank_threads(
 }
 
 /// Join the job of `env` (rendezvous with the coordinator): the ring, planner and committer
-/// of this rank. A job aborted by the coordinator (a peer died) ends this process.
+/// of this rank. The job token is `WEFT_JOB_TOKEN`, or the one rank 0 leaves in `run_dir`,
+/// which every rank shares. A job aborted by the coordinator (a peer died) ends this process.
 pub(crate) fn join_job(
     env: &LaunchEnv,
     config: &Config,
+    run_dir: &Path,
     nccl_id: Option<String>,
 ) -> anyhow::Result<(Job, JobOptions)> {
     let d = &config.dist;
     let rank = env.rank;
+    let wait = Duration::from_secs_f64(d.rendezvous_timeout_s);
     let job_options = JobOptions {
-        token: job_token(env),
+        token: job_token(env, Some(run_dir), wait)?,
         heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
         heartbeat_interval: Duration::from_secs_f64(d.heartbeat_interval_s),
         rendezvous_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),

@@ -8,6 +8,8 @@
 //! - [`plan`]: the job's data plan as the coordinator hosts it: every rank's share of each
 //!   epoch and the job's data cursor.
 //! - [`meter`]: the job's global metrics (samples/s over all ranks).
+//! - [`token`]: the job token every rank proves it holds: `WEFT_JOB_TOKEN`, or a random one in
+//!   the run directory, never one derived from the job id or the address.
 //! - [`worker`]: a worker's way into its job: host the coordinator when it must, join, and
 //!   form the TCP ring ([`worker::Job`]); [`worker::spawn_coordinator`] for launchers.
 
@@ -18,11 +20,12 @@ pub mod hostlist;
 pub mod meter;
 pub mod plan;
 pub mod rendezvous;
+pub mod token;
 pub mod worker;
 
 pub use env::{weft_vars, EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
+pub use token::{job_token, TOKEN_FILE};
 pub use worker::{
-    job_token, spawn_coordinator, HostedCoordinator, Job, JobCommitter, JobError, JobOptions,
-    JobPlanner,
+    spawn_coordinator, HostedCoordinator, Job, JobCommitter, JobError, JobOptions, JobPlanner,
 };

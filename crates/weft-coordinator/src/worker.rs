@@ -41,6 +41,22 @@ pub enum JobError {
     /// The ring could not be formed.
     #[error(transparent)]
     Collective(#[from] weft_collective::CollectiveError),
+    /// The rank has no job token ([`crate::token`]).
+    #[error("rank {rank}: job token: {reason}")]
+    Token {
+        /// This rank.
+        rank: usize,
+        /// What is missing or wrong, and how to give one.
+        reason: String,
+    },
+    /// This process cannot host the coordinator where the job looks for it.
+    #[error("cannot host the coordinator at {addr}: {reason}")]
+    Host {
+        /// The address the job looks for the coordinator at.
+        addr: String,
+        /// Why, and what to set.
+        reason: String,
+    },
 }
 
 /// Bounds of a job's waits.
@@ -58,22 +74,6 @@ pub struct JobOptions {
     pub collective_timeout: Duration,
     /// Rank 0 of a GPU job: the NCCL unique id (hex) to hand to every rank.
     pub nccl_id: Option<String>,
-}
-
-/// The job token: `WEFT_JOB_TOKEN`, set by `weft launch`; otherwise one derived from the
-/// scheduler's job id or the coordinator address, which every rank of the job computes alike
-/// (it keeps other jobs out, not attackers: set `WEFT_JOB_TOKEN` for that).
-pub fn job_token(env: &LaunchEnv) -> String {
-    if let Ok(t) = std::env::var("WEFT_JOB_TOKEN") {
-        if !t.is_empty() {
-            return t;
-        }
-    }
-    match (&env.job_id, &env.coordinator) {
-        (Some(id), _) => format!("slurm-job-{id}"),
-        (None, Some(c)) => format!("job-at-{c}"),
-        (None, None) => "single".into(),
-    }
 }
 
 /// A coordinator running on a thread of this process.
@@ -160,20 +160,14 @@ impl Job {
         })?;
         let target = resolve(&coordinator)?;
         let hosted = if env.host_coordinator {
-            let bind = if target.ip().is_loopback() {
-                target.to_string()
-            } else {
-                format!("0.0.0.0:{}", target.port())
+            let bind = host_address(&env, &coordinator, target)?;
+            let config = CoordinatorConfig {
+                world_size: world,
+                token: options.token.clone(),
+                heartbeat_timeout: options.heartbeat_timeout,
+                join_timeout: options.rendezvous_timeout,
             };
-            Some(spawn_coordinator(
-                &bind,
-                CoordinatorConfig {
-                    world_size: world,
-                    token: options.token.clone(),
-                    heartbeat_timeout: options.heartbeat_timeout,
-                    join_timeout: options.rendezvous_timeout,
-                },
-            )?)
+            Some(spawn_coordinator(&bind, config).map_err(|e| not_hosted(&coordinator, &bind, e))?)
         } else {
             None
         };
@@ -209,12 +203,17 @@ impl Job {
             options.heartbeat_interval,
             on_abort,
         )?;
-        let next = &session.peers[(rank + 1) % world];
-        let next_addr: SocketAddr = next.ring_addr.parse().map_err(|_| JobError::Address {
-            addr: next.ring_addr.clone(),
-            reason: format!("rank {}'s ring address is not ip:port", next.rank),
-        })?;
+        let ring_addr = |r: usize| -> Result<SocketAddr, JobError> {
+            let peer = &session.peers[r];
+            peer.ring_addr.parse().map_err(|_| JobError::Address {
+                addr: peer.ring_addr.clone(),
+                reason: format!("rank {}'s ring address is not ip:port", peer.rank),
+            })
+        };
+        let next_addr = ring_addr((rank + 1) % world)?;
+        let prev_addr = ring_addr((rank + world - 1) % world)?;
         let config = RingConfig::new(rank, world, next_addr, options.token.clone())
+            .with_addresses(ip, prev_addr.ip())
             .with_timeout(options.collective_timeout);
         let ring = TcpRing::connect(config, &listener)?;
         tracing::debug!("rank {rank}: ring formed");
@@ -410,6 +409,50 @@ impl Planner for JobPlanner<'_> {
                 "answered a cursor request with {other:?}"
             ))),
         }
+    }
+}
+
+/// Where the hosted coordinator listens: `WEFT_COORDINATOR_BIND` when set, else the address
+/// the job looks for it at (`coordinator`, resolved to `target`), never every interface. A
+/// loopback address in a job of several hosts is an error: the other hosts cannot reach it.
+fn host_address(
+    env: &LaunchEnv,
+    coordinator: &str,
+    target: SocketAddr,
+) -> Result<String, JobError> {
+    if let Some(bind) = std::env::var("WEFT_COORDINATOR_BIND")
+        .ok()
+        .filter(|b| !b.is_empty())
+    {
+        return Ok(bind);
+    }
+    if target.ip().is_loopback() && env.nodes.len() > 1 {
+        return Err(JobError::Host {
+            addr: coordinator.to_string(),
+            reason: format!(
+                "it resolves to {target} here, a loopback address the job's other {} hosts \
+                 cannot reach: set WEFT_COORDINATOR_BIND=ip:port to an address of this host \
+                 that they reach",
+                env.nodes.len() - 1
+            ),
+        });
+    }
+    Ok(target.to_string())
+}
+
+/// The error of a coordinator that could not listen on `bind`, the address of `coordinator`.
+fn not_hosted(coordinator: &str, bind: &str, e: RendezvousError) -> JobError {
+    match e {
+        RendezvousError::Io(io) if io.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            JobError::Host {
+                addr: coordinator.to_string(),
+                reason: format!(
+                    "{bind} is not an address of this host ({io}): start rank 0 on the host it \
+                     names, or set WEFT_COORDINATOR_BIND=ip:port"
+                ),
+            }
+        }
+        e => e.into(),
     }
 }
 

@@ -14,9 +14,10 @@ pub struct CoordinatorArgs {
     /// Ranks in the job.
     #[arg(long)]
     world_size: usize,
-    /// Where to listen (`host:port`; port 0 picks a free one). The address is printed on
-    /// stdout.
-    #[arg(long, default_value = "0.0.0.0:29500", value_name = "HOST:PORT")]
+    /// Where to listen (`host:port`; port 0 picks a free one): for a job of several hosts, the
+    /// address of this host that they reach (never every interface by default). The address is
+    /// printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:29500", value_name = "HOST:PORT")]
     bind: String,
 }
 
@@ -33,16 +34,6 @@ pub(crate) fn coordinator_config(
         heartbeat_timeout: Duration::from_secs_f64(d.heartbeat_timeout_s),
         join_timeout: Duration::from_secs_f64(d.rendezvous_timeout_s),
     }
-}
-
-/// A fresh random job token.
-pub(crate) fn new_token() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the job token")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `weft coordinator`.

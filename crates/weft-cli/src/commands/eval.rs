@@ -186,7 +186,7 @@ pub fn run(args: EvalArgs, config_file: Option<PathBuf>, sets: &[String]) -> any
         },
     };
     let mut job = if env.world_size > 1 {
-        let (job, options) = crate::rank::join_job(&env, &config, None)?;
+        let (job, options) = crate::rank::join_job(&env, &config, &dir, None)?;
         tracing::info!(
             "rank {} of {} joined the evaluation",
             env.rank,

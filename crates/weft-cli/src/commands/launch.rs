@@ -21,7 +21,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use weft_config::Config;
 use weft_coordinator::{spawn_coordinator, weft_vars, LaunchEnv};
 
-use super::coordinator::{coordinator_config, new_token};
+use super::coordinator::coordinator_config;
 use super::train::EXIT_INTERRUPTED;
 
 /// How long workers get between SIGTERM and SIGKILL when the job is stopped.
@@ -93,16 +93,15 @@ pub fn run(args: LaunchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         None if args.nnodes > 1 => {
             bail!("with several nodes set WEFT_JOB_TOKEN to one secret shared by every node's launcher")
         }
-        None => new_token()?,
+        None => weft_collective::auth::new_token(),
     };
     let hosted = if args.node_rank == 0 {
-        // Every node must reach it; alone, loopback is enough.
-        let bind = match &args.coordinator {
-            Some(c) if args.nnodes > 1 => {
-                format!("0.0.0.0:{}", c.rsplit(':').next().unwrap_or("0"))
-            }
-            Some(c) => c.clone(),
-            None => "127.0.0.1:0".into(),
+        // Every node must reach it at the address they are given (WEFT_COORDINATOR_BIND
+        // names another, never every interface by default); alone, loopback is enough.
+        let bind = match (&args.coordinator, std::env::var("WEFT_COORDINATOR_BIND")) {
+            (_, Ok(bind)) if !bind.is_empty() => bind,
+            (Some(c), _) => c.clone(),
+            (None, _) => "127.0.0.1:0".into(),
         };
         Some(spawn_coordinator(
             &bind,

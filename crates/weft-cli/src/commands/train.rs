@@ -241,7 +241,7 @@ impl OnBackend for TrainRun<'_> {
             (Some(g), 0) => Some((g.nccl_id)()?),
             _ => None,
         };
-        let (mut job, job_options) = join_job(env, config, nccl_id)?;
+        let (mut job, job_options) = join_job(env, config, self.run_dir, nccl_id)?;
         tracing::info!(
             "rank {rank} of {} joined (coordinator {}, threads {})",
             env.world_size,

@@ -8,7 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::RendezvousError;
-use super::protocol::{encode, kind, read_sync, Message, Peer, MAX_JOB_MESSAGE};
+use weft_collective::auth::{hex, nonce as new_nonce};
+
+use super::protocol::{
+    coordinator_verifies, encode, join_proof, kind, read_sync, Message, Peer, MAX_JOB_MESSAGE,
+    MAX_MESSAGE,
+};
 
 /// A worker's session with the coordinator: the rank table, a heartbeat thread, a thread
 /// that watches for aborts and takes the answers to [`Session::request`].
@@ -50,39 +55,33 @@ impl Session {
             reason,
         };
         let deadline = Instant::now() + timeout;
-        let mut stream = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("coordinator at {addr} not up yet: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
+        // A coordinator that closes a connection before its challenge is busy (too many
+        // connections at once): connect again until the deadline.
+        let (stream, peers) = loop {
+            let mut stream = connect_until(addr, deadline)
+                .map_err(|e| err(format!("unreachable for {timeout:?}: {e}")))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| err(e.to_string()))?;
+            match handshake(&mut stream, token, world_size, peer.clone()) {
+                Ok(peers) => break (stream, peers),
+                Err(Handshake::Closed(why)) if Instant::now() < deadline => {
+                    tracing::debug!("coordinator at {addr} closed before its challenge: {why}");
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(err(format!("unreachable for {timeout:?}: {e}"))),
+                Err(Handshake::Closed(why)) => {
+                    return Err(err(format!("no challenge within {timeout:?}: {why}")))
+                }
+                Err(Handshake::Refused(reason)) => {
+                    return Err(RendezvousError::Refused {
+                        addr: addr.to_string(),
+                        rank,
+                        reason,
+                    })
+                }
+                Err(Handshake::Failed(reason)) => return Err(err(reason)),
             }
-        };
-        stream
-            .write_all(&encode(&Message::Join {
-                token: token.to_string(),
-                world_size,
-                peer,
-            }))
-            .map_err(|e| err(format!("cannot send the join: {e}")))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(|e| err(e.to_string()))?;
-        let peers = match read_sync(&mut stream, MAX_JOB_MESSAGE) {
-            Ok(Message::Welcome { peers }) => peers,
-            Ok(Message::Refused { reason }) => {
-                return Err(RendezvousError::Refused {
-                    addr: addr.to_string(),
-                    rank,
-                    reason,
-                })
-            }
-            Ok(Message::Abort { reason, .. }) => return Err(err(format!("aborted: {reason}"))),
-            Ok(other) => return Err(err(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(err(format!("no welcome within {timeout:?}: {e}"))),
         };
         stream
             .set_read_timeout(None)
@@ -230,6 +229,74 @@ impl Session {
             for t in threads.drain(..) {
                 let _ = t.join();
             }
+        }
+    }
+}
+
+/// Why a join failed: the connection closed before the challenge, the coordinator refused,
+/// or anything else.
+enum Handshake {
+    Closed(String),
+    Refused(String),
+    Failed(String),
+}
+
+/// Connects to `addr`, retrying while nobody listens there yet, until `deadline`.
+fn connect_until(addr: &str, deadline: Instant) -> std::io::Result<TcpStream> {
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("coordinator at {addr} not up yet: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The worker's side of the join on `stream` (read timeout set): answers the coordinator's
+/// challenge with its proof of `token`, checks the coordinator's proof, and waits for the
+/// rank table.
+fn handshake(
+    stream: &mut TcpStream,
+    token: &str,
+    world_size: usize,
+    peer: Peer,
+) -> Result<Vec<Peer>, Handshake> {
+    use Handshake::{Closed, Failed, Refused};
+    let challenge = match read_sync(stream, MAX_MESSAGE) {
+        Ok(Message::Challenge { nonce }) => nonce,
+        Ok(other) => return Err(Failed(format!("sent a {} for a challenge", kind(&other)))),
+        Err(e) => return Err(Closed(e)),
+    };
+    let nonce = hex(&new_nonce());
+    let proof = join_proof(token, &challenge, &nonce, world_size, &peer);
+    stream
+        .write_all(&encode(&Message::Join {
+            world_size,
+            peer,
+            nonce: nonce.clone(),
+            proof,
+        }))
+        .map_err(|e| Failed(format!("cannot send the join: {e}")))?;
+    // Then the coordinator's proof, and the rank table once every rank has joined.
+    let mut proven = false;
+    loop {
+        match read_sync(stream, MAX_JOB_MESSAGE) {
+            Ok(Message::Accepted { proof }) if !proven => {
+                if !coordinator_verifies(token, &challenge, &nonce, &proof) {
+                    return Err(Failed(
+                        "cannot prove the job token: it is not this job's coordinator".into(),
+                    ));
+                }
+                proven = true;
+            }
+            Ok(Message::Welcome { peers }) if proven => return Ok(peers),
+            Ok(Message::Refused { reason }) => return Err(Refused(reason)),
+            Ok(Message::Abort { reason, .. }) => return Err(Failed(format!("aborted: {reason}"))),
+            Ok(other) => return Err(Failed(format!("unexpected answer: a {}", kind(&other)))),
+            Err(e) => return Err(Failed(format!("no welcome in time: {e}"))),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! The wire protocol between the coordinator and its workers: every message is a JSON
 //! [`Message`] after its length (4 bytes, little-endian), at most [`MAX_MESSAGE`] bytes before
-//! a worker has joined and [`MAX_JOB_MESSAGE`] after.
+//! a worker has joined, [`MAX_RANK_MESSAGE`] from a joined rank and [`MAX_JOB_MESSAGE`] from
+//! rank 0 (its dataset) and from the coordinator.
+//!
+//! A join is a challenge–response over the job token, which never travels: the coordinator
+//! sends a [`Message::Challenge`] with its nonce, the worker a [`Message::Join`] with its own
+//! nonce and its proof over both nonces and its join (world size, rank table entry), and the
+//! coordinator answers [`Message::Accepted`] with its own proof over both nonces, then
+//! [`Message::Welcome`] once every rank has joined.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,13 +15,22 @@ use std::net::TcpStream;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use weft_checkpoint::{ShardReport, TrainerState};
+use weft_collective::auth::{hex, prove, unhex, verify};
 use weft_data::{DataCursor, PlanOptions, Progress, Share, Units};
 
 /// The largest message accepted before a worker has joined, in bytes.
 pub const MAX_MESSAGE: usize = 64 << 10;
 
-/// The largest message accepted from a joined worker (a dataset's units, a share), in bytes.
+/// The largest message accepted from a joined rank other than 0 (progress, requests, its
+/// checkpoint report), in bytes.
+pub const MAX_RANK_MESSAGE: usize = 16 << 20;
+
+/// The largest message accepted from rank 0 (a dataset's units) and from the coordinator (a
+/// share), in bytes.
 pub const MAX_JOB_MESSAGE: usize = 256 << 20;
+
+const JOIN: &str = "weft join";
+const COORDINATOR: &str = "weft coordinator";
 
 /// A rank as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,14 +52,27 @@ pub struct Peer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
+    /// The coordinator's first message on a connection: prove you hold the job token.
+    Challenge {
+        /// The coordinator's fresh nonce (hex).
+        nonce: String,
+    },
     /// A worker asks to join.
     Join {
-        /// The job token.
-        token: String,
         /// The world size the worker expects.
         world_size: usize,
         /// Its description.
         peer: Peer,
+        /// The worker's fresh nonce (hex).
+        nonce: String,
+        /// Its proof of the token over both nonces and this join ([`join_proof`]).
+        proof: String,
+    },
+    /// The join's proof verified; the coordinator proves the token in turn
+    /// ([`coordinator_proof`]). [`Message::Welcome`] follows once every rank has joined.
+    Accepted {
+        /// The coordinator's proof (hex).
+        proof: String,
     },
     /// Everyone has joined: the rank table, by rank.
     Welcome {
@@ -136,6 +165,66 @@ pub enum Message {
     },
 }
 
+/// The parts a join's proof covers: the coordinator's nonce, the worker's, and what it asks.
+fn join_parts(challenge: &str, nonce: &str, world_size: usize, peer: &Peer) -> Vec<Vec<u8>> {
+    let asked = serde_json::to_vec(&(world_size, peer)).expect("a peer serialises");
+    vec![
+        challenge.as_bytes().to_vec(),
+        nonce.as_bytes().to_vec(),
+        asked,
+    ]
+}
+
+/// A worker's proof of `token` for its join of `world_size` as `peer`, answering the
+/// coordinator's `challenge` with its own `nonce` (both hex).
+pub fn join_proof(
+    token: &str,
+    challenge: &str,
+    nonce: &str,
+    world_size: usize,
+    peer: &Peer,
+) -> String {
+    let parts = join_parts(challenge, nonce, world_size, peer);
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    hex(&prove(token, JOIN, &parts))
+}
+
+/// Whether `proof` is [`join_proof`] of `token` (compared in constant time).
+pub fn join_verifies(
+    token: &str,
+    challenge: &str,
+    nonce: &str,
+    world_size: usize,
+    peer: &Peer,
+    proof: &str,
+) -> bool {
+    let parts = join_parts(challenge, nonce, world_size, peer);
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    unhex(proof).is_some_and(|p| verify(token, JOIN, &parts, &p))
+}
+
+/// The coordinator's proof of `token` to a worker whose join answered `challenge` with
+/// `nonce`.
+pub fn coordinator_proof(token: &str, challenge: &str, nonce: &str) -> String {
+    hex(&prove(
+        token,
+        COORDINATOR,
+        &[nonce.as_bytes(), challenge.as_bytes()],
+    ))
+}
+
+/// Whether `proof` is [`coordinator_proof`] of `token` (compared in constant time).
+pub fn coordinator_verifies(token: &str, challenge: &str, nonce: &str, proof: &str) -> bool {
+    unhex(proof).is_some_and(|p| {
+        verify(
+            token,
+            COORDINATOR,
+            &[nonce.as_bytes(), challenge.as_bytes()],
+            &p,
+        )
+    })
+}
+
 /// `m` framed: its length, then its JSON.
 pub(crate) fn encode(m: &Message) -> Vec<u8> {
     let body = serde_json::to_vec(m).expect("messages serialise");
@@ -194,7 +283,9 @@ pub(crate) fn read_sync(s: &mut TcpStream, limit: usize) -> Result<Message, Stri
 /// A message's type, without its (possibly large) contents.
 pub(crate) fn kind(m: &Message) -> &'static str {
     match m {
+        Message::Challenge { .. } => "challenge",
         Message::Join { .. } => "join",
+        Message::Accepted { .. } => "acceptance",
         Message::Welcome { .. } => "welcome",
         Message::Refused { .. } => "refusal",
         Message::Heartbeat { .. } => "heartbeat",

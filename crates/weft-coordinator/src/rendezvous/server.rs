@@ -3,6 +3,7 @@
 //! reported its shards.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,12 @@ use weft_checkpoint::{ShardReport, TrainerState};
 use weft_data::{DataCursor, PlanOptions};
 
 use super::error::RendezvousError;
-use super::protocol::{encode, kind, read_async, Message, Peer, MAX_JOB_MESSAGE, MAX_MESSAGE};
+use weft_collective::auth::{hex, nonce as new_nonce};
+
+use super::protocol::{
+    coordinator_proof, encode, join_verifies, kind, read_async, Message, Peer, MAX_JOB_MESSAGE,
+    MAX_MESSAGE, MAX_RANK_MESSAGE,
+};
 use crate::meter::{JobReport, Meter};
 use crate::plan::JobData;
 
@@ -27,6 +33,35 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// Every rank must have joined within this.
     pub join_timeout: Duration,
+}
+
+/// The bound of a connection's first message (its join).
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections that have not joined (yet) at once; more are closed at once.
+const MAX_UNJOINED: usize = 64;
+/// The wait after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection counted among those that have not joined, until it is dropped.
+struct Unjoined(Arc<AtomicUsize>);
+
+impl Unjoined {
+    /// Counts a new connection in, unless every rank has joined already or
+    /// [`MAX_UNJOINED`] connections are waiting.
+    fn enter(count: &Arc<AtomicUsize>, state: &Mutex<State>) -> Option<Self> {
+        if state.lock().expect("coordinator state").welcomed {
+            return None;
+        }
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        let guard = Self(Arc::clone(count));
+        (before < MAX_UNJOINED).then_some(guard)
+    }
+}
+
+impl Drop for Unjoined {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the coordinator knows of the ranks.
@@ -94,13 +129,35 @@ pub async fn serve(
     let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
     // A connection that ends, or a rank at fault, wakes the check at once.
     let wake = Arc::new(tokio::sync::Notify::new());
+    let unjoined = Arc::new(AtomicUsize::new(0));
+    let mut accept_failing = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, addr) = accepted?;
+                let (stream, addr) = match accepted {
+                    Ok(c) => {
+                        accept_failing = false;
+                        c
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, or a connection reset before it was taken:
+                        // the job's ranks are already connected, so wait and go on (said once
+                        // a burst: a flood must not fill the log).
+                        if !accept_failing {
+                            tracing::warn!("coordinator: accept failed ({e}); retrying");
+                        }
+                        accept_failing = true;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Some(guard) = Unjoined::enter(&unjoined, &state) else {
+                    tracing::debug!("coordinator: closed a connection from {addr} at once");
+                    continue;
+                };
                 let (state, config, wake) = (state.clone(), config.clone(), wake.clone());
                 tokio::spawn(async move {
-                    let result = connection(stream, &state, &config).await;
+                    let result = connection(stream, &state, &config, guard).await;
                     wake.notify_one();
                     if let Err(reason) = result {
                         tracing::warn!("coordinator: connection from {addr}: {reason}");
@@ -233,21 +290,48 @@ async fn connection(
     stream: tokio::net::TcpStream,
     state: &Mutex<State>,
     config: &CoordinatorConfig,
+    unjoined: Unjoined,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
-    let first = tokio::time::timeout(config.join_timeout, read_async(&mut rd, MAX_MESSAGE))
-        .await
-        .map_err(|_| "no join message in time".to_string())??;
+    let challenge = hex(&new_nonce());
+    let hello = encode(&Message::Challenge {
+        nonce: challenge.clone(),
+    });
+    let bound = config.join_timeout.min(FIRST_MESSAGE_TIMEOUT);
+    let first = tokio::time::timeout(bound, async {
+        wr.write_all(&hello).await.map_err(|e| e.to_string())?;
+        read_async(&mut rd, MAX_MESSAGE).await
+    })
+    .await
+    .map_err(|_| format!("no join within {bound:?}"))
+    .and_then(|read| read);
+    let first = match first {
+        Ok(m) => m,
+        // A connection that closes or stays silent before its join is no rank's: not worth a
+        // warning each (a flood of them must not fill the log).
+        Err(why) => {
+            tracing::debug!("coordinator: a connection ended before its join: {why}");
+            return Ok(());
+        }
+    };
     let Message::Join {
-        token,
         world_size,
         peer,
+        nonce,
+        proof,
     } = first
     else {
         return refuse(&mut wr, "the first message must be a join".into()).await;
     };
-    if token != config.token {
-        return refuse(&mut wr, format!("rank {}: wrong job token", peer.rank)).await;
+    if !join_verifies(&config.token, &challenge, &nonce, world_size, &peer, &proof) {
+        return refuse(
+            &mut wr,
+            format!(
+                "rank {}: wrong job token (its proof does not verify)",
+                peer.rank
+            ),
+        )
+        .await;
     }
     if world_size != config.world_size || peer.rank >= config.world_size {
         return refuse(
@@ -259,6 +343,10 @@ async fn connection(
         )
         .await;
     }
+    let accepted = encode(&Message::Accepted {
+        proof: coordinator_proof(&config.token, &challenge, &nonce),
+    });
+    wr.write_all(&accepted).await.map_err(|e| e.to_string())?;
     let rank = peer.rank;
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let joined = {
@@ -292,6 +380,7 @@ async fn connection(
     if !joined {
         return refuse(&mut wr, format!("rank {rank} has already joined")).await;
     }
+    drop(unjoined);
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if wr.write_all(&encode(&m)).await.is_err() {
@@ -299,8 +388,14 @@ async fn connection(
             }
         }
     });
+    // Only rank 0 sends a dataset's units; the others' messages are small.
+    let limit = if rank == 0 {
+        MAX_JOB_MESSAGE
+    } else {
+        MAX_RANK_MESSAGE
+    };
     loop {
-        let m = read_async(&mut rd, MAX_JOB_MESSAGE).await;
+        let m = read_async(&mut rd, limit).await;
         let mut st = state.lock().expect("coordinator state");
         let Some(r) = st.ranks.get_mut(&rank) else {
             return Ok(());

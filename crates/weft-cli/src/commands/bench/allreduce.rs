@@ -70,14 +70,7 @@ pub fn run(args: BenchAllreduceArgs) -> anyhow::Result<()> {
         bail!("--nproc must be at least 2 (an all-reduce of one process does nothing)");
     }
     let n = args.nproc;
-    let token = format!(
-        "bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let token = weft_collective::auth::new_token();
     // The coordinator, on a thread of its own.
     let coordinator = spawn_coordinator(
         "127.0.0.1:0",
