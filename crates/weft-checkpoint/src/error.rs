@@ -19,6 +19,23 @@ pub enum CheckpointError {
         /// The file.
         path: PathBuf,
     },
+    /// Another process trains in the run directory.
+    #[error("{path}: the run directory is in use by {holder}: wait for it to end, or give another --run-dir")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it (host and pid).
+        holder: String,
+    },
+    /// `--resume never` in a run directory that holds checkpoints: starting over would prune
+    /// them and mix two runs' metrics.
+    #[error("{run_dir} holds committed checkpoints (the newest {newest}): --resume never would start another run over them; give a new --run-dir, or move {run_dir}/checkpoints aside first")]
+    WouldStartOver {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Its newest committed checkpoint.
+        newest: PathBuf,
+    },
     /// A file is not what the checkpoint recorded, or not a valid file of its kind.
     #[error("checkpoint file {path} is corrupt: {reason}")]
     Corrupt {

@@ -13,6 +13,7 @@
 //! - [`load`]: finding the checkpoint to resume from (falling back past a corrupt one), verifying
 //!   it and reading tensors.
 //! - [`export`]: one consolidated model file.
+//! - [`lock`]: one trainer per run directory ([`RunLock`]).
 //! - [`pretrained`]: weights to start a new run from (`train.init_from`), matched by name.
 //!
 //! A single process commits for itself; in a job the coordinator does (`weft-coordinator`).
@@ -24,6 +25,7 @@ pub mod error;
 pub mod export;
 pub mod files;
 pub mod load;
+pub mod lock;
 pub mod pretrained;
 pub mod shard;
 pub mod state;
@@ -33,6 +35,7 @@ pub use commit::{commit, ShardFile, ShardReport};
 pub use error::{CheckpointError, Result};
 pub use files::Family;
 pub use load::{open_verified, resolve, Checkpoint, Resume};
+pub use lock::{RunLock, LOCK_FILE};
 pub use pretrained::{read_pretrained, InitReport, Pretrained};
 pub use shard::{write_rank, ParamTable, Snapshot};
 pub use state::{check_compatible, RngState, SchedulerState, TrainerState, SHAPE_KEYS};

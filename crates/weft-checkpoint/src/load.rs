@@ -133,10 +133,17 @@ pub fn open_verified(dir: &Path) -> Result<Checkpoint> {
 
 /// The checkpoint a run in `run_dir` resumes from, if any. With [`Resume::Auto`] a newest
 /// checkpoint that does not verify is skipped with a warning for the one before it; when none
-/// verifies, the error lists why each failed.
+/// verifies, the error lists why each failed. [`Resume::Never`] in a run directory with
+/// committed checkpoints is refused ([`CheckpointError::WouldStartOver`]).
 pub fn resolve(run_dir: &Path, resume: &Resume) -> Result<Option<Checkpoint>> {
     match resume {
-        Resume::Never => Ok(None),
+        Resume::Never => match committed(run_dir)?.into_iter().next() {
+            Some((_, newest)) => Err(CheckpointError::WouldStartOver {
+                run_dir: run_dir.to_path_buf(),
+                newest,
+            }),
+            None => Ok(None),
+        },
         Resume::Path(p) => open_verified(p).map(Some),
         Resume::Auto => {
             let found = committed(run_dir)?;

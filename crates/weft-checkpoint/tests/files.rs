@@ -214,7 +214,10 @@ fn every_damage_is_named_and_auto_falls_back_to_the_previous_checkpoint() {
             c.read_flat(Family::Model, &table().wanted()).unwrap(),
             snapshot(1.0).values
         );
-        assert!(resolve(run, &Resume::Never).unwrap().is_none());
+        // never: refused over committed checkpoints, naming the newest.
+        let e = resolve(run, &Resume::Never).unwrap_err().to_string();
+        assert!(e.contains("--resume never would start another run"), "{e}");
+        assert!(e.contains("(the newest "), "{what}: {e}");
     }
 }
 

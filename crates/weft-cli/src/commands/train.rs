@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use weft_checkpoint::{CheckpointError, RunLock};
 use weft_collective::Collective;
 use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{LaunchEnv, Launcher};
@@ -147,10 +148,32 @@ pub fn log_file(run_dir: &Path, rank: usize) -> PathBuf {
     run_dir.join("logs").join(format!("rank-{rank}.log"))
 }
 
+/// The run directory's lock, taken by rank 0 for the whole run: a second trainer in the same
+/// directory is refused, naming the holder. A file system without locks gets a warning.
+fn lock_run_dir(run_dir: &Path, env: &LaunchEnv) -> anyhow::Result<Option<RunLock>> {
+    if env.rank != 0 {
+        return Ok(None);
+    }
+    let holder = format!(
+        "weft train on {} (pid {})",
+        weft_coordinator::worker::hostname(),
+        std::process::id()
+    );
+    match RunLock::acquire(run_dir, &holder) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e @ CheckpointError::Locked { .. }) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("the run directory is not locked against a second trainer: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// `weft train`, on one process or as one rank of the job `env` describes.
 pub fn run(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<ExitCode> {
     init_rank_threads(config, env);
     let run_dir = run_dir(&args, env)?;
+    let _lock = lock_run_dir(&run_dir, env)?;
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         progress: env.rank == 0 && std::io::stderr().is_terminal(),

@@ -1,0 +1,99 @@
+//! A run directory is one run's (issue 30, cases 6 and 7), with the real binary: a second
+//! `weft train` in a directory another one trains in is refused, naming the first, and writes
+//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::dist::{train_sets, weft, Proc};
+
+/// `weft train` of the small model into `run`, with `extra` arguments.
+fn train(run: &Path, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        "weft train",
+        weft()
+            .arg("train")
+            .args(["--run-dir", &run.display().to_string()])
+            .args(train_sets())
+            .args(extra),
+    )
+}
+
+/// The names in `run`'s checkpoint directory, sorted, and its `latest`.
+fn checkpoints(run: &Path) -> (Vec<String>, String) {
+    let dir = run.join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    (names, std::fs::read_to_string(dir.join("latest")).unwrap())
+}
+
+#[test]
+fn a_second_trainer_in_the_same_run_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut first = train(&run, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while common::ckpt::steps_logged(&run) < 2 {
+        assert!(Instant::now() < deadline, "the first run did not start");
+        if first.child.try_wait().unwrap().is_some() {
+            panic!("the first run ended: {}", first.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = train(&run, &[]);
+    let status = second
+        .wait_within(Duration::from_secs(60))
+        .expect("refused promptly");
+    let err = second.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("in use by weft train on"), "{err}");
+    assert!(err.contains(&format!("(pid {})", first.pid())), "{err}");
+    // The first trains on; its metrics are its own, one line a step.
+    let steps = common::ckpt::steps_logged(&run);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first run ended"
+    );
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.wait_within(Duration::from_secs(5)).unwrap();
+    let metrics = common::ckpt::metrics(&run);
+    assert!(metrics.len() >= steps);
+    for (i, m) in metrics.iter().enumerate() {
+        assert_eq!(m["step"], serde_json::json!(i + 1), "{m}");
+    }
+}
+
+#[test]
+fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut done = train(
+        &run,
+        &[
+            "--set",
+            "train.max_steps=4",
+            "--set",
+            "checkpoint.every_steps=2",
+        ],
+    );
+    let status = done.wait_within(Duration::from_secs(120));
+    let err = done.stderr();
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    let before = checkpoints(&run);
+    let mut again = train(&run, &["--resume", "never", "--set", "train.max_steps=2"]);
+    let status = again.wait_within(Duration::from_secs(60)).expect("refused");
+    let err = again.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("--resume never would start another run") && err.contains("--run-dir"),
+        "{err}"
+    );
+    assert_eq!(checkpoints(&run), before);
+    assert_eq!(common::ckpt::metrics(&run).len(), 4);
+}
