@@ -5,6 +5,14 @@ use crate::dist::DistBackend;
 use crate::train::Device;
 use crate::Config;
 
+/// The largest count of steps, epochs or steps between events (2^40, about 10^12): beyond it,
+/// step counters and buffers sized by the run's steps overflow or allocate absurdly.
+pub const MAX_STEPS: u64 = 1 << 40;
+
+/// The longest timeout or interval, in seconds (about 11.6 days); `Duration` itself panics
+/// near 1.8e19 s.
+pub const MAX_SECONDS: f64 = 1e6;
+
 impl Config {
     /// Check values that serde cannot: returns the key and what is wrong.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -60,6 +68,7 @@ impl Config {
         self.validate_model()?;
         self.validate_train()?;
         self.validate_dist()?;
+        self.validate_bounds()?;
         if self.model.text.context_length < 2 {
             return err(
                 "model.text.context_length",
@@ -193,6 +202,64 @@ impl Config {
                     "must be shorter than dist.heartbeat_timeout_s ({}), found {}",
                     d.heartbeat_timeout_s, d.heartbeat_interval_s
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bounds of counts and durations, so that none overflows or allocates absurdly.
+    fn validate_bounds(&self) -> Result<(), (String, String)> {
+        let (d, t, c) = (&self.data, &self.train, &self.checkpoint);
+        let counts = [
+            ("data.image_size", d.image_size as u64, 1 << 15),
+            ("data.batch_size", d.batch_size as u64, 1 << 24),
+            ("data.workers", d.workers as u64, 1 << 12),
+            ("data.prefetch_batches", d.prefetch_batches as u64, 1 << 12),
+            ("data.shuffle_buffer", d.shuffle_buffer as u64, 1 << 30),
+            (
+                "model.text.context_length",
+                self.model.text.context_length as u64,
+                1 << 16,
+            ),
+            ("train.epochs", t.epochs, MAX_STEPS),
+            ("train.max_steps", t.max_steps, MAX_STEPS),
+            ("train.warmup_steps", t.warmup_steps, MAX_STEPS),
+            ("train.grad_accum", t.grad_accum, 1 << 20),
+            (
+                "train.max_nonfinite_steps",
+                t.max_nonfinite_steps,
+                MAX_STEPS,
+            ),
+            ("train.eval_every", t.eval_every, MAX_STEPS),
+            ("train.log_every", t.log_every, MAX_STEPS),
+            ("train.threads", t.threads as u64, 1 << 16),
+            ("checkpoint.every_steps", c.every_steps, MAX_STEPS),
+            ("checkpoint.keep_last", c.keep_last as u64, 1 << 20),
+        ];
+        for (key, v, max) in counts {
+            if v > max {
+                return Err((key.into(), format!("must be at most {max}, found {v}")));
+            }
+        }
+        let dist = &self.dist;
+        let seconds = [
+            ("dist.heartbeat_timeout_s", dist.heartbeat_timeout_s),
+            ("dist.heartbeat_interval_s", dist.heartbeat_interval_s),
+            ("dist.rendezvous_timeout_s", dist.rendezvous_timeout_s),
+            ("dist.collective_timeout_s", dist.collective_timeout_s),
+        ];
+        for (key, v) in seconds {
+            if v > MAX_SECONDS {
+                return Err((
+                    key.into(),
+                    format!("must be at most {MAX_SECONDS} s, found {v}"),
+                ));
+            }
+        }
+        if dist.bucket_mb > 65536.0 {
+            return Err((
+                "dist.bucket_mb".into(),
+                format!("must be at most 65536, found {}", dist.bucket_mb),
             ));
         }
         Ok(())

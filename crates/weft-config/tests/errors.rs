@@ -184,3 +184,29 @@ fn device_precision_and_dist_backend_are_checked() {
     let c = Config::default();
     assert!(!c.train.update_on_device() && !c.dist.uses_nccl(c.train.device));
 }
+
+#[test]
+fn counts_and_durations_are_bounded() {
+    // Each once aborted weft train: an 80 GB allocation, a panic in Duration.
+    for (set, want) in [
+        (
+            "train.max_steps=10000000000000",
+            "train.max_steps: must be at most 1099511627776, found 10000000000000",
+        ),
+        (
+            "dist.rendezvous_timeout_s=1e30",
+            "dist.rendezvous_timeout_s: must be at most 1000000 s, found 1000000000000000000000000000000",
+        ),
+        (
+            "data.batch_size=100000000",
+            "data.batch_size: must be at most 16777216, found 100000000",
+        ),
+    ] {
+        let err = ConfigLoader::new()
+            .overrides([set])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(want), "{set}: {err}");
+    }
+}

@@ -190,7 +190,8 @@ pub fn train_with<B: AutodiffBackend>(
         counters,
     };
 
-    let mut losses = Vec::with_capacity(total as usize);
+    // Grown as the run goes: `total` may be far more steps than this process will run.
+    let mut losses = Vec::with_capacity((total as usize).min(1 << 16));
     let (mut done, mut interrupted) = (first_step, false);
     for step in (first_step + 1)..=total {
         done = step;
