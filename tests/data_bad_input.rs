@@ -283,3 +283,39 @@ fn an_unreadable_status_column_names_the_file_and_group_or_the_file_is_skipped()
     assert_eq!(catalog.skipped_files[0].path, bad);
     assert_eq!((catalog.total_rows(), catalog.planned_rows()), (8, 7));
 }
+
+#[test]
+fn image_paths_read_only_regular_files_under_the_dataset_and_the_cap() {
+    // Once: /dev/zero read without end (4.2 GB in 12 s), any readable file opened.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let png = |rgb| common::solid(4, 4, rgb, image::ImageFormat::Png);
+    std::fs::write(data.join("ok.png"), png([255, 0, 0])).unwrap();
+    std::fs::write(dir.path().join("outside.png"), png([0, 0, 255])).unwrap();
+    std::fs::write(data.join("big.png"), vec![7u8; 5000]).unwrap();
+    let p = data.join("paths.parquet");
+    let row = |path: &str, caption: &str| (None, Some(path.to_string()), Some(caption.into()));
+    common::write_hf_with_paths(
+        &p,
+        &[
+            row("ok.png", "ok"),
+            row("/dev/zero", "zero"),
+            row("../outside.png", "outside"),
+            row("big.png", "big"),
+        ],
+    );
+    let mut config = test_config(4);
+    config.data.max_bad_fraction = 1.0;
+    config.data.max_image_bytes = 4096;
+    let mut stream = stream_one_rank(&config, std::slice::from_ref(&p), Split::Val);
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(real_captions(&batches), ["ok"]);
+    assert_eq!(stream.stats().by_reason.get("null_image"), Some(&3));
+    // data.image_root widens where paths may lead; devices and the cap still hold.
+    config.data.image_root = Some("/".into());
+    let mut stream = stream_one_rank(&config, std::slice::from_ref(&p), Split::Val);
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    assert_eq!(real_captions(&batches), ["ok", "outside"]);
+    assert_eq!(stream.stats().by_reason.get("null_image"), Some(&2));
+}

@@ -59,6 +59,11 @@ pub struct DataConfig {
     pub min_rows_for_bad_fraction: u64,
     /// Skip unreadable or truncated Parquet files with a warning instead of failing.
     pub skip_bad_files: bool,
+    /// The largest image file read through a row's `path` (when its bytes are null).
+    pub max_image_bytes: u64,
+    /// The folder image paths must resolve into; empty: the folder of the Parquet file that
+    /// names them ("/" lets them anywhere).
+    pub image_root: Option<String>,
     /// Per-channel mean subtracted after scaling pixels to [0, 1] (CLIP's by default).
     pub mean: [f32; 3],
     /// Per-channel standard deviation (CLIP's by default).
@@ -91,6 +96,8 @@ impl Default for DataConfig {
             max_bad_fraction: 0.01,
             min_rows_for_bad_fraction: 1000,
             skip_bad_files: false,
+            max_image_bytes: 64 << 20,
+            image_root: None,
             mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
             std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             crop_scale: [0.9, 1.0],

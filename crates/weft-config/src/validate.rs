@@ -56,6 +56,15 @@ impl Config {
                 format!("expected 0 < min <= max, found [{r0}, {r1}]"),
             );
         }
+        if d.max_image_bytes == 0 {
+            return err("data.max_image_bytes", "must be at least 1".into());
+        }
+        if d.image_root.as_deref() == Some("") {
+            return err(
+                "data.image_root",
+                "must not be empty (leave it out for the dataset's folder)".into(),
+            );
+        }
         for (key, col) in [
             ("data.image_column", &d.image_column),
             ("data.text_column", &d.text_column),

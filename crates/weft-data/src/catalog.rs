@@ -24,6 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::image_files::ImageFiles;
 use crate::layout::{ColumnMapping, ColumnOverrides};
 use crate::usable::UsableRows;
 
@@ -75,6 +76,8 @@ pub struct Catalog {
     pub mapping: ColumnMapping,
     /// Files left out because they were unreadable.
     pub skipped_files: Vec<SkippedFile>,
+    /// What image paths may be read (rows whose image bytes are null).
+    pub image_files: ImageFiles,
     /// For each unit, which rows are usable; `None` when all are.
     usable: Vec<Option<UsableRows>>,
 }
@@ -92,6 +95,8 @@ pub struct RawRow {
     pub image: Option<Vec<u8>>,
     /// The image's `path` when its bytes were null and were looked up there.
     pub image_path: Option<String>,
+    /// Why that path was not read.
+    pub image_unread: Option<String>,
     /// Caption, `None` when null.
     pub text: Option<String>,
     /// False when an img2dataset status column says the row failed.
@@ -171,6 +176,7 @@ impl Catalog {
             units,
             mapping,
             skipped_files: skipped,
+            image_files: ImageFiles::default(),
             usable,
         })
     }
@@ -244,18 +250,6 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// The bytes of an image stored beside the dataset: `image_path` is absolute or relative to the
-/// Parquet file's directory. `None` when it cannot be read.
-fn read_image_file(parquet: &Path, image_path: &str) -> Option<Vec<u8>> {
-    let p = Path::new(image_path);
-    let full = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        parquet.parent().unwrap_or(Path::new(".")).join(p)
-    };
-    std::fs::read(full).ok().filter(|b| !b.is_empty())
 }
 
 /// For each row group of a file: its rows and, when a status column says some of them failed,
@@ -442,10 +436,13 @@ impl RowReader {
                     .next()
                     .ok_or_else(|| bad("more rows than selected".to_string()))?;
                 let mut image = cols.image_at(i).map(<[u8]>::to_vec);
-                let mut image_path = None;
+                let (mut image_path, mut image_unread) = (None, None);
                 if image.as_ref().is_none_or(|b| b.is_empty()) {
                     if let Some(p) = cols.path_at(i) {
-                        image = read_image_file(path, p);
+                        match catalog.image_files.read(path, p) {
+                            Ok(bytes) => image = Some(bytes),
+                            Err(why) => image_unread = Some(why),
+                        }
                         image_path = Some(p.to_string());
                     }
                 }
@@ -457,6 +454,7 @@ impl RowReader {
                         .unwrap_or_else(|| format!("{name}#{}:{row}", u.row_group)),
                     image,
                     image_path,
+                    image_unread,
                     text: cols.text_at(i).map(str::to_string),
                     status_ok: cols.status_ok(i),
                 };

@@ -34,6 +34,7 @@ pub mod catalog;
 pub mod error;
 pub mod idx;
 pub mod image;
+pub mod image_files;
 pub mod inspect;
 pub mod labels;
 pub mod layout;
@@ -80,11 +81,12 @@ pub fn column_overrides(config: &Config) -> ColumnOverrides {
 /// the detected layout in one line.
 pub fn open_catalog<S: AsRef<str>>(config: &Config, paths: &[S]) -> Result<Catalog> {
     let files = source::expand_paths(paths)?;
-    let catalog = Catalog::open(
+    let mut catalog = Catalog::open(
         &files,
         &column_overrides(config),
         config.data.skip_bad_files,
     )?;
+    catalog.image_files = image_files::ImageFiles::from_config(config);
     let failed = catalog.total_rows() - catalog.planned_rows();
     tracing::info!(
         "data: {} ({} files, {} row groups, {} rows{})",

@@ -122,7 +122,10 @@ fn classify(raw: &RawRow) -> std::result::Result<(&[u8], &str), Skip> {
     }
     let bytes = raw.image.as_deref().ok_or_else(|| {
         let message = match &raw.image_path {
-            Some(p) => format!("the image bytes are null and its path {p:?} cannot be read"),
+            Some(p) => format!(
+                "the image bytes are null and its path {p:?} is not read: {}",
+                raw.image_unread.as_deref().unwrap_or("unknown")
+            ),
             None => "the image is null".to_string(),
         };
         skip("null_image", message)
