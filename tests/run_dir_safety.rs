@@ -1,6 +1,8 @@
-//! A run directory is one run's (issue 30, cases 6 and 7), with the real binary: a second
+//! A run directory is one run's (issue 30, cases 6, 7 and 9), with the real binary: a second
 //! `weft train` in a directory another one trains in is refused, naming the first, and writes
-//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing.
+//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing; a
+//! metrics line torn by a crash is dropped when the run resumes, and `weft report` reads the
+//! run.
 
 mod common;
 
@@ -96,4 +98,48 @@ fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
     );
     assert_eq!(checkpoints(&run), before);
     assert_eq!(common::ckpt::metrics(&run).len(), 4);
+}
+
+#[test]
+fn a_torn_metrics_line_is_dropped_on_resume_and_the_report_reads_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let every = ["--set", "checkpoint.every_steps=2"];
+    let mut first = train(
+        &run,
+        &[&every[..], &["--set", "train.max_steps=4"]].concat(),
+    );
+    let status = first.wait_within(Duration::from_secs(120));
+    let err = first.stderr();
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    // A crash (or a full disk) in the middle of the line of step 5.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"step\":5,\"loss\":4.2");
+    std::fs::write(&metrics, text).unwrap();
+    let mut resumed = train(
+        &run,
+        &[&every[..], &["--set", "train.max_steps=6"]].concat(),
+    );
+    let status = resumed.wait_within(Duration::from_secs(120));
+    let err = resumed.stderr();
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    assert!(err.contains("dropped 1 line(s) that do not parse"), "{err}");
+    let steps: Vec<serde_json::Value> = common::ckpt::metrics(&run)
+        .iter()
+        .map(|m| m["step"].clone())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=6).map(|s| serde_json::json!(s)).collect::<Vec<_>>()
+    );
+    let out = weft()
+        .args(["report", &run.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

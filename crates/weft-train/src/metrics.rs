@@ -138,25 +138,40 @@ impl JsonLines {
     }
 }
 
-/// Drops the lines of `path` whose `step` comes after `step`: they belong to a run that was
-/// interrupted after its last checkpoint and are trained again. A missing file is fine.
+/// Drops the lines of `path` whose `step` comes after `step` (they belong to a run that was
+/// interrupted after its last checkpoint and are trained again; all of them on a fresh start,
+/// step 0), and the lines that do not parse (a line torn by a crash or a full disk, which
+/// would otherwise sit mid-file once the run appends again). A missing file is fine.
 pub fn truncate_after_step(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(bytes) = std::fs::read(path) else {
         return Ok(());
     };
-    let keep = |l: &&str| {
-        serde_json::from_str::<serde_json::Value>(l)
+    let text = String::from_utf8_lossy(&bytes);
+    let (mut kept, mut torn) = (Vec::new(), 0usize);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v["step"].as_u64())
-            .is_none_or(|s| s <= step)
-    };
-    let kept: Vec<&str> = text.lines().filter(keep).collect();
-    if kept.len() == text.lines().count() {
+        {
+            Some(s) if s <= step => kept.push(line),
+            Some(_) => {}
+            None => torn += 1,
+        }
+    }
+    if torn > 0 {
+        tracing::warn!(
+            "{}: dropped {torn} line(s) that do not parse (torn by a crash or a full disk)",
+            path.display()
+        );
+    }
+    if kept.len() == text.lines().count() && text.ends_with('\n') {
         return Ok(());
     }
     let tmp = path.with_extension("jsonl.tmp");
     let mut body = kept.join("\n");
-    body.push('\n');
+    if !body.is_empty() {
+        body.push('\n');
+    }
     std::fs::write(&tmp, body).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }

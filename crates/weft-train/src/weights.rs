@@ -185,7 +185,17 @@ pub fn save_model<B: burn::tensor::backend::Backend>(
             path: tmp.clone(),
             message: e.to_string(),
         })?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    // Durable before it takes the name, and the name durable after: a crash leaves the old
+    // file or the new one, whole.
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Load weights saved by [`save_model`] into a model of the same config; every parameter must

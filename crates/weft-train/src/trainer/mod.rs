@@ -251,10 +251,9 @@ fn open_logs(
         return Ok((None, None));
     }
     let (metrics, evals) = (run_dir.join("metrics.jsonl"), run_dir.join("eval.jsonl"));
-    if first_step > 0 {
-        for path in [&metrics, &evals] {
-            truncate_after_step(path, first_step)?;
-        }
+    // Lines after the step the run starts from, or torn, are not this run's history.
+    for path in [&metrics, &evals] {
+        truncate_after_step(path, first_step)?;
     }
     Ok((
         Some(JsonLines::append(&metrics)?),
