@@ -1,9 +1,10 @@
 //! Faults of a multi-process job with the real binary on 127.0.0.1: a worker or the
-//! coordinator killed with SIGKILL, a rank that stops (SIGSTOP) and so stops heartbeating, a
-//! worker with the wrong job token. Every surviving process must exit non-zero, naming the
-//! dead rank where there is one, within the heartbeat timeout + 5 s; no process outlives its
-//! test. Also the stop signals: SIGTERM to the launcher, Ctrl-C to its whole process group
-//! (one request, though each worker gets it twice) and a second Ctrl-C seconds later.
+//! coordinator killed with SIGKILL, a rank or the coordinator that stops (SIGSTOP) and so stops
+//! heartbeating, a worker with the wrong job token. Every surviving process must exit non-zero,
+//! naming the dead rank (or the coordinator) where there is one, within the heartbeat timeout +
+//! 5 s; no process outlives its test. Also the stop signals: SIGTERM to the launcher, Ctrl-C to
+//! its whole process group (one request, though each worker gets it twice) and a second Ctrl-C
+//! seconds later.
 
 mod common;
 
@@ -96,6 +97,23 @@ fn a_killed_coordinator_stops_the_job() {
     for e in &errs {
         assert!(e.contains("coordinator"), "worker: {e}");
     }
+}
+
+#[test]
+fn a_stopped_coordinator_is_named_by_every_rank() {
+    // Once unnoticed: ranks waited on a coordinator stopped for 20 s, which then declared a
+    // healthy rank dead. It now heartbeats to the ranks too.
+    let (_dir, run, coord, mut workers) = setup(2, "tok-stopped-coordinator");
+    wait_for_steps(&run, 2, &mut workers);
+    coord.signal(nix::sys::signal::Signal::SIGSTOP);
+    let errs = all_fail_within_bound(&mut workers);
+    for e in &errs {
+        assert!(
+            e.contains("the coordinator sent nothing for"),
+            "worker: {e}"
+        );
+    }
+    coord.signal(nix::sys::signal::Signal::SIGKILL);
 }
 
 #[test]

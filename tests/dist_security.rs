@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dist::{coordinator_in, train_sets, weft, weft_with_max_fds, worker_with, Proc};
-use weft_coordinator::rendezvous::{Peer, RendezvousError, Session};
+use weft_coordinator::rendezvous::{Peer, RendezvousError, Session, Waits};
 use weft_coordinator::TOKEN_FILE;
 
 /// Every process exits with success within `limit`.
@@ -88,8 +88,11 @@ fn without_a_token_the_ranks_share_a_private_one_and_a_stranger_is_refused() {
             &guess,
             2,
             stranger,
-            Duration::from_secs(30),
-            Duration::from_millis(100),
+            Waits {
+                join: Duration::from_secs(30),
+                heartbeat: Duration::from_millis(100),
+                silence: Duration::from_secs(5),
+            },
             Box::new(|_| {}),
         );
         match joined {

@@ -13,7 +13,7 @@ use weft_data::{DataCursor, DataError, Planner, Progress, Share, Units};
 
 use crate::env::LaunchEnv;
 use crate::rendezvous::{
-    serve, CoordinatorConfig, Finished, Message, OnAbort, Peer, RendezvousError, Session,
+    serve, CoordinatorConfig, Finished, Message, OnAbort, Peer, RendezvousError, Session, Waits,
 };
 
 /// Why a worker could not join its job.
@@ -199,8 +199,11 @@ impl Job {
                     None
                 },
             },
-            options.rendezvous_timeout,
-            options.heartbeat_interval,
+            Waits {
+                join: options.rendezvous_timeout,
+                heartbeat: options.heartbeat_interval,
+                silence: options.heartbeat_timeout,
+            },
             on_abort,
         )?;
         let ring_addr = |r: usize| -> Result<SocketAddr, JobError> {

@@ -7,7 +7,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use weft_coordinator::rendezvous::{CoordinatorConfig, Message, Peer, RendezvousError, Session};
+use weft_coordinator::rendezvous::{
+    CoordinatorConfig, Message, Peer, RendezvousError, Session, Waits,
+};
 use weft_coordinator::{spawn_coordinator, HostedCoordinator};
 use weft_data::{DataCursor, LastBatch, PlanOptions, Progress, Units};
 
@@ -57,8 +59,11 @@ fn join(addr: &str, rank: usize) -> (Session, mpsc::Receiver<String>) {
             ring_addr: format!("127.0.0.1:{}", 41000 + rank),
             nccl_id: None,
         },
-        Duration::from_secs(10),
-        Duration::from_millis(100),
+        Waits {
+            join: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(100),
+            silence: Duration::from_secs(5),
+        },
         Box::new(move |why| {
             let _ = tx.lock().unwrap().send(why.to_string());
         }),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use weft_coordinator::rendezvous::protocol::{coordinator_proof, join_proof};
 use weft_coordinator::rendezvous::{
-    read_message, write_message, CoordinatorConfig, Message, Peer, RendezvousError, Session,
+    read_message, write_message, CoordinatorConfig, Message, Peer, RendezvousError, Session, Waits,
 };
 use weft_coordinator::{spawn_coordinator, HostedCoordinator};
 
@@ -55,8 +55,11 @@ fn join(
         token,
         world,
         peer(rank),
-        Duration::from_secs(10),
-        Duration::from_millis(100),
+        Waits {
+            join: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(100),
+            silence: Duration::from_secs(5),
+        },
         Box::new(move |why| {
             let _ = tx.lock().unwrap().send(why.to_string());
         }),

@@ -32,23 +32,40 @@ pub struct Session {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// The bounds of a session's waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// For the coordinator and every other rank to join.
+    pub join: Duration,
+    /// Between two heartbeats of this rank.
+    pub heartbeat: Duration,
+    /// The longest the coordinator may stay silent (it heartbeats at a quarter of its
+    /// heartbeat timeout).
+    pub silence: Duration,
+}
+
 /// What a worker does when the job ends under it: the coordinator's abort (naming the dead rank
 /// when there is one), or the coordinator gone. `weft` logs it and exits non-zero.
 pub type OnAbort = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Session {
-    /// Joins the job at `addr` as `peer`, waiting up to `timeout` for the coordinator and for
-    /// every other rank, then heartbeats every `interval` until [`Session::leave`]. `on_abort`
-    /// runs (once) when the coordinator aborts the job or disappears.
+    /// Joins the job at `addr` as `peer`, waiting up to `waits.join` for the coordinator and
+    /// for every other rank, then heartbeats every `waits.heartbeat` until [`Session::leave`].
+    /// `on_abort` runs (once) when the coordinator aborts the job, disappears, or sends nothing
+    /// for `waits.silence` (it heartbeats too).
     pub fn join(
         addr: &str,
         token: &str,
         world_size: usize,
         peer: Peer,
-        timeout: Duration,
-        interval: Duration,
+        waits: Waits,
         on_abort: OnAbort,
     ) -> Result<Self, RendezvousError> {
+        let Waits {
+            join: timeout,
+            heartbeat: interval,
+            silence,
+        } = waits;
         let rank = peer.rank;
         let err = |reason: String| RendezvousError::Coordinator {
             addr: addr.to_string(),
@@ -84,7 +101,7 @@ impl Session {
             }
         };
         stream
-            .set_read_timeout(None)
+            .set_read_timeout(Some(silence.max(Duration::from_millis(1))))
             .map_err(|e| err(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let on_abort = Arc::new(on_abort);
@@ -97,7 +114,9 @@ impl Session {
         let (stop_r, stop_w, beat_writer) = (stop.clone(), stop.clone(), writer.clone());
         let watch = std::thread::spawn(move || {
             let why = loop {
+                let asked = Instant::now();
                 match read_sync(&mut reader, MAX_JOB_MESSAGE) {
+                    Ok(Message::Alive) => {}
                     Ok(Message::Abort { reason, .. }) => break reason,
                     Ok(m @ (Message::Share { .. } | Message::Cursor { .. })) => {
                         let _ = answer_tx.send(m);
@@ -107,6 +126,11 @@ impl Session {
                     }
                     Ok(other) => {
                         break format!("the coordinator sent an unexpected {}", kind(&other))
+                    }
+                    Err(_) if asked.elapsed() >= silence => {
+                        break format!(
+                            "the coordinator sent nothing for {silence:?} (stopped, or unreachable)"
+                        )
                     }
                     Err(e) => break format!("the coordinator went away ({e})"),
                 }

@@ -31,7 +31,7 @@ pub mod error;
 pub mod protocol;
 pub mod server;
 
-pub use client::{OnAbort, Session};
+pub use client::{OnAbort, Session, Waits};
 pub use error::RendezvousError;
 pub use protocol::{read_message, write_message, Message, Peer, MAX_JOB_MESSAGE, MAX_MESSAGE};
 pub use server::{serve, CoordinatorConfig, Finished};

@@ -84,6 +84,9 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// The coordinator is alive: sent to every joined rank at each of its ticks, so that a
+    /// rank notices a coordinator that stops.
+    Alive,
     /// A worker is alive.
     Heartbeat {
         /// Its rank.
@@ -288,6 +291,7 @@ pub(crate) fn kind(m: &Message) -> &'static str {
         Message::Accepted { .. } => "acceptance",
         Message::Welcome { .. } => "welcome",
         Message::Refused { .. } => "refusal",
+        Message::Alive => "coordinator heartbeat",
         Message::Heartbeat { .. } => "heartbeat",
         Message::Leave { .. } => "leave",
         Message::Dataset { .. } => "dataset (only rank 0 sends it, once)",

@@ -78,6 +78,10 @@ struct State {
     /// Checkpoints waiting for every rank's report, by step.
     commits: BTreeMap<u64, PendingCommit>,
     meter: Meter,
+    /// When the job was last judged: a longer gap means the coordinator itself was stalled.
+    last_check: Option<Instant>,
+    /// Held by the commit under way (commits run off the event loop, one at a time).
+    commit_turn: Arc<Mutex<()>>,
 }
 
 /// A checkpoint some ranks have reported.
@@ -124,6 +128,8 @@ pub async fn serve(
         waiting_cursor: Vec::new(),
         commits: BTreeMap::new(),
         meter: Meter::new(config.world_size),
+        last_check: None,
+        commit_turn: Arc::default(),
     }));
     let started = Instant::now();
     let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
@@ -187,6 +193,14 @@ fn check(
 ) -> Option<Result<Finished, RendezvousError>> {
     let mut st = state.lock().expect("coordinator state");
     let n = config.world_size;
+    if st.welcomed {
+        for r in st.ranks.values().filter(|r| !r.left) {
+            let _ = r.outbox.send(Message::Alive);
+        }
+    }
+    if stalled(&mut st, config) {
+        return None;
+    }
     if let Some((rank, reason)) = st
         .ranks
         .iter()
@@ -261,6 +275,28 @@ fn check(
         &format!("rank {rank} is dead: {reason}"),
     );
     Some(Err(RendezvousError::RankDead { rank, reason }))
+}
+
+/// Whether the coordinator itself stalled since the last check (it was stopped, or a slow
+/// disk held it) for over half the heartbeat timeout. Its ranks' heartbeats of that time may
+/// still be queued, unread: each gets a fresh heartbeat timeout instead of a verdict.
+fn stalled(st: &mut State, config: &CoordinatorConfig) -> bool {
+    let now = Instant::now();
+    let gap = st.last_check.map(|t| now - t);
+    st.last_check = Some(now);
+    match gap {
+        Some(gap) if gap > config.heartbeat_timeout / 2 => {
+            tracing::warn!(
+                "coordinator: stalled for {gap:?} (stopped, or a slow disk); judging no rank \
+                 before their heartbeats are read"
+            );
+            for r in st.ranks.values_mut() {
+                r.last_seen = r.last_seen.max(now);
+            }
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Tells every rank but `skip` (and those that left) to abort because of `dead`.
@@ -413,24 +449,59 @@ async fn connection(
                 return Ok(());
             }
         };
-        if let Err(reason) = job_message(&mut st, rank, m) {
-            if let Some(r) = st.ranks.get_mut(&rank) {
-                r.fault = Some((reason.clone(), Instant::now()));
+        match job_message(&mut st, rank, m) {
+            Ok(None) => {}
+            Ok(Some((step, pending))) => {
+                let outboxes: Vec<_> = st.ranks.values().map(|r| r.outbox.clone()).collect();
+                let turn = Arc::clone(&st.commit_turn);
+                drop(st);
+                commit_off_the_loop(step, pending, outboxes, turn);
             }
-            return Err(format!("rank {rank}: {reason}"));
+            Err(reason) => {
+                if let Some(r) = st.ranks.get_mut(&rank) {
+                    r.fault = Some((reason.clone(), Instant::now()));
+                }
+                return Err(format!("rank {rank}: {reason}"));
+            }
         }
     }
 }
 
-/// A joined rank's message about the job's data; an error is the rank's fault.
-fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
+/// Commits a checkpoint every rank has reported on tokio's blocking pool (its fsyncs and
+/// pruning must not hold the event loop, which reads heartbeats and sends the coordinator's),
+/// one commit at a time, then tells every rank the outcome.
+fn commit_off_the_loop(
+    step: u64,
+    pending: PendingCommit,
+    outboxes: Vec<mpsc::UnboundedSender<Message>>,
+    turn: Arc<Mutex<()>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn.lock();
+        let result = commit_now(step, pending);
+        for outbox in outboxes {
+            let _ = outbox.send(Message::Committed {
+                step,
+                result: result.clone(),
+            });
+        }
+    });
+}
+
+/// A joined rank's message about the job's data; an error is the rank's fault. A checkpoint
+/// that every rank has now reported comes back, to be committed.
+fn job_message(
+    st: &mut State,
+    rank: usize,
+    m: Message,
+) -> Result<Option<(u64, PendingCommit)>, String> {
     match m {
         Message::Dataset { units, start } if rank == 0 && st.data.is_none() => {
             st.data = Some(JobData::open(units, start)?);
             for (rank, epoch, dataset, options) in std::mem::take(&mut st.waiting) {
                 answer_plan(st, rank, epoch, &dataset, &options)?;
             }
-            Ok(())
+            Ok(None)
         }
         Message::PlanRequest {
             epoch,
@@ -440,9 +511,9 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
         } => {
             if st.data.is_none() {
                 st.waiting.push((rank, epoch, dataset, options));
-                Ok(())
+                Ok(None)
             } else {
-                answer_plan(st, rank, epoch, &dataset, &options)
+                answer_plan(st, rank, epoch, &dataset, &options).map(|()| None)
             }
         }
         Message::Progress { progress } if progress.rank == rank => {
@@ -456,11 +527,11 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
             for (rank, step) in std::mem::take(&mut st.waiting_cursor) {
                 answer_cursor(st, rank, step);
             }
-            Ok(())
+            Ok(None)
         }
         Message::CursorRequest { step, .. } => {
             answer_cursor(st, rank, step);
-            Ok(())
+            Ok(None)
         }
         Message::Commit {
             step,
@@ -485,19 +556,9 @@ fn job_message(st: &mut State, rank: usize, m: Message) -> Result<(), String> {
             }
             if p.heard == world {
                 let p = st.commits.remove(&step).expect("present");
-                let result = commit_now(step, p);
-                for r in st.ranks.keys().copied().collect::<Vec<_>>() {
-                    send(
-                        st,
-                        r,
-                        Message::Committed {
-                            step,
-                            result: result.clone(),
-                        },
-                    );
-                }
+                return Ok(Some((step, p)));
             }
-            Ok(())
+            Ok(None)
         }
         other => Err(format!("sent an unexpected {}", kind(&other))),
     }
@@ -568,5 +629,63 @@ fn answer_cursor(st: &mut State, rank: usize, step: u64) {
 fn send(st: &State, rank: usize, m: Message) {
     if let Some(r) = st.ranks.get(&rank) {
         let _ = r.outbox.send(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_coordinator_judges_no_rank_before_reading_their_heartbeats() {
+        let config = CoordinatorConfig {
+            world_size: 1,
+            token: "t".into(),
+            heartbeat_timeout: Duration::from_millis(200),
+            join_timeout: Duration::from_secs(10),
+        };
+        let (outbox, _inbox) = mpsc::unbounded_channel();
+        let rank = Rank {
+            peer: Peer {
+                rank: 0,
+                host: "h".into(),
+                local_rank: 0,
+                ring_addr: "127.0.0.1:1".into(),
+                nccl_id: None,
+            },
+            outbox,
+            last_seen: Instant::now(),
+            left: false,
+            gone: None,
+            fault: None,
+        };
+        let state = Mutex::new(State {
+            ranks: BTreeMap::from([(0, rank)]),
+            welcomed: true,
+            data: None,
+            waiting: Vec::new(),
+            waiting_cursor: Vec::new(),
+            commits: BTreeMap::new(),
+            meter: Meter::new(1),
+            last_check: Some(Instant::now()),
+            commit_turn: Arc::default(),
+        });
+        let started = Instant::now();
+        // Stalled for two heartbeat timeouts: the rank's last heartbeat looks 400 ms old,
+        // but the ones it sent meanwhile are unread.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(check(&state, &config, started).is_none());
+        // Checked at its pace again, a rank silent for a heartbeat timeout is dead.
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(25));
+            if let Some(verdict) = check(&state, &config, started) {
+                assert!(
+                    matches!(verdict, Err(RendezvousError::RankDead { rank: 0, .. })),
+                    "{verdict:?}"
+                );
+                return;
+            }
+        }
+        panic!("no verdict on a silent rank");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use weft_collective::{Collective, ReduceOp, RingConfig, TcpRing};
-use weft_coordinator::rendezvous::{CoordinatorConfig, Peer, Session};
+use weft_coordinator::rendezvous::{CoordinatorConfig, Peer, Session, Waits};
 use weft_coordinator::LaunchEnv;
 use weft_coordinator::{spawn_coordinator, weft_vars};
 
@@ -194,8 +194,11 @@ fn worker(sizes: &[usize], iters: usize) -> anyhow::Result<()> {
             ring_addr,
             nccl_id: None,
         },
-        Duration::from_secs(60),
-        Duration::from_secs(1),
+        Waits {
+            join: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(1),
+            silence: Duration::from_secs(30),
+        },
         Box::new(move |why| {
             eprintln!("weft bench allreduce, rank {rank}: {why}");
             std::process::exit(1);
