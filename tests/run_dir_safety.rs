@@ -1,15 +1,15 @@
-//! A run directory is one run's (issue 30, cases 6, 7 and 9), with the real binary: a second
+//! A run directory is one run's (issue 30, cases 6 to 9), with the real binary: a second
 //! `weft train` in a directory another one trains in is refused, naming the first, and writes
-//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing; a
-//! metrics line torn by a crash is dropped when the run resumes, and `weft report` reads the
-//! run.
+//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing; the
+//! ranks of a job that resume from different checkpoints fail, naming both; a metrics line torn
+//! by a crash is dropped when the run resumes, and `weft report` reads the run.
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::dist::{train_sets, weft, Proc};
+use common::dist::{coordinator, train_sets, weft, worker_with, Proc};
 
 /// `weft train` of the small model into `run`, with `extra` arguments.
 fn train(run: &Path, extra: &[&str]) -> Proc {
@@ -142,4 +142,48 @@ fn a_torn_metrics_line_is_dropped_on_resume_and_the_report_reads_the_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn ranks_that_resume_from_different_checkpoints_fail_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut first = train(
+        &run,
+        &[
+            "--set",
+            "train.max_steps=4",
+            "--set",
+            "checkpoint.every_steps=2",
+        ],
+    );
+    let status = first.wait_within(Duration::from_secs(120));
+    let err = first.stderr();
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    // Rank 1 reads a stale checkpoint, as from an old copy of the run directory.
+    let step = |s: u32| {
+        run.join(format!("checkpoints/step-{s:08}"))
+            .display()
+            .to_string()
+    };
+    let token = "tok-stale-copy";
+    let (mut coord, addr) = coordinator(2, token);
+    let ranks = [(0, step(4)), (1, step(2))].map(|(rank, from)| {
+        let extra = ["--resume", &from, "--set", "train.max_steps=6"];
+        worker_with(rank, 2, &addr, token, &run, &extra)
+    });
+    for (rank, mut p) in ranks.into_iter().enumerate() {
+        let status = p
+            .wait_within(Duration::from_secs(60))
+            .expect("fails promptly");
+        let err = p.stderr();
+        assert!(!status.success(), "{err}");
+        let (mine, theirs) = if rank == 0 { ("4", "2") } else { ("2", "4") };
+        let want = format!("rank {rank} resumes from step {mine} (state digest");
+        assert!(err.contains(&want), "{err}");
+        let want = format!("rank {} from step {theirs} (state digest", 1 - rank);
+        assert!(err.contains(&want), "{err}");
+        assert!(err.contains(&format!("step-0000000{mine}")), "{err}");
+    }
+    assert!(coord.wait_within(Duration::from_secs(30)).is_some());
 }

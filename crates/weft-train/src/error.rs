@@ -67,6 +67,20 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// Ranks of a job resume from different checkpoints.
+    #[error("rank {rank} resumes from {from}, rank {other} from {other_from} ({here}): every rank must resume from the same checkpoint (is one node's copy of the run directory stale, or --resume different?)")]
+    ResumeMismatch {
+        /// One rank.
+        rank: usize,
+        /// What it resumes from.
+        from: String,
+        /// Another rank.
+        other: usize,
+        /// What that one resumes from.
+        other_from: String,
+        /// This rank and the checkpoint it read.
+        here: String,
+    },
     /// A collective operation with the other ranks failed (a peer died, timed out or closed).
     #[error(transparent)]
     Collective(#[from] weft_collective::CollectiveError),

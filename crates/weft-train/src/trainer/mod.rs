@@ -12,6 +12,7 @@
 
 pub mod batches;
 pub mod checkpointer;
+pub mod same_resume;
 pub mod setup;
 pub mod step;
 pub mod validator;

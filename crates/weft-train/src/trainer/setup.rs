@@ -12,6 +12,7 @@ use weft_config::Config;
 use weft_data::{DataCursor, DatasetUnits, Loader, Planner, Share, Split};
 use weft_model::VlModelConfig;
 
+use super::same_resume::check_same_resume;
 use super::TrainOptions;
 use crate::engine::Engine;
 use crate::error::{io, TrainError};
@@ -59,6 +60,7 @@ pub fn start<B: AutodiffBackend>(
     let resolved_json = serde_json::to_value(&resolved).expect("configs serialise");
 
     let resumed = weft_checkpoint::resolve(&options.run_dir, &options.resume)?;
+    check_same_resume(collective, &resumed)?;
     let mut model = build_model::<B>(config, vocab, device);
     let param_counts = model.param_counts();
     if lead {
