@@ -312,7 +312,7 @@ fn abort_all(st: &mut State, skip: Option<usize>, dead: Option<usize>, reason: &
 }
 
 /// Answers a join with a refusal; the connection then closes.
-async fn refuse(wr: &mut tokio::net::tcp::OwnedWriteHalf, reason: String) -> Result<(), String> {
+async fn refuse<T>(wr: &mut tokio::net::tcp::OwnedWriteHalf, reason: String) -> Result<T, String> {
     let _ = wr
         .write_all(&encode(&Message::Refused {
             reason: reason.clone(),
@@ -321,14 +321,14 @@ async fn refuse(wr: &mut tokio::net::tcp::OwnedWriteHalf, reason: String) -> Res
     Err(format!("refused: {reason}"))
 }
 
-/// One worker's connection: its join, then its heartbeats.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    state: &Mutex<State>,
+/// The coordinator's side of a join: challenges the connection, checks the worker's proof and
+/// what it asks, and proves the token back. `Ok(None)`: the connection ended or stayed silent
+/// before its join (no rank's); `Err`: refused.
+async fn handshake(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
     config: &CoordinatorConfig,
-    unjoined: Unjoined,
-) -> Result<(), String> {
-    let (mut rd, mut wr) = stream.into_split();
+) -> Result<Option<Peer>, String> {
     let challenge = hex(&new_nonce());
     let hello = encode(&Message::Challenge {
         nonce: challenge.clone(),
@@ -336,7 +336,7 @@ async fn connection(
     let bound = config.join_timeout.min(FIRST_MESSAGE_TIMEOUT);
     let first = tokio::time::timeout(bound, async {
         wr.write_all(&hello).await.map_err(|e| e.to_string())?;
-        read_async(&mut rd, MAX_MESSAGE).await
+        read_async(rd, MAX_MESSAGE).await
     })
     .await
     .map_err(|_| format!("no join within {bound:?}"))
@@ -347,7 +347,7 @@ async fn connection(
         // warning each (a flood of them must not fill the log).
         Err(why) => {
             tracing::debug!("coordinator: a connection ended before its join: {why}");
-            return Ok(());
+            return Ok(None);
         }
     };
     let Message::Join {
@@ -357,11 +357,11 @@ async fn connection(
         proof,
     } = first
     else {
-        return refuse(&mut wr, "the first message must be a join".into()).await;
+        return refuse(wr, "the first message must be a join".into()).await;
     };
     if !join_verifies(&config.token, &challenge, &nonce, world_size, &peer, &proof) {
         return refuse(
-            &mut wr,
+            wr,
             format!(
                 "rank {}: wrong job token (its proof does not verify)",
                 peer.rank
@@ -371,7 +371,7 @@ async fn connection(
     }
     if world_size != config.world_size || peer.rank >= config.world_size {
         return refuse(
-            &mut wr,
+            wr,
             format!(
                 "rank {} of {world_size} does not fit this job of {} ranks",
                 peer.rank, config.world_size
@@ -383,6 +383,20 @@ async fn connection(
         proof: coordinator_proof(&config.token, &challenge, &nonce),
     });
     wr.write_all(&accepted).await.map_err(|e| e.to_string())?;
+    Ok(Some(peer))
+}
+
+/// One worker's connection: its join, then its heartbeats.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    state: &Mutex<State>,
+    config: &CoordinatorConfig,
+    unjoined: Unjoined,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let Some(peer) = handshake(&mut rd, &mut wr, config).await? else {
+        return Ok(());
+    };
     let rank = peer.rank;
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let joined = {
