@@ -19,6 +19,19 @@ fn on_ring<T: Send + 'static>(
     token: impl Fn(usize) -> String,
     f: impl Fn(usize, Result<TcpRing, CollectiveError>) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
+    let configure = |rank, config: RingConfig| RingConfig {
+        token: token(rank),
+        ..config.with_segment_bytes(segment_bytes)
+    };
+    on_ring_with(world, configure, f)
+}
+
+/// [`on_ring`] with `configure` applied to each rank's config (token "job-1", 3 s timeout).
+fn on_ring_with<T: Send + 'static>(
+    world: usize,
+    configure: impl Fn(usize, RingConfig) -> RingConfig,
+    f: impl Fn(usize, Result<TcpRing, CollectiveError>) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
     let listeners: Vec<TcpListener> = (0..world)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -27,9 +40,9 @@ fn on_ring<T: Send + 'static>(
         .into_iter()
         .enumerate()
         .map(|(rank, listener)| {
-            let config = RingConfig::new(rank, world, addrs[(rank + 1) % world], token(rank))
-                .with_timeout(Duration::from_secs(3))
-                .with_segment_bytes(segment_bytes);
+            let config = RingConfig::new(rank, world, addrs[(rank + 1) % world], "job-1")
+                .with_timeout(Duration::from_secs(3));
+            let config = configure(rank, config);
             let f = f.clone();
             thread::spawn(move || f(rank, TcpRing::connect(config, &listener)))
         })
@@ -248,43 +261,19 @@ fn a_silent_connection_and_a_stranger_neither_delay_nor_join_the_ring() {
 #[test]
 fn a_connection_from_another_address_than_the_rank_tables_is_refused() {
     // Rank 0 connects from 127.0.0.1; rank 1's rank table says rank 0 is at 127.0.0.2.
-    let results = on_ring_with(2, |rank, config| {
+    let configure = |rank, config: RingConfig| {
         let here = "127.0.0.1".parse().unwrap();
         if rank == 1 {
             config.with_addresses(here, "127.0.0.2".parse().unwrap())
         } else {
             config.with_addresses(here, here)
         }
+    };
+    let results = on_ring_with(2, configure, |_, ring| {
+        ring.map(|_| ()).map_err(|e| e.to_string())
     });
     let rank1 = results[1].as_ref().unwrap_err();
     assert!(rank1.contains("whose address is 127.0.0.2"), "{rank1}");
-}
-
-/// Forms a ring of `world` ranks with `configure` applied to each rank's config (token
-/// "job-1", 2 s timeout); each rank's error as a string.
-fn on_ring_with(
-    world: usize,
-    configure: impl Fn(usize, RingConfig) -> RingConfig,
-) -> Vec<Result<(), String>> {
-    let listeners: Vec<TcpListener> = (0..world)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, listener)| {
-            let config = RingConfig::new(rank, world, addrs[(rank + 1) % world], "job-1")
-                .with_timeout(Duration::from_secs(2));
-            let config = configure(rank, config);
-            thread::spawn(move || {
-                TcpRing::connect(config, &listener)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 #[test]
