@@ -40,7 +40,7 @@ pub struct Waits {
     /// Between two heartbeats of this rank.
     pub heartbeat: Duration,
     /// The longest the coordinator may stay silent (it heartbeats at a quarter of its
-    /// heartbeat timeout).
+    /// heartbeat timeout, at least every second).
     pub silence: Duration,
 }
 

@@ -132,7 +132,10 @@ pub async fn serve(
         commit_turn: Arc::default(),
     }));
     let started = Instant::now();
-    let tick = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    // At least every second: each tick also tells the ranks the coordinator is alive, and a
+    // rank may have been given a shorter heartbeat timeout than this coordinator.
+    let tick =
+        (config.heartbeat_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // A connection that ends, or a rank at fault, wakes the check at once.
     let wake = Arc::new(tokio::sync::Notify::new());
     let unjoined = Arc::new(AtomicUsize::new(0));
