@@ -183,16 +183,43 @@ impl Config {
 
     fn validate_dist(&self) -> Result<(), (String, String)> {
         let d = &self.dist;
+        // Positive, and bounded: (key, value, largest, unit of the largest).
         let positive = [
-            ("dist.bucket_mb", d.bucket_mb),
-            ("dist.heartbeat_timeout_s", d.heartbeat_timeout_s),
-            ("dist.heartbeat_interval_s", d.heartbeat_interval_s),
-            ("dist.rendezvous_timeout_s", d.rendezvous_timeout_s),
-            ("dist.collective_timeout_s", d.collective_timeout_s),
+            ("dist.bucket_mb", d.bucket_mb, 65536.0, ""),
+            (
+                "dist.heartbeat_timeout_s",
+                d.heartbeat_timeout_s,
+                MAX_SECONDS,
+                " s",
+            ),
+            (
+                "dist.heartbeat_interval_s",
+                d.heartbeat_interval_s,
+                MAX_SECONDS,
+                " s",
+            ),
+            (
+                "dist.rendezvous_timeout_s",
+                d.rendezvous_timeout_s,
+                MAX_SECONDS,
+                " s",
+            ),
+            (
+                "dist.collective_timeout_s",
+                d.collective_timeout_s,
+                MAX_SECONDS,
+                " s",
+            ),
         ];
-        for (key, v) in positive {
+        for (key, v, max, unit) in positive {
             if !(v.is_finite() && v > 0.0) {
                 return Err((key.into(), format!("must be positive, found {v}")));
+            }
+            if v > max {
+                return Err((
+                    key.into(),
+                    format!("must be at most {max}{unit}, found {v}"),
+                ));
             }
         }
         if d.backend == DistBackend::Nccl && self.train.device != Device::Cuda {
@@ -216,7 +243,8 @@ impl Config {
         Ok(())
     }
 
-    /// Upper bounds of counts and durations, so that none overflows or allocates absurdly.
+    /// Upper bounds of counts, so that none overflows or allocates absurdly (durations are
+    /// bounded with the rest of `[dist]`).
     fn validate_bounds(&self) -> Result<(), (String, String)> {
         let (d, t, c) = (&self.data, &self.train, &self.checkpoint);
         let counts = [
@@ -249,27 +277,6 @@ impl Config {
             if v > max {
                 return Err((key.into(), format!("must be at most {max}, found {v}")));
             }
-        }
-        let dist = &self.dist;
-        let seconds = [
-            ("dist.heartbeat_timeout_s", dist.heartbeat_timeout_s),
-            ("dist.heartbeat_interval_s", dist.heartbeat_interval_s),
-            ("dist.rendezvous_timeout_s", dist.rendezvous_timeout_s),
-            ("dist.collective_timeout_s", dist.collective_timeout_s),
-        ];
-        for (key, v) in seconds {
-            if v > MAX_SECONDS {
-                return Err((
-                    key.into(),
-                    format!("must be at most {MAX_SECONDS} s, found {v}"),
-                ));
-            }
-        }
-        if dist.bucket_mb > 65536.0 {
-            return Err((
-                "dist.bucket_mb".into(),
-                format!("must be at most 65536, found {}", dist.bucket_mb),
-            ));
         }
         Ok(())
     }
