@@ -27,5 +27,6 @@ pub use env::{weft_vars, EnvError, LaunchEnv, Launcher};
 pub use hostlist::{expand_hostlist, HostlistError};
 pub use token::{job_token, TOKEN_FILE};
 pub use worker::{
-    spawn_coordinator, HostedCoordinator, Job, JobCommitter, JobError, JobOptions, JobPlanner,
+    coordinator_bind, spawn_coordinator, HostedCoordinator, Job, JobCommitter, JobError,
+    JobOptions, JobPlanner,
 };

@@ -415,6 +415,14 @@ impl Planner for JobPlanner<'_> {
     }
 }
 
+/// `WEFT_COORDINATOR_BIND`, when set: where a coordinator this process hosts listens instead of
+/// the address the ranks are given (`weft launch` and rank 0 alike).
+pub fn coordinator_bind() -> Option<String> {
+    std::env::var("WEFT_COORDINATOR_BIND")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
 /// Where the hosted coordinator listens: `WEFT_COORDINATOR_BIND` when set, else the address
 /// the job looks for it at (`coordinator`, resolved to `target`), never every interface. A
 /// loopback address in a job of several hosts is an error: the other hosts cannot reach it.
@@ -423,10 +431,7 @@ fn host_address(
     coordinator: &str,
     target: SocketAddr,
 ) -> Result<String, JobError> {
-    if let Some(bind) = std::env::var("WEFT_COORDINATOR_BIND")
-        .ok()
-        .filter(|b| !b.is_empty())
-    {
+    if let Some(bind) = coordinator_bind() {
         return Ok(bind);
     }
     if target.ip().is_loopback() && env.nodes.len() > 1 {

@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use weft_config::Config;
-use weft_coordinator::{spawn_coordinator, weft_vars, LaunchEnv};
+use weft_coordinator::{coordinator_bind, spawn_coordinator, weft_vars, LaunchEnv};
 
 use super::coordinator::coordinator_config;
 use super::train::EXIT_INTERRUPTED;
@@ -98,10 +98,10 @@ pub fn run(args: LaunchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let hosted = if args.node_rank == 0 {
         // Every node must reach it at the address they are given (WEFT_COORDINATOR_BIND
         // names another, never every interface by default); alone, loopback is enough.
-        let bind = match (&args.coordinator, std::env::var("WEFT_COORDINATOR_BIND")) {
-            (_, Ok(bind)) if !bind.is_empty() => bind,
-            (Some(c), _) => c.clone(),
-            (None, _) => "127.0.0.1:0".into(),
+        let bind = match (coordinator_bind(), &args.coordinator) {
+            (Some(bind), _) => bind,
+            (None, Some(c)) => c.clone(),
+            (None, None) => "127.0.0.1:0".into(),
         };
         Some(spawn_coordinator(
             &bind,
