@@ -294,7 +294,7 @@ fn stalled(st: &mut State, config: &CoordinatorConfig) -> bool {
                  before their heartbeats are read"
             );
             for r in st.ranks.values_mut() {
-                r.last_seen = r.last_seen.max(now);
+                r.last_seen = now;
             }
             true
         }
