@@ -41,19 +41,12 @@ impl NcclId {
 
     /// As 256 hex digits, for the coordinator's rank table.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::auth::hex(&self.0)
     }
 
     /// From [`NcclId::to_hex`].
     pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 256 {
-            return None;
-        }
-        let mut bytes = [0u8; 128];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(Self(bytes))
+        crate::auth::unhex(hex)?.try_into().ok().map(Self)
     }
 }
 
