@@ -23,6 +23,15 @@ fn train(run: &Path, extra: &[&str]) -> Proc {
     )
 }
 
+/// `weft train` into `run` with `extra`, which must succeed within 2 minutes; its stderr.
+fn train_to_end(run: &Path, extra: &[&str]) -> String {
+    let mut p = train(run, extra);
+    let status = p.wait_within(Duration::from_secs(120));
+    let err = p.stderr();
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    err
+}
+
 /// The names in `run`'s checkpoint directory, sorted, and its `latest`.
 fn checkpoints(run: &Path) -> (Vec<String>, String) {
     let dir = run.join("checkpoints");
@@ -75,7 +84,7 @@ fn a_second_trainer_in_the_same_run_directory_is_refused() {
 fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut done = train(
+    train_to_end(
         &run,
         &[
             "--set",
@@ -84,9 +93,6 @@ fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
             "checkpoint.every_steps=2",
         ],
     );
-    let status = done.wait_within(Duration::from_secs(120));
-    let err = done.stderr();
-    assert!(status.is_some_and(|s| s.success()), "{err}");
     let before = checkpoints(&run);
     let mut again = train(&run, &["--resume", "never", "--set", "train.max_steps=2"]);
     let status = again.wait_within(Duration::from_secs(60)).expect("refused");
@@ -105,25 +111,19 @@ fn a_torn_metrics_line_is_dropped_on_resume_and_the_report_reads_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let every = ["--set", "checkpoint.every_steps=2"];
-    let mut first = train(
+    train_to_end(
         &run,
         &[&every[..], &["--set", "train.max_steps=4"]].concat(),
     );
-    let status = first.wait_within(Duration::from_secs(120));
-    let err = first.stderr();
-    assert!(status.is_some_and(|s| s.success()), "{err}");
     // A crash (or a full disk) in the middle of the line of step 5.
     let metrics = run.join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&metrics).unwrap();
     text.push_str("{\"step\":5,\"loss\":4.2");
     std::fs::write(&metrics, text).unwrap();
-    let mut resumed = train(
+    let err = train_to_end(
         &run,
         &[&every[..], &["--set", "train.max_steps=6"]].concat(),
     );
-    let status = resumed.wait_within(Duration::from_secs(120));
-    let err = resumed.stderr();
-    assert!(status.is_some_and(|s| s.success()), "{err}");
     assert!(err.contains("dropped 1 line(s) that do not parse"), "{err}");
     let steps: Vec<serde_json::Value> = common::ckpt::metrics(&run)
         .iter()
@@ -148,7 +148,7 @@ fn a_torn_metrics_line_is_dropped_on_resume_and_the_report_reads_the_run() {
 fn ranks_that_resume_from_different_checkpoints_fail_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut first = train(
+    train_to_end(
         &run,
         &[
             "--set",
@@ -157,9 +157,6 @@ fn ranks_that_resume_from_different_checkpoints_fail_naming_both() {
             "checkpoint.every_steps=2",
         ],
     );
-    let status = first.wait_within(Duration::from_secs(120));
-    let err = first.stderr();
-    assert!(status.is_some_and(|s| s.success()), "{err}");
     // Rank 1 reads a stale checkpoint, as from an old copy of the run directory.
     let step = |s: u32| {
         run.join(format!("checkpoints/step-{s:08}"))
