@@ -23,6 +23,14 @@ fn train(run: &Path, extra: &[&str]) -> Proc {
     )
 }
 
+/// A run of 4 steps that commits the checkpoints of steps 2 and 4.
+const FOUR_STEPS_SAVED_EVERY_2: [&str; 4] = [
+    "--set",
+    "train.max_steps=4",
+    "--set",
+    "checkpoint.every_steps=2",
+];
+
 /// `weft train` into `run` with `extra`, which must succeed within 2 minutes; its stderr.
 fn train_to_end(run: &Path, extra: &[&str]) -> String {
     let mut p = train(run, extra);
@@ -84,15 +92,7 @@ fn a_second_trainer_in_the_same_run_directory_is_refused() {
 fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train_to_end(
-        &run,
-        &[
-            "--set",
-            "train.max_steps=4",
-            "--set",
-            "checkpoint.every_steps=2",
-        ],
-    );
+    train_to_end(&run, &FOUR_STEPS_SAVED_EVERY_2);
     let before = checkpoints(&run);
     let mut again = train(&run, &["--resume", "never", "--set", "train.max_steps=2"]);
     let status = again.wait_within(Duration::from_secs(60)).expect("refused");
@@ -148,15 +148,7 @@ fn a_torn_metrics_line_is_dropped_on_resume_and_the_report_reads_the_run() {
 fn ranks_that_resume_from_different_checkpoints_fail_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train_to_end(
-        &run,
-        &[
-            "--set",
-            "train.max_steps=4",
-            "--set",
-            "checkpoint.every_steps=2",
-        ],
-    );
+    train_to_end(&run, &FOUR_STEPS_SAVED_EVERY_2);
     // Rank 1 reads a stale checkpoint, as from an old copy of the run directory.
     let step = |s: u32| {
         run.join(format!("checkpoints/step-{s:08}"))
