@@ -319,3 +319,66 @@ fn image_paths_read_only_regular_files_under_the_dataset_and_the_cap() {
     assert_eq!(real_captions(&batches), ["ok", "outside"]);
     assert_eq!(stream.stats().by_reason.get("null_image"), Some(&2));
 }
+
+#[test]
+fn a_caption_that_is_not_utf8_is_one_bad_row() {
+    // Once: one such caption failed its whole row group (or, without skip_bad_files, the run).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("latin1.parquet");
+    let captions: Vec<Vec<u8>> = (0..16)
+        .map(|i| match i {
+            3 => b"caf\xe9 au lait".to_vec(),
+            10 => b"\xff\xfe".to_vec(),
+            _ => format!("caption {i}").into_bytes(),
+        })
+        .collect();
+    // A string column with bytes that are not UTF-8, as a careless writer leaves them.
+    let images: Vec<Vec<u8>> = (0..16).map(png_for).collect();
+    write_raw_strings(&p, &images, &captions, 8);
+    // The file is what was meant: a plain Arrow read of it fails on UTF-8.
+    let plain = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+        std::fs::File::open(&p).unwrap(),
+        8,
+    )
+    .unwrap();
+    let err = plain.collect::<Result<Vec<_>, _>>().unwrap_err();
+    assert!(err.to_string().contains("utf-8"), "{err}");
+    let mut config = test_config(4);
+    config.data.max_bad_fraction = 0.5;
+    config.data.shuffle = false;
+    let mut stream = stream_one_rank(&config, &[p], Split::Val);
+    let batches: Vec<_> = stream.by_ref().collect::<Result<_, _>>().unwrap();
+    let want: Vec<String> = (0..16)
+        .filter(|i| ![3, 10].contains(i))
+        .map(|i| format!("caption {i}"))
+        .collect();
+    assert_eq!(real_captions(&batches), want);
+    let stats = stream.stats();
+    assert_eq!((stats.seen, stats.bad), (16, 2));
+    assert_eq!(stats.by_reason.get("bad_caption"), Some(&2));
+}
+
+/// A Hugging Face style file (`image` binary, `text` string) written with parquet's column
+/// writer, which, unlike Arrow's string arrays, takes the caption bytes as they are.
+fn write_raw_strings(path: &std::path::Path, images: &[Vec<u8>], texts: &[Vec<u8>], group: usize) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let schema = "message row { required binary image; required binary text (UTF8); }";
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = SerializedFileWriter::new(file, schema, Default::default()).unwrap();
+    for (imgs, txts) in images.chunks(group).zip(texts.chunks(group)) {
+        let mut rg = w.next_row_group().unwrap();
+        for values in [imgs, txts] {
+            let values: Vec<ByteArray> = values.iter().map(|v| v.clone().into()).collect();
+            let mut col = rg.next_column().unwrap().unwrap();
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            col.close().unwrap();
+        }
+        rg.close().unwrap();
+    }
+    w.close().unwrap();
+}

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{DataError, Result};
 use crate::image_files::ImageFiles;
 use crate::layout::{ColumnMapping, ColumnOverrides};
+use crate::text_bytes::{caption_from_bytes, text_as_bytes};
 use crate::usable::UsableRows;
 
 /// One Parquet file of the dataset.
@@ -97,8 +98,10 @@ pub struct RawRow {
     pub image_path: Option<String>,
     /// Why that path was not read.
     pub image_unread: Option<String>,
-    /// Caption, `None` when null.
+    /// Caption, `None` when null or not UTF-8.
     pub text: Option<String>,
+    /// Why the caption's bytes are not text (they are not UTF-8).
+    pub bad_text: Option<String>,
     /// False when an img2dataset status column says the row failed.
     pub status_ok: bool,
 }
@@ -155,10 +158,16 @@ impl Catalog {
             let leaves = m.leaf_indices(meta.parquet_schema(), true);
             let text_leaves = m.leaf_indices(meta.parquet_schema(), false);
             let md = meta.metadata();
+            let (rows, row_groups) = (md.file_metadata().num_rows(), md.num_row_groups());
+            let meta = text_as_bytes(&meta, &m.text).map_err(|e| DataError::BadParquet {
+                path: path.clone(),
+                row_group: None,
+                message: format!("reading column {:?} as bytes: {e}", m.text),
+            })?;
             entries.push(FileEntry {
                 path: path.clone(),
-                rows: md.file_metadata().num_rows().max(0) as u64,
-                row_groups: md.num_row_groups(),
+                rows: rows.max(0) as u64,
+                row_groups,
                 meta,
                 leaves,
                 text_leaves,
@@ -446,6 +455,11 @@ impl RowReader {
                         image_path = Some(p.to_string());
                     }
                 }
+                let (text, bad_text) = match cols.text_at(i).map(caption_from_bytes) {
+                    None => (None, None),
+                    Some(Ok(text)) => (Some(text), None),
+                    Some(Err(why)) => (None, Some(why)),
+                };
                 let raw = RawRow {
                     unit,
                     row,
@@ -455,7 +469,8 @@ impl RowReader {
                     image,
                     image_path,
                     image_unread,
-                    text: cols.text_at(i).map(str::to_string),
+                    text,
+                    bad_text,
                     status_ok: cols.status_ok(i),
                 };
                 if !emit(raw) {
@@ -488,7 +503,7 @@ struct Columns<'a> {
     image: Option<Bin<'a>>,
     image_parent: Option<&'a StructArray>,
     image_path: Option<Str<'a>>,
-    text: Str<'a>,
+    text: Bin<'a>,
     key: Option<&'a ArrayRef>,
     status: Option<Str<'a>>,
 }
@@ -530,8 +545,8 @@ impl<'a> Columns<'a> {
                 Some(s) if m.image_has_path => s.column_by_name("path").and_then(as_str),
                 _ => None,
             },
-            text: as_str(col(&m.text)?)
-                .ok_or_else(|| format!("column {:?} is not a string", m.text))?,
+            text: as_bin(col(&m.text)?)
+                .ok_or_else(|| format!("column {:?} is not read as bytes", m.text))?,
             key: match &m.key {
                 Some(k) => Some(col(k)?),
                 None => None,
@@ -549,11 +564,7 @@ impl<'a> Columns<'a> {
         if self.image_parent.is_some_and(|p| p.is_null(i)) {
             return None;
         }
-        match self.image? {
-            Bin::Small(a) => (!a.is_null(i)).then(|| a.value(i)),
-            Bin::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
-            Bin::View(a) => (!a.is_null(i)).then(|| a.value(i)),
-        }
+        bin_at(self.image?, i)
     }
 
     fn path_at(&self, i: usize) -> Option<&'a str> {
@@ -563,8 +574,8 @@ impl<'a> Columns<'a> {
         str_at(self.image_path.as_ref()?, i).filter(|p| !p.is_empty())
     }
 
-    fn text_at(&self, i: usize) -> Option<&'a str> {
-        str_at(&self.text, i)
+    fn text_at(&self, i: usize) -> Option<&'a [u8]> {
+        bin_at(self.text, i)
     }
 
     fn key_at(&self, i: usize) -> Option<String> {
@@ -580,6 +591,14 @@ impl<'a> Columns<'a> {
             None => true,
             Some(s) => str_at(s, i) == Some("success"),
         }
+    }
+}
+
+fn bin_at<'a>(b: Bin<'a>, i: usize) -> Option<&'a [u8]> {
+    match b {
+        Bin::Small(a) => (!a.is_null(i)).then(|| a.value(i)),
+        Bin::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
+        Bin::View(a) => (!a.is_null(i)).then(|| a.value(i)),
     }
 }
 

@@ -43,6 +43,7 @@ pub mod plan;
 pub mod source;
 pub mod synth;
 pub mod text;
+mod text_bytes;
 pub mod usable;
 
 use std::sync::Arc;

@@ -110,7 +110,8 @@ fn skip(reason: &'static str, message: String) -> Skip {
     }
 }
 
-/// The checks that need no decoding: status, null image, empty caption. Returns the image
+/// The checks that need no decoding: status, null image, a caption that is not UTF-8, an
+/// empty caption. Returns the image
 /// bytes and the caption of a row that passes.
 fn classify(raw: &RawRow) -> std::result::Result<(&[u8], &str), Skip> {
     if !raw.status_ok {
@@ -133,6 +134,9 @@ fn classify(raw: &RawRow) -> std::result::Result<(&[u8], &str), Skip> {
     if bytes.is_empty() {
         return Err(skip("null_image", "the image is empty".to_string()));
     }
+    if let Some(why) = &raw.bad_text {
+        return Err(skip("bad_caption", why.clone()));
+    }
     let caption = raw.text.as_deref().map(str::trim).unwrap_or("");
     if caption.is_empty() {
         return Err(skip(
@@ -144,7 +148,7 @@ fn classify(raw: &RawRow) -> std::result::Result<(&[u8], &str), Skip> {
 }
 
 /// The reason a raw row would be skipped before decoding, if any (`status`, `null_image`,
-/// `empty_caption`), and whether it counts against `max_bad_fraction`.
+/// `bad_caption`, `empty_caption`), and whether it counts against `max_bad_fraction`.
 pub fn precheck(raw: &RawRow) -> Option<(&'static str, bool)> {
     classify(raw).err().map(|s| (s.reason, s.counted))
 }
