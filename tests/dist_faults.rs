@@ -137,6 +137,36 @@ fn a_silent_rank_is_declared_dead_after_the_heartbeat_timeout() {
 }
 
 #[test]
+fn a_late_rank_is_named_not_the_rank_that_waited_for_it() {
+    // Once: with a collective timeout shorter than a rank's pause, the coordinator blamed the
+    // rank that waited (its exit was the first thing it saw), and the late rank exited
+    // saying the waiting one was dead.
+    let token = "tok-late";
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let patient = ["--set", "dist.heartbeat_timeout_s=30"];
+    let (coord, addr) = common::dist::coordinator_with(weft(), 2, token, &patient);
+    let sets = [&patient[..], &["--set", "dist.collective_timeout_s=2"]].concat();
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|r| worker_with(r, 2, &addr, token, &run, &sets))
+        .collect();
+    wait_for_steps(&run, 2, &mut workers);
+    workers[1].signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    workers[1].signal(nix::sys::signal::Signal::SIGCONT);
+    let mut all = workers;
+    all.push(coord);
+    let errs = all_fail_within_bound(&mut all);
+    for (who, e) in ["rank 0", "rank 1", "coordinator"].iter().zip(&errs) {
+        assert!(
+            e.contains("rank 1 was late: rank 0 waited 2s for it"),
+            "{who}: {e}"
+        );
+        assert!(!e.contains("rank 0 is dead"), "{who}: {e}");
+    }
+}
+
+#[test]
 fn a_worker_with_the_wrong_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");

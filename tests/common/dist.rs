@@ -136,11 +136,22 @@ pub fn coordinator(world: usize, token: &str) -> (Proc, String) {
 
 /// `weft coordinator` started by `command` (the weft binary, or a wrapper of it) on a free
 /// port of 127.0.0.1, and its address.
-pub fn coordinator_in(mut command: Command, world: usize, token: &str) -> (Proc, String) {
+pub fn coordinator_in(command: Command, world: usize, token: &str) -> (Proc, String) {
+    coordinator_with(command, world, token, &[])
+}
+
+/// [`coordinator_in`] with `extra` arguments after the common ones.
+pub fn coordinator_with(
+    mut command: Command,
+    world: usize,
+    token: &str,
+    extra: &[&str],
+) -> (Proc, String) {
     let mut child = command
         .args(["coordinator", "--world-size", &world.to_string()])
         .args(["--bind", "127.0.0.1:0"])
         .args(train_sets())
+        .args(extra)
         .env("WEFT_JOB_TOKEN", token)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

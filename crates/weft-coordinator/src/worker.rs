@@ -260,6 +260,21 @@ impl Job {
         (ring, planner, committer)
     }
 
+    /// Tells the coordinator that this rank's collective `op` timed out after `timeout`
+    /// waiting for rank `peer`: it works out which rank was late and tells every rank
+    /// ([`crate::rendezvous::late`]). Best effort: the coordinator may be gone.
+    pub fn report_wait(&self, peer: usize, op: &str, timeout: Duration) {
+        let m = Message::Waited {
+            rank: self.session.rank(),
+            peer,
+            op: op.to_string(),
+            timeout_s: timeout.as_secs_f64(),
+        };
+        if let Err(e) = self.session.send(&m) {
+            tracing::warn!("cannot tell the coordinator whom this rank waited for: {e}");
+        }
+    }
+
     /// The NCCL unique id rank 0 handed out, if it did.
     pub fn nccl_id(&self) -> Option<&str> {
         self.session

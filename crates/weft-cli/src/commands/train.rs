@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use weft_checkpoint::{CheckpointError, RunLock};
-use weft_collective::Collective;
+use weft_collective::{Collective, CollectiveError};
 use weft_config::{Config, ConfigLoader};
 use weft_coordinator::{LaunchEnv, Launcher};
 use weft_train::grads::reduce::GradReduce;
@@ -312,15 +312,23 @@ impl OnBackend for TrainRun<'_> {
         let summary = match weft_train::train_with::<B>(config, options, &device, rank_parts) {
             Ok(summary) => summary,
             Err(e) => {
-                if matches!(e, weft_train::TrainError::Collective(_)) {
-                    // A peer's socket closing is often another rank's failure passed on:
-                    // the coordinator names the rank that failed first. Its verdict (the
-                    // abort handler) ends this process; wait for it, bounded.
+                if let weft_train::TrainError::Collective(c) = &e {
+                    // A peer's socket closing is often another rank's failure passed on, and
+                    // a timeout is another rank's lateness: the coordinator names the rank
+                    // that failed first, or was late. Its verdict (the abort handler) ends
+                    // this process; wait for it, bounded.
+                    let mut wait = job_options.heartbeat_timeout;
+                    if let CollectiveError::Timeout {
+                        peer, op, timeout, ..
+                    } = c
+                    {
+                        job.report_wait(*peer, op, *timeout);
+                        wait += weft_coordinator::rendezvous::late::MAX_GRACE;
+                    }
                     tracing::warn!(
-                        "rank {rank}: {e}; waiting up to {:?} for the coordinator's verdict",
-                        job_options.heartbeat_timeout
+                        "rank {rank}: {e}; waiting up to {wait:?} for the coordinator's verdict"
                     );
-                    std::thread::sleep(job_options.heartbeat_timeout);
+                    std::thread::sleep(wait);
                 }
                 // Dropping the job closes the session: the coordinator aborts the others.
                 return Err(anyhow::Error::new(e).context(format!("rank {rank}")));

@@ -21,6 +21,14 @@ pub enum RendezvousError {
         /// What it did.
         reason: String,
     },
+    /// A rank was so late to a collective that the others' collective timeout ran out.
+    #[error("rank {rank} was late: {reason}")]
+    RankLate {
+        /// The rank.
+        rank: usize,
+        /// Who waited for it.
+        reason: String,
+    },
     /// Not every rank joined in time.
     #[error("only {joined} of {world_size} ranks joined within {timeout:?}")]
     JoinTimeout {

@@ -19,15 +19,19 @@
 //! [`Message::PlanRequest`] (answered with [`Message::Share`]) and reports each step with
 //! [`Message::Progress`], from which the coordinator keeps the job's data cursor
 //! ([`Message::CursorRequest`]) and its global samples/s ([`crate::meter`]). A rank whose
-//! dataset or data options differ from rank 0's fails the job, named.
+//! dataset or data options differ from rank 0's fails the job, named. A rank whose collective
+//! timed out says whom it waited for ([`Message::Waited`]); the coordinator follows the waits to
+//! the rank that was late and names it ([`late`]).
 //!
 //! - [`protocol`]: the messages and their framing;
 //! - [`server`]: the coordinator ([`serve`]): joins, heartbeats, data-plan answers, commits;
 //! - [`client`]: a worker's [`Session`];
+//! - [`late`]: who was late when a collective timed out;
 //! - [`error`]: what can go wrong, [`RendezvousError`].
 
 pub mod client;
 pub mod error;
+pub mod late;
 pub mod protocol;
 pub mod server;
 

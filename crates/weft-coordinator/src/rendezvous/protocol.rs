@@ -159,6 +159,18 @@ pub enum Message {
         /// The committed directory, or why the commit failed.
         result: Result<String, String>,
     },
+    /// A rank's collective timed out waiting for `peer`: the coordinator judges which rank
+    /// was late ([`super::late`]).
+    Waited {
+        /// Its rank.
+        rank: usize,
+        /// The rank it waited for.
+        peer: usize,
+        /// The operation.
+        op: String,
+        /// Its collective timeout, in seconds.
+        timeout_s: f64,
+    },
     /// The job is over: stop.
     Abort {
         /// The rank that died, when one did.
@@ -302,6 +314,7 @@ pub(crate) fn kind(m: &Message) -> &'static str {
         Message::Cursor { .. } => "cursor",
         Message::Commit { .. } => "checkpoint report",
         Message::Committed { .. } => "checkpoint outcome",
+        Message::Waited { .. } => "report of a collective timeout",
         Message::Abort { .. } => "abort",
     }
 }

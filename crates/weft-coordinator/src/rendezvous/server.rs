@@ -13,6 +13,7 @@ use weft_checkpoint::{ShardReport, TrainerState};
 use weft_data::{DataCursor, PlanOptions};
 
 use super::error::RendezvousError;
+use super::late::{self, Verdict, Waited};
 use weft_collective::auth::{hex, nonce as new_nonce};
 
 use super::protocol::{
@@ -103,6 +104,10 @@ struct Rank {
     gone: Option<(String, Instant)>,
     /// Why and when it made the job wrong.
     fault: Option<(String, Instant)>,
+    /// Its report that a collective timed out waiting for another rank.
+    waited: Option<Waited>,
+    /// The last optimizer step it reported.
+    last_step: Option<u64>,
 }
 
 /// What the coordinator hands back when every rank has left.
@@ -250,11 +255,15 @@ fn check(
             timeout: config.join_timeout,
         }));
     }
-    // The first rank to go is the one to blame: the others often fail because of it.
+    if let Some(verdict) = late_verdict(&mut st, n) {
+        return Some(Err(verdict));
+    }
+    // The first rank to go is the one to blame: the others often fail because of it. A rank
+    // that said it waited for another in a collective is waiting for the verdict on that.
     let dead = st
         .ranks
         .iter()
-        .filter(|(_, r)| !r.left)
+        .filter(|(_, r)| !r.left && r.waited.is_none())
         .filter_map(|(&rank, r)| {
             if let Some((why, at)) = &r.gone {
                 Some((*at, rank, why.clone()))
@@ -278,6 +287,31 @@ fn check(
         &format!("rank {rank} is dead: {reason}"),
     );
     Some(Err(RendezvousError::RankDead { rank, reason }))
+}
+
+/// The verdict on ranks' reports that their collectives timed out, once it is in: the late
+/// rank (or, for a cycle of waits, none) is named to every rank.
+fn late_verdict(st: &mut State, world: usize) -> Option<RendezvousError> {
+    let waits: BTreeMap<usize, Waited> = st
+        .ranks
+        .iter()
+        .filter_map(|(&rank, r)| Some((rank, r.waited.clone()?)))
+        .collect();
+    let last_step = |rank: usize| st.ranks.get(&rank).and_then(|r| r.last_step);
+    let (dead, error) = match late::judge(&waits, world, Instant::now(), last_step)? {
+        Verdict::Collecting => return None,
+        Verdict::Late { rank, reason } => (Some(rank), RendezvousError::RankLate { rank, reason }),
+        Verdict::NoneLate { first, reason } => (
+            None,
+            RendezvousError::RankFailed {
+                rank: first,
+                reason,
+            },
+        ),
+    };
+    tracing::error!("coordinator: {error}; aborting the job");
+    abort_all(st, None, dead, &error.to_string());
+    Some(error)
 }
 
 /// Whether the coordinator itself stalled since the last check (it was stopped, or a slow
@@ -416,6 +450,8 @@ async fn connection(
                     left: false,
                     gone: None,
                     fault: None,
+                    waited: None,
+                    last_step: None,
                 },
             );
             if st.ranks.len() == config.world_size {
@@ -534,6 +570,9 @@ fn job_message(
             }
         }
         Message::Progress { progress } if progress.rank == rank => {
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.last_step = Some(progress.step);
+            }
             if let Some(line) = st.meter.record(&progress) {
                 tracing::info!("{line}");
             }
@@ -548,6 +587,30 @@ fn job_message(
         }
         Message::CursorRequest { step, .. } => {
             answer_cursor(st, rank, step);
+            Ok(None)
+        }
+        Message::Waited {
+            rank: r,
+            peer,
+            op,
+            timeout_s,
+        } if r == rank => {
+            let world = st.ranks.len();
+            let timeout = Duration::try_from_secs_f64(timeout_s)
+                .ok()
+                .filter(|_| peer < world && peer != rank)
+                .ok_or_else(|| format!("reported waiting {timeout_s} s for rank {peer}"))?;
+            tracing::warn!(
+                "coordinator: rank {rank}'s {op} timed out after {timeout:?} waiting for rank {peer}"
+            );
+            if let Some(r) = st.ranks.get_mut(&rank) {
+                r.waited.get_or_insert(Waited {
+                    peer,
+                    op,
+                    timeout,
+                    at: Instant::now(),
+                });
+            }
             Ok(None)
         }
         Message::Commit {
@@ -675,6 +738,8 @@ mod tests {
             left: false,
             gone: None,
             fault: None,
+            waited: None,
+            last_step: None,
         };
         let state = Mutex::new(State {
             ranks: BTreeMap::from([(0, rank)]),
