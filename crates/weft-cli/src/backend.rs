@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use weft_collective::Collective;
-use weft_config::{Config, Device};
+use weft_config::{Config, Device, DistConfig};
 use weft_train::grads::reduce::GradReduce;
 use weft_train::CpuBackend;
 
@@ -18,10 +18,10 @@ pub struct GpuRank<I: Backend> {
     pub name: String,
     /// A new NCCL unique id, hex (rank 0 of a job).
     pub nccl_id: fn() -> anyhow::Result<String>,
-    /// Joins the communicator of id (hex) as `rank` of `world`; `host_staging` as
-    /// `dist.nccl_host_staging`.
+    /// Joins the communicator of id (hex) as `rank` of `world`, with the `[dist]` settings
+    /// (`nccl_host_staging`, `collective_timeout_s` for its watchdog).
     #[allow(clippy::type_complexity)]
-    pub join_nccl: Box<dyn Fn(usize, usize, &str, bool) -> anyhow::Result<NcclParts<I>>>,
+    pub join_nccl: Box<dyn Fn(usize, usize, &str, &DistConfig) -> anyhow::Result<NcclParts<I>>>,
 }
 
 /// Something to run on the backend of a config.
@@ -73,12 +73,13 @@ fn on_cuda<J: OnBackend>(local_rank: usize, job: J) -> anyhow::Result<J::Output>
         index,
         name: info.name,
         nccl_id: || Ok(cuda::nccl_id()?.to_hex()),
-        join_nccl: Box::new(move |rank, world, hex, host_staging| {
+        join_nccl: Box::new(move |rank, world, hex, dist| {
             let id = weft_collective::NcclId::from_hex(hex).with_context(|| {
                 format!("rank {rank}: the NCCL id from the coordinator is not 256 hex digits")
             })?;
-            let nccl = cuda::nccl(index, rank, world, &id)?;
-            let grads = cuda::NcclGrads::new(std::rc::Rc::clone(&nccl), host_staging);
+            let timeout = std::time::Duration::from_secs_f64(dist.collective_timeout_s);
+            let nccl = cuda::nccl(index, rank, world, &id, timeout)?;
+            let grads = cuda::NcclGrads::new(std::rc::Rc::clone(&nccl), dist.nccl_host_staging);
             Ok((
                 Box::new(nccl) as Box<dyn Collective>,
                 Box::new(grads) as Box<GradReduce<cuda::Cuda>>,

@@ -49,6 +49,17 @@ pub enum CollectiveError {
         /// What failed, naming the peer or address.
         reason: String,
     },
+    /// The watchdog aborted the communicator during `op` (it ran past the collective timeout,
+    /// or NCCL reported an asynchronous error); the peer is not known.
+    #[error("rank {rank}: {op} on the GPU was stopped: {reason}")]
+    Stalled {
+        /// This rank.
+        rank: usize,
+        /// The operation.
+        op: &'static str,
+        /// The watchdog's reason.
+        reason: String,
+    },
     /// A GPU operation (NCCL or a copy) failed.
     #[error("rank {rank}: {op} on the GPU failed: {reason}")]
     Device {

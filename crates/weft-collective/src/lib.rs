@@ -9,7 +9,8 @@
 //!   `2(N−1)/N` of the buffer whatever the number of ranks `N`, and the reduction of one
 //!   segment overlaps the transfer of the next.
 //! - `nccl::Nccl` (the `cuda` feature): NCCL through cudarc, on device buffers; rank 0 makes the
-//!   unique id, the coordinator hands it to the others.
+//!   unique id, the coordinator hands it to the others. NCCL has no timeout of its own: a
+//!   [`watchdog::Watchdog`] aborts the communicator after the collective timeout.
 //!
 //! - [`auth`]: the job token as a key of challenge–response proofs, for the ring and the
 //!   coordinator's join: the token never travels, and a recorded exchange cannot be replayed.
@@ -25,6 +26,7 @@ mod handshake;
 pub mod nccl;
 mod ring;
 mod single;
+pub mod watchdog;
 
 pub use error::CollectiveError;
 #[cfg(feature = "cuda")]

@@ -210,10 +210,17 @@ pub fn nccl_id() -> Result<NcclId, GpuError> {
     Ok(NcclId::new()?)
 }
 
-/// Join the NCCL communicator `id` as `rank` of `world` on GPU `index`.
-pub fn nccl(index: usize, rank: usize, world: usize, id: &NcclId) -> Result<Rc<Nccl>, GpuError> {
+/// Join the NCCL communicator `id` as `rank` of `world` on GPU `index`; its watchdog aborts
+/// an operation that runs longer than `timeout` (`dist.collective_timeout_s`).
+pub fn nccl(
+    index: usize,
+    rank: usize,
+    world: usize,
+    id: &NcclId,
+    timeout: std::time::Duration,
+) -> Result<Rc<Nccl>, GpuError> {
     libraries()[2].ok()?;
-    Ok(Rc::new(Nccl::new(index, rank, world, id)?))
+    Ok(Rc::new(Nccl::new(index, rank, world, id, timeout)?))
 }
 
 /// Gradient averaging over NCCL for the trainer (a [`DeviceReduce`] of flat CUDA tensors).
@@ -289,13 +296,8 @@ pub fn all_reduce_tensor(
     }
     <Cuda as Backend>::sync(&device)
         .map_err(|e| nccl.error("all-reduce (waiting for the gradients)", e))?;
-    let stream = nccl.stream();
-    let nccl_op = match op {
-        ReduceOp::Sum => cudarc::nccl::safe::ReduceOp::Sum,
-        ReduceOp::Mean => cudarc::nccl::safe::ReduceOp::Avg,
-        ReduceOp::Max => cudarc::nccl::safe::ReduceOp::Max,
-        ReduceOp::Min => cudarc::nccl::safe::ReduceOp::Min,
-    };
+    // Watched from the first call to the synchronisation: NCCL has no timeout of its own.
+    let _watch = nccl.watch("all-reduce")?;
     let bucket = bucket.max(1);
     let mut start = 0;
     while start < n {
@@ -304,21 +306,14 @@ pub fn all_reduce_tensor(
         #[allow(unsafe_code)]
         // SAFETY: both pointers point into live device allocations of at least `n` f32
         // (checked above), kept alive by `src_res`/`dst_res` until after the stream is
-        // synchronised below; [start, start + len) lies within them. The slices only lend the
-        // pointers to NCCL: `leak` hands them back without freeing what cubecl owns.
-        let (send, mut recv) = unsafe {
-            (
-                stream.upgrade_device_ptr::<f32>(src_ptr + offset, len),
-                stream.upgrade_device_ptr::<f32>(dst_ptr + offset, len),
-            )
+        // synchronised below, and cubecl's stream is idle (synchronised above); [start,
+        // start + len) lies within them.
+        unsafe {
+            nccl.all_reduce_raw(src_ptr + offset, dst_ptr + offset, len, op)?
         };
-        let result = nccl.comm().all_reduce(&send, &mut recv, &nccl_op);
-        send.leak();
-        recv.leak();
-        result.map_err(|e| nccl.error("all-reduce", e))?;
         start += len;
     }
-    stream
+    nccl.stream()
         .synchronize()
         .map_err(|e| nccl.error("all-reduce (synchronising)", e))?;
     drop((src_res, dst_res));

@@ -580,7 +580,7 @@ fn nccl_check() -> anyhow::Result<NcclReport> {
     const N: usize = 1_000_003;
     const BUCKET: usize = 262_147;
     let id = cuda::nccl_id()?;
-    let mut nccl = cuda::nccl(0, 0, 1, &id)?;
+    let mut nccl = cuda::nccl(0, 0, 1, &id, std::time::Duration::from_secs(60))?;
     let device = cuda::CudaDevice::new(0);
     let values: Vec<f32> = (0..N)
         .map(|i| ((i as u64 * 2_654_435_761) % 10_007) as f32 / 997.0 - 5.0)

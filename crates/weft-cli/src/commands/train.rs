@@ -279,7 +279,7 @@ impl OnBackend for TrainRun<'_> {
                         "rank 0 handed out no NCCL id: do all ranks have train.device = \"cuda\"?",
                     )?
                     .to_string();
-                let parts = (g.join_nccl)(rank, env.world_size, &id, d.nccl_host_staging)?;
+                let parts = (g.join_nccl)(rank, env.world_size, &id, d)?;
                 tracing::info!(
                     "rank {rank}: NCCL on GPU {} ({}), gradients {}",
                     g.index,
@@ -313,22 +313,7 @@ impl OnBackend for TrainRun<'_> {
             Ok(summary) => summary,
             Err(e) => {
                 if let weft_train::TrainError::Collective(c) = &e {
-                    // A peer's socket closing is often another rank's failure passed on, and
-                    // a timeout is another rank's lateness: the coordinator names the rank
-                    // that failed first, or was late. Its verdict (the abort handler) ends
-                    // this process; wait for it, bounded.
-                    let mut wait = job_options.heartbeat_timeout;
-                    if let CollectiveError::Timeout {
-                        peer, op, timeout, ..
-                    } = c
-                    {
-                        job.report_wait(*peer, op, *timeout);
-                        wait += weft_coordinator::rendezvous::late::MAX_GRACE;
-                    }
-                    tracing::warn!(
-                        "rank {rank}: {e}; waiting up to {wait:?} for the coordinator's verdict"
-                    );
-                    std::thread::sleep(wait);
+                    await_verdict(&job, c, &job_options, rank);
                 }
                 // Dropping the job closes the session: the coordinator aborts the others.
                 return Err(anyhow::Error::new(e).context(format!("rank {rank}")));
@@ -338,4 +323,30 @@ impl OnBackend for TrainRun<'_> {
         job.finish(job_options.heartbeat_timeout)?;
         Ok(summary)
     }
+}
+
+/// After a failed collective: a peer's socket closing is often another rank's failure passed
+/// on, and a timeout another rank's lateness. Tells the coordinator whom this rank waited for
+/// (it names the late rank), then waits, bounded, for its verdict: the abort handler ends
+/// this process.
+fn await_verdict(
+    job: &weft_coordinator::Job,
+    failed: &CollectiveError,
+    options: &weft_coordinator::JobOptions,
+    rank: usize,
+) {
+    let waited = match failed {
+        CollectiveError::Timeout {
+            peer, op, timeout, ..
+        } => Some((Some(*peer), op, *timeout)),
+        CollectiveError::Stalled { op, .. } => Some((None, op, options.collective_timeout)),
+        _ => None,
+    };
+    let mut wait = options.heartbeat_timeout;
+    if let Some((peer, op, timeout)) = waited {
+        job.report_wait(peer, op, timeout);
+        wait += weft_coordinator::rendezvous::late::MAX_GRACE;
+    }
+    tracing::warn!("rank {rank}: {failed}; waiting up to {wait:?} for the coordinator's verdict");
+    std::thread::sleep(wait);
 }

@@ -4,7 +4,9 @@
 //! ring's previous rank for what it receives, the next for what it sends); that peer may
 //! itself be waiting for its own. In a ring every rank that is not late ends up waiting, each
 //! for its neighbour, so the ranks that report form chains that end at the late one: the rank
-//! waited for that reports no wait of its own. The coordinator collects reports for a short
+//! waited for that reports no wait of its own. A report that names no peer (NCCL's watchdog
+//! knows only that the operation ran too long) ends the chain at the one rank that reported
+//! nothing, if there is exactly one. The coordinator collects reports for a short
 //! grace after the first (every rank but one reporting ends it at once), then follows the
 //! chain from the first report. Without this the rank that waited was blamed: its exit was
 //! the first thing the coordinator saw.
@@ -18,8 +20,8 @@ pub const MAX_GRACE: Duration = Duration::from_secs(5);
 /// One rank's report that its collective timed out.
 #[derive(Debug, Clone)]
 pub struct Waited {
-    /// The rank it waited for.
-    pub peer: usize,
+    /// The rank it waited for; `None` when its collective does not say (NCCL's watchdog).
+    pub peer: Option<usize>,
     /// The operation (`all-reduce`, ...).
     pub op: String,
     /// Its collective timeout.
@@ -66,34 +68,69 @@ pub fn judge(
     let mut seen = vec![first];
     loop {
         let w = &waits[&waiter];
-        match waits.get(&w.peer) {
-            Some(_) if seen.contains(&w.peer) => {
+        let Some(peer) = w.peer else {
+            return Some(unnamed_peer(waits, world, first, waiter, &last_step));
+        };
+        if waits.contains_key(&peer) {
+            if seen.contains(&peer) {
                 return Some(Verdict::NoneLate {
                     first,
                     reason: format!(
                         "ranks {seen:?} each timed out waiting for another of them in a \
                          collective (a network fault, not a late rank?)"
                     ),
-                })
-            }
-            Some(_) => {
-                seen.push(w.peer);
-                waiter = w.peer;
-            }
-            None => {
-                let step = last_step(w.peer)
-                    .map(|s| format!(" (its last reported step: {s})"))
-                    .unwrap_or_default();
-                return Some(Verdict::Late {
-                    rank: w.peer,
-                    reason: format!(
-                        "rank {waiter} waited {:?} for it in {} (dist.collective_timeout_s){step}",
-                        w.timeout, w.op
-                    ),
                 });
             }
+            seen.push(peer);
+            waiter = peer;
+            continue;
         }
+        return Some(Verdict::Late {
+            rank: peer,
+            reason: format!(
+                "rank {waiter} waited {:?} for it in {} (dist.collective_timeout_s){}",
+                w.timeout,
+                w.op,
+                step_note(&last_step, peer)
+            ),
+        });
     }
+}
+
+/// The verdict when `waiter` does not know whom it waited for: the one rank that reported no
+/// wait, if there is exactly one.
+fn unnamed_peer(
+    waits: &BTreeMap<usize, Waited>,
+    world: usize,
+    first: usize,
+    waiter: usize,
+    last_step: &impl Fn(usize) -> Option<u64>,
+) -> Verdict {
+    let w = &waits[&waiter];
+    let silent: Vec<usize> = (0..world).filter(|r| !waits.contains_key(r)).collect();
+    let waited = format!(
+        "rank {waiter}'s {} ran past {:?} (dist.collective_timeout_s)",
+        w.op, w.timeout
+    );
+    match silent[..] {
+        [rank] => Verdict::Late {
+            rank,
+            reason: format!(
+                "{waited}, and it is the only rank not waiting{}",
+                step_note(last_step, rank)
+            ),
+        },
+        _ => Verdict::NoneLate {
+            first,
+            reason: format!("{waited}; ranks {silent:?} did not say they waited"),
+        },
+    }
+}
+
+fn step_note(last_step: &impl Fn(usize) -> Option<u64>, rank: usize) -> String {
+    last_step(rank)
+        .map(|s| format!(" (its last reported step: {s})"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -102,7 +139,7 @@ mod tests {
 
     fn waited(peer: usize, at: Instant) -> Waited {
         Waited {
-            peer,
+            peer: Some(peer),
             op: "all-reduce".into(),
             timeout: Duration::from_secs(2),
             at,
@@ -147,6 +184,37 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(judge(&BTreeMap::new(), 3, later, none), None);
+    }
+
+    #[test]
+    fn without_a_named_peer_the_one_rank_not_waiting_is_late() {
+        let t = Instant::now();
+        let mut waits = BTreeMap::new();
+        let unnamed = |at| Waited {
+            peer: None,
+            ..waited(0, at)
+        };
+        waits.insert(0, unnamed(t));
+        waits.insert(2, unnamed(t));
+        let later = t + Duration::from_secs(3);
+        match judge(&waits, 3, later, |_| Some(7)) {
+            Some(Verdict::Late { rank: 1, reason }) => assert_eq!(
+                reason,
+                "rank 0's all-reduce ran past 2s (dist.collective_timeout_s), and it is the \
+                 only rank not waiting (its last reported step: 7)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        waits.remove(&2);
+        match judge(&waits, 3, later, |_| None) {
+            Some(Verdict::NoneLate { first: 0, reason }) => {
+                assert!(
+                    reason.ends_with("ranks [1, 2] did not say they waited"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -164,8 +164,9 @@ pub enum Message {
     Waited {
         /// Its rank.
         rank: usize,
-        /// The rank it waited for.
-        peer: usize,
+        /// The rank it waited for, when its collective knows.
+        #[serde(default)]
+        peer: Option<usize>,
         /// The operation.
         op: String,
         /// Its collective timeout, in seconds.

@@ -598,11 +598,12 @@ fn job_message(
             let world = st.ranks.len();
             let timeout = Duration::try_from_secs_f64(timeout_s)
                 .ok()
-                .filter(|_| peer < world && peer != rank)
-                .ok_or_else(|| format!("reported waiting {timeout_s} s for rank {peer}"))?;
-            tracing::warn!(
-                "coordinator: rank {rank}'s {op} timed out after {timeout:?} waiting for rank {peer}"
-            );
+                .filter(|_| peer.is_none_or(|p| p < world && p != rank))
+                .ok_or_else(|| format!("reported waiting {timeout_s} s for rank {peer:?}"))?;
+            let whom = peer
+                .map(|p| format!(" waiting for rank {p}"))
+                .unwrap_or_default();
+            tracing::warn!("coordinator: rank {rank}'s {op} timed out after {timeout:?}{whom}");
             if let Some(r) = st.ranks.get_mut(&rank) {
                 r.waited.get_or_insert(Waited {
                     peer,
