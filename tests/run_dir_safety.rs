@@ -2,7 +2,9 @@
 //! `weft train` in a directory another one trains in is refused, naming the first, and writes
 //! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing; the
 //! ranks of a job that resume from different checkpoints fail, naming both; a metrics line torn
-//! by a crash is dropped when the run resumes, and `weft report` reads the run.
+//! by a crash is dropped when the run resumes, and `weft report` reads the run; a background
+//! save that fails (a file-size limit standing in for a full disk) fails the run at once,
+//! naming the file.
 
 mod common;
 
@@ -175,4 +177,42 @@ fn ranks_that_resume_from_different_checkpoints_fail_naming_both() {
         assert!(err.contains(&format!("step-0000000{mine}")), "{err}");
     }
     assert!(coord.wait_within(Duration::from_secs(30)).is_some());
+}
+
+#[test]
+fn a_failed_background_save_fails_the_run_at_once_naming_the_file() {
+    // Once: a background save that failed on a full disk was not reported until the next
+    // save, or at all; the run trained on without a checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // 100 blocks of 512 bytes: metrics lines and the small files fit, a checkpoint's shards
+    // (over 100 KB) do not.
+    let mut p = Proc::spawn(
+        "weft train",
+        common::dist::weft_with_max_file_size(100)
+            .arg("train")
+            .args(["--run-dir", &run.display().to_string()])
+            .args(train_sets())
+            .args(["--set", "train.max_steps=200"])
+            .args(["--set", "checkpoint.every_steps=50"])
+            .args(["--set", "checkpoint.async_save=true"]),
+    );
+    let status = p.wait_within(Duration::from_secs(120));
+    let err = p.stderr();
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
+    assert!(
+        err.contains("saving the checkpoint of step 50: ")
+            && err.contains("/checkpoints/step-00000050.tmp/model-00001-of-00001.safetensors: ")
+            && err.contains("File too large"),
+        "{err}"
+    );
+    // At once: a few steps after 50, not at the next save (step 100).
+    let steps = common::ckpt::steps_logged(&run);
+    assert!((50..60).contains(&steps), "{steps} steps logged: {err}");
+    // Nothing already written is lost or torn, and nothing half-written is committed.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    assert!(!run.join("checkpoints/latest").exists());
 }

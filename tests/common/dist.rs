@@ -110,9 +110,21 @@ pub fn weft() -> Command {
 
 /// The weft binary run by `sh` under a limit of `max_fds` open files; arguments follow.
 pub fn weft_with_max_fds(max_fds: u32) -> Command {
+    weft_after(&format!("ulimit -n {max_fds}"))
+}
+
+/// The weft binary run by `sh` under a limit of `blocks` 512-byte blocks a file (RLIMIT_FSIZE,
+/// with SIGXFSZ ignored): a write past it fails with EFBIG, as one on a full disk fails with
+/// ENOSPC. Arguments follow.
+pub fn weft_with_max_file_size(blocks: u32) -> Command {
+    weft_after(&format!("trap '' XFSZ; ulimit -f {blocks}"))
+}
+
+/// The weft binary, exec'd by `sh` after `setup`.
+fn weft_after(setup: &str) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_weft"));
     in_test_env(c)
 }

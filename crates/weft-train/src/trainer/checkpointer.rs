@@ -65,6 +65,8 @@ impl Checkpointer {
 
     /// Save the checkpoint of `step` when it is due: wait for the save in flight, snapshot the
     /// engine, hand it to the saver (rank 0 with the trainer state and the job's data cursor).
+    /// When none is due, a background save that has failed (a full disk) fails the run now,
+    /// not at the next save.
     pub fn maybe_save<B: AutodiffBackend>(
         &mut self,
         step: u64,
@@ -73,7 +75,7 @@ impl Checkpointer {
         last_eval: Option<&Retrieval>,
     ) -> Result<(), TrainError> {
         if !self.is_due(step, stop) {
-            return Ok(());
+            return self.saver.poll();
         }
         // A save still in flight must finish first (at most one at a time).
         let waited = Instant::now();
@@ -216,6 +218,19 @@ impl Saver {
                 })?;
             self.last = Some(dir.0);
             self.spare = Some(dir.1);
+        }
+        Ok(())
+    }
+
+    /// The outcome of the save in flight, if it has ended, without waiting; its failure is
+    /// this call's.
+    pub fn poll(&mut self) -> Result<(), TrainError> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|(_, h)| h.is_finished())
+        {
+            self.wait()?;
         }
         Ok(())
     }
