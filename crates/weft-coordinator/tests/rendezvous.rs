@@ -2,7 +2,8 @@
 //! a duplicate rank and a malformed message are refused without disturbing the job; the token
 //! never travels, a recorded join cannot be replayed and a coordinator without the token is not
 //! believed; a flood of idle connections neither ends the coordinator nor keeps the ranks out;
-//! a rank that drops or goes silent is named in the abort every other rank gets; a worker whose
+//! a rank that drops or goes silent is named in the abort every other rank gets; a joined rank
+//! other than 0 that announces a frame over 16 MiB is cut off and named; a worker whose
 //! coordinator disappears is told so.
 
 use std::net::TcpStream;
@@ -313,6 +314,36 @@ fn a_rank_that_drops_or_goes_silent_is_named_to_the_others() {
         }
         rogue.join().unwrap();
     }
+}
+
+#[test]
+fn a_joined_rank_that_sends_a_huge_frame_is_cut_off_and_named() {
+    // Once: after its join any rank could make the coordinator take 256 MiB.
+    let (addr, done) = coordinator(2, Duration::from_secs(30));
+    let addr1 = addr.clone();
+    let rogue = thread::spawn(move || {
+        let mut s = join_by_hand(&addr1, "job-token", 2, 1);
+        assert!(matches!(read_message(&mut s), Ok(Message::Welcome { .. })));
+        let huge = (16u32 << 20) + 1;
+        std::io::Write::write_all(&mut s, &huge.to_le_bytes()).unwrap();
+        // The coordinator reads no body: it closes the connection.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    });
+    let (s, aborts) = join(&addr, "job-token", 2, 0);
+    let s = s.unwrap();
+    let why = aborts.recv_timeout(Duration::from_secs(10)).unwrap();
+    drop(s);
+    assert!(
+        why.contains("rank 1 is dead")
+            && why.contains("a message of 16777217 bytes exceeds 16777216"),
+        "{why}"
+    );
+    assert!(matches!(
+        done.wait(Duration::from_secs(5)),
+        Some(Err(RendezvousError::RankDead { rank: 1, .. }))
+    ));
+    rogue.join().unwrap();
 }
 
 #[test]
