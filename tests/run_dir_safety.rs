@@ -1,6 +1,7 @@
 //! A run directory is one run's (issue 30, cases 6 to 9), with the real binary: a second
 //! `weft train` in a directory another one trains in is refused, naming the first, and writes
-//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing; the
+//! no metrics; `--resume never` over committed checkpoints is refused and deletes nothing, and
+//! `--resume restart` moves them aside and starts afresh; the
 //! ranks of a job that resume from different checkpoints fail, naming both; a metrics line torn
 //! by a crash is dropped when the run resumes, and `weft report` reads the run; a background
 //! save that fails (a file-size limit standing in for a full disk) fails the run at once,
@@ -91,7 +92,7 @@ fn a_second_trainer_in_the_same_run_directory_is_refused() {
 }
 
 #[test]
-fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
+fn resume_never_over_checkpoints_is_refused_and_restart_moves_them_aside() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     train_to_end(&run, &FOUR_STEPS_SAVED_EVERY_2);
@@ -106,6 +107,22 @@ fn resume_never_over_committed_checkpoints_is_refused_and_deletes_nothing() {
     );
     assert_eq!(checkpoints(&run), before);
     assert_eq!(common::ckpt::metrics(&run).len(), 4);
+    // What it says to do: --resume restart moves the old run aside and starts afresh.
+    assert!(err.contains("--resume restart"), "{err}");
+    let err = train_to_end(&run, &["--resume", "restart", "--set", "train.max_steps=2"]);
+    assert!(err.contains("the previous run is set aside in"), "{err}");
+    let previous = run.join("previous/1");
+    assert_eq!(checkpoints(&previous), before);
+    assert_eq!(common::ckpt::metrics(&previous).len(), 4);
+    assert_eq!(common::ckpt::metrics(&run).len(), 2);
+    let (names, latest) = checkpoints(&run);
+    assert_eq!(
+        (names, latest.trim()),
+        (
+            vec!["latest".to_string(), "step-00000002".into()],
+            "step-00000002"
+        )
+    );
 }
 
 #[test]

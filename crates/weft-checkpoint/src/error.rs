@@ -29,7 +29,7 @@ pub enum CheckpointError {
     },
     /// `--resume never` in a run directory that holds checkpoints: starting over would prune
     /// them and mix two runs' metrics.
-    #[error("{run_dir} holds committed checkpoints (the newest {newest}): --resume never would start another run over them; give a new --run-dir, or move {run_dir}/checkpoints aside first")]
+    #[error("{run_dir} holds committed checkpoints (the newest {newest}): --resume never would start another run over them; give a new --run-dir, or --resume restart to move them (with the metrics and weights) into {run_dir}/previous/ first")]
     WouldStartOver {
         /// The run directory.
         run_dir: PathBuf,

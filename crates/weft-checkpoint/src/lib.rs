@@ -14,12 +14,14 @@
 //!   it and reading tensors.
 //! - [`export`]: one consolidated model file.
 //! - [`lock`]: one trainer per run directory ([`RunLock`]).
+//! - [`aside`]: `--resume restart` moves the previous run aside.
 //! - [`pretrained`]: weights to start a new run from (`train.init_from`), matched by name.
 //!
 //! A single process commits for itself; in a job the coordinator does (`weft-coordinator`).
 
 #![warn(missing_docs)]
 
+pub mod aside;
 pub mod commit;
 pub mod error;
 pub mod export;
@@ -31,10 +33,11 @@ pub mod shard;
 pub mod state;
 pub mod write;
 
+pub use aside::set_aside;
 pub use commit::{commit, ShardFile, ShardReport};
 pub use error::{CheckpointError, Result};
 pub use files::Family;
-pub use load::{open_verified, resolve, Checkpoint, Resume};
+pub use load::{latest, open_verified, resolve, Checkpoint, Resume};
 pub use lock::{RunLock, LOCK_FILE};
 pub use pretrained::{read_pretrained, InitReport, Pretrained};
 pub use shard::{write_rank, ParamTable, Snapshot};

@@ -26,8 +26,10 @@ pub enum Resume {
     /// when the newest does not (with a warning).
     #[default]
     Auto,
-    /// Start afresh.
+    /// Start afresh; refused over committed checkpoints.
     Never,
+    /// Start afresh after rank 0 has moved the previous run aside ([`crate::aside`]).
+    Restart,
     /// This checkpoint directory, which must verify.
     Path(PathBuf),
 }
@@ -39,10 +41,20 @@ impl std::str::FromStr for Resume {
         Ok(match s {
             "auto" => Resume::Auto,
             "never" => Resume::Never,
-            "" => return Err("--resume wants auto, never or a checkpoint directory".into()),
+            "restart" => Resume::Restart,
+            "" => {
+                return Err("--resume wants auto, never, restart or a checkpoint directory".into())
+            }
             path => Resume::Path(PathBuf::from(path)),
         })
     }
+}
+
+/// The latest checkpoint of `run_dir`: its committed checkpoint of the highest step (named
+/// `step-N` and holding the commit marker), whether it verifies or not. The one definition
+/// train, eval and `weft ckpt` use; the `latest` file points at it for other tools.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(committed(run_dir)?.into_iter().next().map(|(_, dir)| dir))
 }
 
 /// The committed checkpoints of `run_dir` (named `step-N` and holding the commit marker),
@@ -134,11 +146,13 @@ pub fn open_verified(dir: &Path) -> Result<Checkpoint> {
 /// The checkpoint a run in `run_dir` resumes from, if any. With [`Resume::Auto`] a newest
 /// checkpoint that does not verify is skipped with a warning for the one before it; when none
 /// verifies, the error lists why each failed. [`Resume::Never`] in a run directory with
-/// committed checkpoints is refused ([`CheckpointError::WouldStartOver`]).
+/// committed checkpoints is refused ([`CheckpointError::WouldStartOver`]); [`Resume::Restart`]
+/// starts afresh (rank 0 has moved the previous run aside before).
 pub fn resolve(run_dir: &Path, resume: &Resume) -> Result<Option<Checkpoint>> {
     match resume {
-        Resume::Never => match committed(run_dir)?.into_iter().next() {
-            Some((_, newest)) => Err(CheckpointError::WouldStartOver {
+        Resume::Restart => Ok(None),
+        Resume::Never => match latest(run_dir)? {
+            Some(newest) => Err(CheckpointError::WouldStartOver {
                 run_dir: run_dir.to_path_buf(),
                 newest,
             }),

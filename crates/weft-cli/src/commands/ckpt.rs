@@ -54,15 +54,8 @@ fn checkpoint_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     {
         return Ok(dir.to_path_buf());
     }
-    let ckpts = dir.join(weft_checkpoint::files::CHECKPOINTS);
-    let latest = ckpts.join(weft_checkpoint::files::LATEST);
-    if let Ok(name) = std::fs::read_to_string(&latest) {
-        return Ok(ckpts.join(name.trim()));
-    }
-    if dir.join(weft_checkpoint::files::CHECKPOINTS).is_dir() {
-        if let Some((_, newest)) = weft_checkpoint::load::committed(dir)?.into_iter().next() {
-            return Ok(newest);
-        }
+    if let Some(latest) = weft_checkpoint::latest(dir)? {
+        return Ok(latest);
     }
     anyhow::bail!(
         "{} is neither a checkpoint nor a run directory with a committed checkpoint",

@@ -32,8 +32,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Resume from `auto` (the newest committed checkpoint of the run directory that
-    /// verifies, if any), `never`, or a checkpoint directory.
-    #[arg(long, default_value = "auto", value_name = "auto|never|PATH")]
+    /// verifies, if any), `never` (refused over committed checkpoints), `restart` (start
+    /// afresh after moving the previous run's checkpoints, metrics and weights into
+    /// RUN_DIR/previous/N), or a checkpoint directory.
+    #[arg(long, default_value = "auto", value_name = "auto|never|restart|PATH")]
     resume: weft_checkpoint::Resume,
 }
 
@@ -174,6 +176,12 @@ pub fn run(args: TrainArgs, config: &Config, env: &LaunchEnv) -> anyhow::Result<
     init_rank_threads(config, env);
     let run_dir = run_dir(&args, env)?;
     let _lock = lock_run_dir(&run_dir, env)?;
+    if env.rank == 0 && args.resume == weft_checkpoint::Resume::Restart {
+        // Before joining: no other rank looks for a checkpoint before rank 0 has joined.
+        if let Some(to) = weft_checkpoint::set_aside(&run_dir)? {
+            tracing::info!("the previous run is set aside in {}", to.display());
+        }
+    }
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         progress: env.rank == 0 && std::io::stderr().is_terminal(),
