@@ -276,6 +276,38 @@ fn a_rank_whose_writer_fails_fails_the_job_and_the_previous_checkpoint_stays() {
 }
 
 #[test]
+fn two_ranks_hash_a_share_each_and_pass_over_a_damaged_checkpoint_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 64);
+    let r = dir.path().join("run");
+    let every_2 = |steps: &str| sets(&data, &[steps, "checkpoint.every_steps=2"]);
+    ok(&run(
+        &train_args(2, &r, &every_2("train.max_steps=4"), None),
+        &[],
+    ));
+    // Damage rank 1's model shard of step 4: in name order it is the second recorded file,
+    // so rank 1 hashes it and rank 0 does not.
+    let shard = latest(&r).join("model-00002-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let out = run(&train_args(2, &r, &every_2("train.max_steps=6"), None), &[]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model-00002-of-00002.safetensors is corrupt: SHA-256 differs")
+            && err.contains("rank 1 found one of its files damaged"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resuming from") && err.contains("step 2"),
+        "{err}"
+    );
+    assert!(latest(&r).ends_with("step-00000006"));
+}
+
+#[test]
 fn a_resume_with_another_model_is_refused_and_leaves_the_run_directory_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path(), 16);

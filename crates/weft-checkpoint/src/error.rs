@@ -36,6 +36,17 @@ pub enum CheckpointError {
         /// Its newest committed checkpoint.
         newest: PathBuf,
     },
+    /// Another rank of the job found a file of the checkpoint damaged (each rank hashes a share
+    /// of the files; that rank's log names the file).
+    #[error(
+        "checkpoint {dir}: rank {rank} found one of its files damaged (its log names the file)"
+    )]
+    DamagedElsewhere {
+        /// The checkpoint.
+        dir: PathBuf,
+        /// The rank that found it.
+        rank: usize,
+    },
     /// A file is not what the checkpoint recorded, or not a valid file of its kind.
     #[error("checkpoint file {path} is corrupt: {reason}")]
     Corrupt {

@@ -81,6 +81,14 @@ pub fn committed(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Opens the checkpoint in `dir` and checks it: the commit marker, the trainer state it
 /// vouches for, and the size and SHA-256 of every file the state records.
 pub fn open_verified(dir: &Path) -> Result<Checkpoint> {
+    let ckpt = open_state(dir)?;
+    ckpt.verify_files(0, 1)?;
+    Ok(ckpt)
+}
+
+/// Opens the checkpoint in `dir` and checks its commit marker and the trainer state it vouches
+/// for, but not the files the state records ([`Checkpoint::verify_files`]).
+pub fn open_state(dir: &Path) -> Result<Checkpoint> {
     let marker_path = dir.join(COMMITTED);
     if !marker_path.exists() {
         return Err(CheckpointError::NotCommitted {
@@ -112,35 +120,50 @@ pub fn open_verified(dir: &Path) -> Result<Checkpoint> {
             format!("format {} (this weft reads {FORMAT})", state.format),
         ));
     }
-    for (name, rec) in &state.files {
-        let path = dir.join(name);
-        let got = hash_file(&path)?;
-        if got.size != rec.size {
-            return Err(corrupt(
-                &path,
-                format!(
-                    "{} bytes, {} recorded{}",
-                    got.size,
-                    rec.size,
-                    if got.size < rec.size {
-                        " (truncated)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        if got.sha256 != rec.sha256 {
-            return Err(corrupt(
-                &path,
-                "SHA-256 differs from the recorded one".into(),
-            ));
-        }
-    }
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
         state,
     })
+}
+
+impl Checkpoint {
+    /// Checks the size and SHA-256 of the recorded files whose index (in name order) is
+    /// `share` modulo `of`: the ranks of a job each hash a share, so that each file is read
+    /// once, not once a rank.
+    pub fn verify_files(&self, share: usize, of: usize) -> Result<()> {
+        let dir = &self.dir;
+        let corrupt = |path: &Path, reason: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mine = self.state.files.iter().skip(share).step_by(of.max(1));
+        for (name, rec) in mine {
+            let path = dir.join(name);
+            let got = hash_file(&path)?;
+            if got.size != rec.size {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "{} bytes, {} recorded{}",
+                        got.size,
+                        rec.size,
+                        if got.size < rec.size {
+                            " (truncated)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if got.sha256 != rec.sha256 {
+                return Err(corrupt(
+                    &path,
+                    "SHA-256 differs from the recorded one".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The checkpoint a run in `run_dir` resumes from, if any. With [`Resume::Auto`] a newest

@@ -2,10 +2,17 @@
 //! a stale copy on one node (or a `--resume PATH` that differs) would have that rank train on
 //! with other parameters. Each rank shares the step and a digest of the trainer state it read
 //! (a few floats, once), and all of them fail, naming both ranks, when any differs.
+//!
+//! The checkpoint's files are verified once, not once a rank: each rank hashes a share of
+//! them ([`resolve_together`]), and a damaged file found by any rank makes every rank pass
+//! over that checkpoint together.
+
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use weft_checkpoint::Checkpoint;
-use weft_collective::Collective;
+use weft_checkpoint::load::{committed, open_state};
+use weft_checkpoint::{Checkpoint, CheckpointError, Resume};
+use weft_collective::{Collective, ReduceOp};
 
 use crate::error::TrainError;
 
@@ -16,8 +23,95 @@ const WORDS: usize = 8;
 /// What one rank resumes from: `None` for a fresh start, else (step, digest).
 type Resumed = Option<(u64, u64)>;
 
+/// The checkpoint every rank of the job resumes from ([`weft_checkpoint::resolve`]'s rules),
+/// with its files verified once: each rank hashes its share ([`Checkpoint::verify_files`]).
+/// A damaged file found by any rank makes every rank pass over that checkpoint for the one
+/// before (`--resume auto`) or fail (`--resume PATH`), in step: whether another round comes
+/// depends only on what the collective returns.
+pub fn resolve_together(
+    run_dir: &Path,
+    resume: &Resume,
+    collective: &mut dyn Collective,
+) -> Result<Option<Checkpoint>, TrainError> {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    if world == 1 {
+        return Ok(weft_checkpoint::resolve(run_dir, resume)?);
+    }
+    let mut passed: Vec<PathBuf> = Vec::new();
+    let mut tried: Vec<String> = Vec::new();
+    loop {
+        let pick = pick(run_dir, resume, &mut passed, &mut tried)?;
+        check_same_resume(collective, &pick)?;
+        let Some(ckpt) = pick else {
+            return Ok(None);
+        };
+        let mine = ckpt.verify_files(rank, world);
+        let mut first_bad = [if mine.is_err() { rank } else { world } as f32];
+        collective.all_reduce(&mut first_bad, ReduceOp::Min)?;
+        let bad = first_bad[0] as usize;
+        if bad >= world {
+            return Ok(Some(ckpt));
+        }
+        let why = mine.err().unwrap_or(CheckpointError::DamagedElsewhere {
+            dir: ckpt.dir.clone(),
+            rank: bad,
+        });
+        if *resume != Resume::Auto {
+            return Err(why.into());
+        }
+        tracing::warn!("checkpoint {} is unusable: {why}", ckpt.dir.display());
+        tried.push(why.to_string());
+        passed.push(ckpt.dir);
+    }
+}
+
+/// What this rank would resume from, its files not hashed: with `--resume auto` the newest
+/// committed checkpoint not `passed` whose marker and trainer state check out (one that does
+/// not is passed over too).
+fn pick(
+    run_dir: &Path,
+    resume: &Resume,
+    passed: &mut Vec<PathBuf>,
+    tried: &mut Vec<String>,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    match resume {
+        Resume::Path(p) => open_state(p).map(Some),
+        Resume::Auto => {
+            let found = committed(run_dir)?;
+            for (_, dir) in &found {
+                if passed.contains(dir) {
+                    continue;
+                }
+                match open_state(dir) {
+                    Ok(c) => {
+                        if !tried.is_empty() {
+                            tracing::warn!("resuming from the older checkpoint {}", dir.display());
+                        }
+                        return Ok(Some(c));
+                    }
+                    Err(e) => {
+                        tracing::warn!("checkpoint {} is unusable: {e}", dir.display());
+                        tried.push(e.to_string());
+                        passed.push(dir.clone());
+                    }
+                }
+            }
+            if found.is_empty() {
+                Ok(None)
+            } else {
+                Err(CheckpointError::NoCheckpoint {
+                    dir: weft_checkpoint::files::checkpoints_dir(run_dir),
+                    tried: tried.clone(),
+                })
+            }
+        }
+        // A fresh start: no files to hash.
+        other => weft_checkpoint::resolve(run_dir, other),
+    }
+}
+
 /// Checks that every rank resumes from what rank 0 resumes from.
-pub fn check_same_resume(
+fn check_same_resume(
     collective: &mut dyn Collective,
     resumed: &Option<Checkpoint>,
 ) -> Result<(), TrainError> {

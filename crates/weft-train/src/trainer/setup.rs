@@ -12,7 +12,7 @@ use weft_config::Config;
 use weft_data::{DataCursor, DatasetUnits, Loader, Planner, Share, Split};
 use weft_model::VlModelConfig;
 
-use super::same_resume::check_same_resume;
+use super::same_resume::resolve_together;
 use super::TrainOptions;
 use crate::engine::Engine;
 use crate::error::{io, TrainError};
@@ -59,8 +59,7 @@ pub fn start<B: AutodiffBackend>(
     resolved.model.text.vocab_size = VlModelConfig::vocab_size(config, vocab);
     let resolved_json = serde_json::to_value(&resolved).expect("configs serialise");
 
-    let resumed = weft_checkpoint::resolve(&options.run_dir, &options.resume)?;
-    check_same_resume(collective, &resumed)?;
+    let resumed = resolve_together(&options.run_dir, &options.resume, collective)?;
     let mut model = build_model::<B>(config, vocab, device);
     let param_counts = model.param_counts();
     if lead {
