@@ -7,7 +7,8 @@
 //! waited for that reports no wait of its own. A report that names no peer (NCCL's watchdog
 //! knows only that the operation ran too long) ends the chain at the one rank that reported
 //! nothing, if there is exactly one. The coordinator collects reports for a short
-//! grace after the first (every rank but one reporting ends it at once), then follows the
+//! grace after the first (all ranks reporting ends it at once: a cycle; a rank that has not
+//! reported yet may still, when the network rather than a rank is at fault), then follows the
 //! chain from the first report. Without this the rank that waited was blamed: its exit was
 //! the first thing the coordinator saw.
 
@@ -61,7 +62,7 @@ pub fn judge(
 ) -> Option<Verdict> {
     let (&first, w) = waits.iter().min_by_key(|(&rank, w)| (w.at, rank))?;
     let grace = w.timeout.min(MAX_GRACE);
-    if now < w.at + grace && waits.len() + 1 < world {
+    if now < w.at + grace && waits.len() < world {
         return Some(Verdict::Collecting);
     }
     let mut waiter = first;
@@ -153,13 +154,15 @@ mod tests {
         // Ring of 4, rank 1 late: 2 waits for 1, 3 for 2, 0 for 3; 3 reports first.
         let mut waits = BTreeMap::new();
         waits.insert(3, waited(2, t));
-        // Within the grace, with two of four reporting: still collecting.
+        // Within the grace: still collecting, even once every rank but one has reported (a
+        // partitioned network has them all report).
         assert_eq!(judge(&waits, 4, t, steps), Some(Verdict::Collecting));
         waits.insert(2, waited(1, t + Duration::from_millis(300)));
         waits.insert(0, waited(3, t + Duration::from_millis(600)));
-        // Every rank but one has reported: judged at once, the waiter of the waiter blamed
-        // not, the rank at the chain's end is.
-        let v = judge(&waits, 4, t + Duration::from_millis(700), steps).unwrap();
+        let within = t + Duration::from_millis(700);
+        assert_eq!(judge(&waits, 4, within, steps), Some(Verdict::Collecting));
+        // After it, the waiter of the waiter is blamed not, the rank at the chain's end is.
+        let v = judge(&waits, 4, t + Duration::from_secs(2), steps).unwrap();
         assert_eq!(
             v,
             Verdict::Late {
