@@ -1,5 +1,6 @@
-//! The backend of a command: burn's flex on the CPU, or CUDA on the GPU of the rank
-//! (`train.device`; CUDA needs a weft built with `--features cuda`).
+//! The backend of a command: burn's flex on the CPU, CUDA on the GPU of the rank, or wgpu on
+//! the default adapter (`train.device`; CUDA and wgpu need a weft built with `--features cuda`
+//! or `--features wgpu`).
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use weft_collective::Collective;
@@ -46,7 +47,21 @@ pub fn with_backend<J: OnBackend>(
     match config.train.device {
         Device::Cpu => job.run::<CpuBackend>(Default::default(), None),
         Device::Cuda => on_cuda(local_rank, job),
+        Device::Wgpu => on_wgpu(job),
     }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn on_wgpu<J: OnBackend>(_job: J) -> anyhow::Result<J::Output> {
+    weft_gpu::require_wgpu()?;
+    unreachable!("require_wgpu fails without the wgpu feature")
+}
+
+/// On the default wgpu adapter; a job's gradients go through the host and the TCP ring.
+#[cfg(feature = "wgpu")]
+fn on_wgpu<J: OnBackend>(job: J) -> anyhow::Result<J::Output> {
+    use weft_gpu::wgpu;
+    job.run::<wgpu::WgpuTrain>(wgpu::device(), None)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -13,6 +13,9 @@ pub enum Device {
     /// burn's CUDA backend: each rank takes the GPU of its local rank (`WEFT_DEVICE`, set by
     /// `weft launch`, overrides it). Needs a weft built with `--features cuda`.
     Cuda,
+    /// burn's wgpu backend on the default adapter (Vulkan, Metal, DX12; Mesa's lavapipe
+    /// without a GPU). Needs a weft built with `--features wgpu`.
+    Wgpu,
 }
 
 /// The precision of the model's matrix products (`train.precision`).
@@ -127,6 +130,7 @@ impl fmt::Display for Device {
         f.write_str(match self {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
+            Device::Wgpu => "wgpu",
         })
     }
 }

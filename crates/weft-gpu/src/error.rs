@@ -10,6 +10,11 @@ pub enum GpuError {
         "train.device = \"cuda\": this weft was built without the cuda feature; build it with `cargo build --release --features cuda`"
     )]
     NotBuilt,
+    /// `train.device = "wgpu"` in a weft built without the `wgpu` feature.
+    #[error(
+        "train.device = \"wgpu\": this weft was built without the wgpu feature; build it with `cargo build --release --features wgpu`"
+    )]
+    NotBuiltWgpu,
     /// A shared library that the CUDA path loads at run time is not found.
     #[error("{what} cannot be loaded: none of {tried} opens. {hint}")]
     Library {

@@ -10,8 +10,11 @@
 //!   tensor, NCCL on burn's own device buffers for the trainer's gradient averaging
 //!   (`cuda::NcclGrads`, a [`weft_collective::DeviceReduce`]), device memory readings.
 //!
+//! - `wgpu` (the `wgpu` feature): burn's wgpu backend on the default adapter (Vulkan, Metal,
+//!   DX12; Mesa's lavapipe without a GPU).
+//!
 //! Without the `cuda` feature the CUDA items are absent and [`require_cuda`] says how to build
-//! them.
+//! them; [`require_wgpu`] likewise.
 
 #![warn(missing_docs)]
 
@@ -22,11 +25,25 @@ pub mod select;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use error::GpuError;
 
 /// Whether this weft was built with the `cuda` feature.
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
+/// Whether this weft was built with the `wgpu` feature.
+pub const BUILT_WITH_WGPU: bool = cfg!(feature = "wgpu");
+
+/// Ok in a weft built with the `wgpu` feature, else the error that says how to build one.
+pub fn require_wgpu() -> Result<(), GpuError> {
+    if BUILT_WITH_WGPU {
+        Ok(())
+    } else {
+        Err(GpuError::NotBuiltWgpu)
+    }
+}
 
 /// Ok in a weft built with the `cuda` feature, else the error that says how to build one.
 pub fn require_cuda() -> Result<(), GpuError> {
