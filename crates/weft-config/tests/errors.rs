@@ -164,7 +164,9 @@ fn device_precision_and_dist_backend_are_checked() {
     };
     let err = load(&["train.device=\"tpu\""]).unwrap_err().to_string();
     assert!(
-        err.starts_with("train.device: unknown variant `tpu`, expected `cpu` or `cuda`"),
+        err.starts_with(
+            "train.device: unknown variant `tpu`, expected one of `cpu`, `cuda`, `wgpu`"
+        ),
         "{err}"
     );
     let err = load(&["train.precision=\"fp8\""]).unwrap_err().to_string();
@@ -183,6 +185,15 @@ fn device_precision_and_dist_backend_are_checked() {
     assert!(!c.train.update_on_device() && c.dist.uses_nccl(c.train.device));
     let c = Config::default();
     assert!(!c.train.update_on_device() && !c.dist.uses_nccl(c.train.device));
+    // wgpu: no NCCL, the update on the host unless asked (its device norm is not yet tested).
+    let c = load(&["train.device=\"wgpu\""]).unwrap();
+    assert!(!c.train.update_on_device() && !c.dist.uses_nccl(c.train.device));
+    let err = load(&["train.device=\"wgpu\"", "dist.backend=\"nccl\""]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("nccl needs train.device = \"cuda\", found \"wgpu\""),
+        "{err}"
+    );
 }
 
 #[test]
