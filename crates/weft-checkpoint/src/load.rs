@@ -172,6 +172,34 @@ impl Checkpoint {
 /// committed checkpoints is refused ([`CheckpointError::WouldStartOver`]); [`Resume::Restart`]
 /// starts afresh (rank 0 has moved the previous run aside before).
 pub fn resolve(run_dir: &Path, resume: &Resume) -> Result<Option<Checkpoint>> {
+    resolve_by(run_dir, resume, open_verified, &mut PassedOver::default())
+}
+
+/// The checkpoints [`resolve_by`] has passed over: not to be tried again, and why each failed.
+#[derive(Debug, Default)]
+pub struct PassedOver {
+    dirs: Vec<PathBuf>,
+    why: Vec<String>,
+}
+
+impl PassedOver {
+    /// Passes over the checkpoint in `dir` because of `why`, with a warning.
+    pub fn pass(&mut self, dir: &Path, why: &CheckpointError) {
+        tracing::warn!("checkpoint {} is unusable: {why}", dir.display());
+        self.dirs.push(dir.to_path_buf());
+        self.why.push(why.to_string());
+    }
+}
+
+/// [`resolve`] with `open` as the check of each candidate ([`open_verified`]; [`open_state`]
+/// where the ranks of a job hash the files between them), passing over the checkpoints in
+/// `passed` and adding to it those `open` refuses.
+pub fn resolve_by(
+    run_dir: &Path,
+    resume: &Resume,
+    open: impl Fn(&Path) -> Result<Checkpoint>,
+    passed: &mut PassedOver,
+) -> Result<Option<Checkpoint>> {
     match resume {
         Resume::Restart => Ok(None),
         Resume::Never => match latest(run_dir)? {
@@ -181,26 +209,25 @@ pub fn resolve(run_dir: &Path, resume: &Resume) -> Result<Option<Checkpoint>> {
             }),
             None => Ok(None),
         },
-        Resume::Path(p) => open_verified(p).map(Some),
+        Resume::Path(p) => open(p).map(Some),
         Resume::Auto => {
             let found = committed(run_dir)?;
-            let mut tried = Vec::new();
             for (_, dir) in &found {
-                match open_verified(dir) {
+                if passed.dirs.contains(dir) {
+                    continue;
+                }
+                match open(dir) {
                     Ok(c) => {
-                        if !tried.is_empty() {
+                        if !passed.why.is_empty() {
                             tracing::warn!(
                                 "resuming from the older checkpoint {} ({})",
                                 dir.display(),
-                                tried.join("; ")
+                                passed.why.join("; ")
                             );
                         }
                         return Ok(Some(c));
                     }
-                    Err(e) => {
-                        tracing::warn!("checkpoint {} is unusable: {e}", dir.display());
-                        tried.push(e.to_string());
-                    }
+                    Err(e) => passed.pass(dir, &e),
                 }
             }
             if found.is_empty() {
@@ -208,7 +235,7 @@ pub fn resolve(run_dir: &Path, resume: &Resume) -> Result<Option<Checkpoint>> {
             } else {
                 Err(CheckpointError::NoCheckpoint {
                     dir: checkpoints_dir(run_dir),
-                    tried,
+                    tried: passed.why.clone(),
                 })
             }
         }

@@ -261,8 +261,9 @@ impl Job {
     }
 
     /// Tells the coordinator that this rank's collective `op` timed out after `timeout`
-    /// waiting for rank `peer` (`None`: not known): it works out which rank was late and tells every rank
-    /// ([`crate::rendezvous::late`]). Best effort: the coordinator may be gone.
+    /// waiting for rank `peer` (`None`: not known): it works out which rank was late and
+    /// tells every rank ([`crate::rendezvous::late`]). Best effort: the coordinator may be
+    /// gone.
     pub fn report_wait(&self, peer: Option<usize>, op: &str, timeout: Duration) {
         let m = Message::Waited {
             rank: self.session.rank(),

@@ -7,10 +7,10 @@
 //! them ([`resolve_together`]), and a damaged file found by any rank makes every rank pass
 //! over that checkpoint together.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use weft_checkpoint::load::{committed, open_state};
+use weft_checkpoint::load::{open_state, resolve_by, PassedOver};
 use weft_checkpoint::{Checkpoint, CheckpointError, Resume};
 use weft_collective::{Collective, ReduceOp};
 
@@ -34,13 +34,10 @@ pub fn resolve_together(
     collective: &mut dyn Collective,
 ) -> Result<Option<Checkpoint>, TrainError> {
     let (rank, world) = (collective.rank(), collective.world_size());
-    if world == 1 {
-        return Ok(weft_checkpoint::resolve(run_dir, resume)?);
-    }
-    let mut passed: Vec<PathBuf> = Vec::new();
-    let mut tried: Vec<String> = Vec::new();
+    let mut passed = PassedOver::default();
     loop {
-        let pick = pick(run_dir, resume, &mut passed, &mut tried)?;
+        // Marker and trainer state only: the files are hashed between the ranks below.
+        let pick = resolve_by(run_dir, resume, open_state, &mut passed)?;
         check_same_resume(collective, &pick)?;
         let Some(ckpt) = pick else {
             return Ok(None);
@@ -59,54 +56,7 @@ pub fn resolve_together(
         if *resume != Resume::Auto {
             return Err(why.into());
         }
-        tracing::warn!("checkpoint {} is unusable: {why}", ckpt.dir.display());
-        tried.push(why.to_string());
-        passed.push(ckpt.dir);
-    }
-}
-
-/// What this rank would resume from, its files not hashed: with `--resume auto` the newest
-/// committed checkpoint not `passed` whose marker and trainer state check out (one that does
-/// not is passed over too).
-fn pick(
-    run_dir: &Path,
-    resume: &Resume,
-    passed: &mut Vec<PathBuf>,
-    tried: &mut Vec<String>,
-) -> Result<Option<Checkpoint>, CheckpointError> {
-    match resume {
-        Resume::Path(p) => open_state(p).map(Some),
-        Resume::Auto => {
-            let found = committed(run_dir)?;
-            for (_, dir) in &found {
-                if passed.contains(dir) {
-                    continue;
-                }
-                match open_state(dir) {
-                    Ok(c) => {
-                        if !tried.is_empty() {
-                            tracing::warn!("resuming from the older checkpoint {}", dir.display());
-                        }
-                        return Ok(Some(c));
-                    }
-                    Err(e) => {
-                        tracing::warn!("checkpoint {} is unusable: {e}", dir.display());
-                        tried.push(e.to_string());
-                        passed.push(dir.clone());
-                    }
-                }
-            }
-            if found.is_empty() {
-                Ok(None)
-            } else {
-                Err(CheckpointError::NoCheckpoint {
-                    dir: weft_checkpoint::files::checkpoints_dir(run_dir),
-                    tried: tried.clone(),
-                })
-            }
-        }
-        // A fresh start: no files to hash.
-        other => weft_checkpoint::resolve(run_dir, other),
+        passed.pass(&ckpt.dir, &why);
     }
 }
 
